@@ -1,0 +1,73 @@
+//! Command line (clap). Flags given here override the config file.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "eBPF security sensor: L3/L4 flow accounting on pod interfaces and process events, \
+             with Prometheus metrics and JSON output"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, attach them and run until SIGINT or SIGTERM (needs root, or
+    /// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// YAML config file; flags given on the command line override its fields. Unknown fields
+    /// are errors.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// detect (default): observe and log what would be blocked; enforce: block it.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Interfaces to attach the tc programs to, as comma-separated glob patterns
+    /// [default: veth*,lxc*,cali*,cni*,gke*,eni*,tap*,netkit*]. Physical NICs are never in the
+    /// default; name them here only if you mean it.
+    #[arg(long, value_name = "GLOB,...", value_delimiter = ',')]
+    pub interfaces: Option<Vec<String>>,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz [default: 0.0.0.0:9990].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Format of the agent's own log on stderr [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Node name put on every record [default: the hostname; NODE_NAME in a DaemonSet].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Observe and report; never block (like Cilium's policy audit mode, Falco's default).
+    #[default]
+    Detect,
+    /// Block what policies forbid, in the kernel.
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

@@ -1,0 +1,286 @@
+//! The agent's configuration: a YAML file, overridden field by field by command-line flags.
+
+use std::{
+    fmt, fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, Mode, RunArgs};
+
+/// Host-side interface names of the common CNIs (veth pairs, Cilium, Calico, generic CNI,
+/// GKE, AWS VPC CNI, tap and netkit devices). Physical NICs never match.
+pub const DEFAULT_INTERFACES: &[&str] = &[
+    "veth*", "lxc*", "cali*", "cni*", "gke*", "eni*", "tap*", "netkit*",
+];
+pub const DEFAULT_METRICS_PORT: u16 = 9990;
+
+/// The config file as written by the user. Every field is optional; unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub mode: Option<Mode>,
+    pub interfaces: Option<Vec<String>>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub node_name: Option<String>,
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub interfaces: InterfaceMatcher,
+    pub metrics_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub node_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: field `interfaces`: invalid glob pattern {pattern:?}: {message}")]
+    BadPattern {
+        origin: String,
+        pattern: String,
+        message: String,
+    },
+    #[error("{origin}: field `node_name`: must not be empty")]
+    EmptyNodeName { origin: String },
+    #[error("cannot determine the node name from the hostname ({0}); pass --node-name")]
+    Hostname(String),
+}
+
+impl Config {
+    /// Reads `args.config` (if any) and applies the flags on top.
+    pub fn resolve(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let origin = |flag_given: bool| match (&args.config, flag_given) {
+            (_, true) | (None, _) => "command line".to_owned(),
+            (Some(path), false) => path.display().to_string(),
+        };
+
+        let patterns: Vec<String> = match (&args.interfaces, file.interfaces) {
+            (Some(cli), _) => cli.clone(),
+            (None, Some(file)) => file,
+            (None, None) => DEFAULT_INTERFACES.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let interfaces = InterfaceMatcher::new(&patterns).map_err(|(pattern, message)| {
+            ConfigError::BadPattern {
+                origin: origin(args.interfaces.is_some()),
+                pattern,
+                message,
+            }
+        })?;
+
+        let node_name = match args.node_name.clone().or(file.node_name) {
+            Some(name) if name.trim().is_empty() => {
+                return Err(ConfigError::EmptyNodeName {
+                    origin: origin(args.node_name.is_some()),
+                });
+            }
+            Some(name) => name,
+            None => nix::unistd::gethostname()
+                .map_err(|e| ConfigError::Hostname(e.to_string()))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+
+        Ok(Self {
+            mode: args.mode.or(file.mode).unwrap_or_default(),
+            interfaces,
+            metrics_addr: args
+                .metrics_addr
+                .or(file.metrics_addr)
+                .unwrap_or(SocketAddr::from((
+                    Ipv4Addr::UNSPECIFIED,
+                    DEFAULT_METRICS_PORT,
+                ))),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            node_name,
+        })
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        // An empty file (or only comments) is an empty config, not an error.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|err| {
+            let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: err.to_string(),
+            }
+        })
+    }
+}
+
+/// Glob patterns selecting the interfaces the tc programs attach to.
+#[derive(Clone)]
+pub struct InterfaceMatcher {
+    patterns: Vec<glob::Pattern>,
+}
+
+impl InterfaceMatcher {
+    /// Compiles `patterns`; on error returns the offending pattern and the reason.
+    pub fn new(patterns: &[String]) -> Result<Self, (String, String)> {
+        let patterns = patterns
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| (p.clone(), e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    pub fn matches(&self, interface: &str) -> bool {
+        interface != "lo" && self.patterns.iter().any(|p| p.matches(interface))
+    }
+}
+
+impl fmt::Debug for InterfaceMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.patterns.iter().map(glob::Pattern::as_str))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(Path::new("/etc/sensor.yaml"), text)
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let cfg = parse(
+            "mode: enforce\ninterfaces: [veth*, lxc*]\nmetrics_addr: 127.0.0.1:9000\n\
+             log_format: json\nnode_name: node-1\n",
+        )
+        .expect("valid config");
+        assert_eq!(cfg.mode, Some(Mode::Enforce));
+        assert_eq!(
+            cfg.interfaces.as_deref(),
+            Some(&["veth*".to_owned(), "lxc*".to_owned()][..])
+        );
+        assert_eq!(
+            cfg.metrics_addr,
+            Some("127.0.0.1:9000".parse().expect("addr"))
+        );
+        assert_eq!(cfg.log_format, Some(LogFormat::Json));
+        assert_eq!(cfg.node_name.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let err = parse("mode: detect\n\nmetrics_adr: 127.0.0.1:9000\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/sensor.yaml:3:"), "{msg}");
+        assert!(msg.contains("metrics_adr"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_field() {
+        let err = parse("mode: detect\nlog_format: xml\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/sensor.yaml:2:"), "{msg}");
+        assert!(msg.contains("log_format") || msg.contains("xml"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_is_default() {
+        let cfg = parse("# nothing here\n").expect("empty is fine");
+        assert!(cfg.mode.is_none());
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("sensor-cfg-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("c.yaml");
+        fs::write(
+            &path,
+            "mode: enforce\nnode_name: from-file\ninterfaces: [lxc*]\n",
+        )
+        .expect("write");
+        let args = RunArgs {
+            config: Some(path),
+            node_name: Some("from-cli".into()),
+            ..RunArgs::default()
+        };
+        let cfg = Config::resolve(&args).expect("resolves");
+        fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(cfg.mode, Mode::Enforce);
+        assert_eq!(cfg.node_name, "from-cli");
+        assert!(cfg.interfaces.matches("lxc123"));
+        assert!(!cfg.interfaces.matches("veth1"));
+    }
+
+    #[test]
+    fn default_interfaces_skip_physical_and_loopback() {
+        let m = InterfaceMatcher::new(
+            &DEFAULT_INTERFACES
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .expect("defaults compile");
+        for name in ["veth1a2b", "lxc12345", "cali0ab", "cni0"] {
+            assert!(m.matches(name), "{name}");
+        }
+        for name in [
+            "eth0",
+            "ens3",
+            "enp0s31f6",
+            "wlan0",
+            "lo",
+            "docker0",
+            "bond0",
+        ] {
+            assert!(!m.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_glob_is_reported() {
+        let args = RunArgs {
+            interfaces: Some(vec!["veth[".into()]),
+            ..RunArgs::default()
+        };
+        let err = Config::resolve(&args).expect_err("bad glob");
+        assert!(err.to_string().contains("interfaces"), "{err}");
+    }
+}

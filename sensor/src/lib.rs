@@ -1,0 +1,18 @@
+//! The sensor agent: loads the eBPF programs, attaches them, and turns what they see into
+//! JSON events and Prometheus metrics.
+//!
+//! Data flows one way: kernel hooks → maps and ring buffers ([`loader`]) → [`decode`] →
+//! [`output`] and [`metrics`]. [`agent`] wires the steps together.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod features;
+pub mod http;
+pub mod interfaces;
+pub mod loader;
+pub mod logging;
+pub mod metrics;
+pub mod output;
+pub mod sys;

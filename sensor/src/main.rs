@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sensor::{
+    agent,
+    cli::{Cli, Command},
+    config::Config,
+    logging,
+};
+
+/// Exit code for bad input (config file, flags), as clap uses for bad flags.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let config = match Config::resolve(&args) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("sensor: {err}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            logging::init(config.log_format);
+            match agent::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{:#}", anyhow::Error::from(err));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

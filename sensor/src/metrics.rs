@@ -1,0 +1,216 @@
+//! Prometheus metrics (OpenMetrics text). Kernel-side counters are read from the BPF maps at
+//! scrape time by collectors, so a scrape always sees the kernel's current values.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aya::maps::{MapData, PerCpuArray};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use sensor_common::host::LossCounter;
+
+use crate::{features::KernelFeatures, interfaces::InterfaceTable};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Event type: `exec`.
+    pub r#type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    feature: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    kernel: String,
+}
+
+/// The metrics the agent updates as it runs.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// `sensor_events_total{type}`: events decoded and written out.
+    pub events: Family<EventLabels, Counter>,
+    /// `sensor_event_decode_errors_total{reason}`: ring buffer records that did not decode.
+    pub decode_errors: Family<ReasonLabels, Counter>,
+    /// `sensor_ready`: 1 once every program is attached.
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    /// Builds the registry: the agent's own metrics plus collectors over the kernel maps.
+    pub fn register(
+        &self,
+        features: &KernelFeatures,
+        interfaces: Arc<Mutex<InterfaceTable>>,
+        loss: PerCpuArray<MapData, u64>,
+    ) -> Registry {
+        let mut registry = Registry::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                kernel: features.kernel.clone(),
+            })
+            .set(1);
+        registry.register(
+            "sensor_build_info",
+            "Sensor version and kernel release",
+            build,
+        );
+        let feature_family = Family::<FeatureLabels, Gauge>::default();
+        for (feature, ok) in &features.available {
+            feature_family
+                .get_or_create(&FeatureLabels {
+                    feature: feature.name(),
+                })
+                .set(i64::from(*ok));
+        }
+        registry.register(
+            "sensor_kernel_feature",
+            "Kernel BPF features found at start (1 available, 0 not)",
+            feature_family,
+        );
+        registry.register(
+            "sensor_events",
+            "Events decoded from the kernel and written out, by type",
+            self.events.clone(),
+        );
+        registry.register(
+            "sensor_event_decode_errors",
+            "Ring buffer records that could not be decoded, by reason",
+            self.decode_errors.clone(),
+        );
+        registry.register(
+            "sensor_ready",
+            "1 once all programs are attached",
+            self.ready.clone(),
+        );
+        registry.register_collector(Box::new(InterfaceCollector { table: interfaces }));
+        registry.register_collector(Box::new(LossCollector {
+            map: Mutex::new(loss),
+        }));
+        registry
+    }
+}
+
+/// `sensor_interface_{packets,bytes}_total{interface,direction}` from the tc programs' per-CPU
+/// map, and `sensor_interface_attached{interface}` from the attach table.
+#[derive(Debug)]
+struct InterfaceCollector {
+    table: Arc<Mutex<InterfaceTable>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    interface: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttachedLabels {
+    interface: String,
+}
+
+impl Collector for InterfaceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let totals = table.counters();
+
+        let mut attached = encoder.encode_descriptor(
+            "sensor_interface_attached",
+            "Interfaces the tc programs are attached to",
+            None,
+            MetricType::Gauge,
+        )?;
+        for name in table.attached_names() {
+            attached
+                .encode_family(&AttachedLabels {
+                    interface: name.to_owned(),
+                })?
+                .encode_gauge(&1_i64)?;
+        }
+        drop(attached);
+
+        for (metric, help, pick) in [
+            (
+                "sensor_interface_packets",
+                "Packets seen by the tc programs, by interface and direction",
+                (|c: &sensor_common::net::IfaceCounters| c.packets) as fn(&_) -> u64,
+            ),
+            (
+                "sensor_interface_bytes",
+                "Bytes (whole frames) seen by the tc programs, by interface and direction",
+                |c| c.bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for (interface, direction, counters) in &totals {
+                let labels = InterfaceLabels {
+                    interface: interface.clone(),
+                    direction: direction.as_str(),
+                };
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&pick(counters), None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `sensor_lost_events_total{ring,reason}`: events the kernel could not hand to us.
+struct LossCollector {
+    map: Mutex<PerCpuArray<MapData, u64>>,
+}
+
+impl std::fmt::Debug for LossCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LossCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LossLabels {
+    ring: &'static str,
+    reason: &'static str,
+}
+
+impl Collector for LossCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let full = map
+            .get(&(LossCounter::HostRingbufFull as u32), 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+        let mut family = encoder.encode_descriptor(
+            "sensor_lost_events",
+            "Events lost before reaching userspace, by ring buffer and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        family
+            .encode_family(&LossLabels {
+                ring: "host",
+                reason: "ringbuf_full",
+            })?
+            .encode_counter::<NoLabelSet, _, u64>(&full, None)?;
+        Ok(())
+    }
+}
+
+/// Renders the registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}

@@ -1,0 +1,118 @@
+//! Small wrappers over the host: capabilities, tracefs, clocks, resource limits.
+
+use std::{fs, io, path::Path};
+
+/// A capability the agent needs, with the ones that can stand in for it.
+struct Requirement {
+    name: &'static str,
+    bit: u32,
+    why: &'static str,
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+const REQUIRED: &[Requirement] = &[
+    Requirement {
+        name: "CAP_BPF",
+        bit: CAP_BPF,
+        why: "load eBPF programs and maps",
+    },
+    Requirement {
+        name: "CAP_PERFMON",
+        bit: CAP_PERFMON,
+        why: "attach tracepoints",
+    },
+    Requirement {
+        name: "CAP_NET_ADMIN",
+        bit: CAP_NET_ADMIN,
+        why: "attach tc programs",
+    },
+    Requirement {
+        name: "CAP_SYS_ADMIN",
+        bit: CAP_SYS_ADMIN,
+        why: "mount tracefs, read cgroups",
+    },
+];
+
+/// Returns a description of each missing capability (empty when all are there).
+///
+/// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on every kernel, so it satisfies both.
+pub fn missing_capabilities() -> io::Result<Vec<String>> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))?;
+    let has = |bit: u32| effective & (1 << bit) != 0;
+    Ok(REQUIRED
+        .iter()
+        .filter(|r| !has(r.bit) && !(matches!(r.bit, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN)))
+        .map(|r| format!("{} (to {})", r.name, r.why))
+        .collect())
+}
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] unless it (or the debugfs copy) is already there.
+/// Returns true when this call mounted it.
+pub fn ensure_tracefs() -> io::Result<bool> {
+    let present = |dir: &str| Path::new(dir).join("events").is_dir();
+    if present(TRACEFS) || present("/sys/kernel/debug/tracing") {
+        return Ok(false);
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    Ok(true)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Newer kernels ignore it.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    if rc != 0 {
+        tracing::debug!("setrlimit(RLIMIT_MEMLOCK): {}", io::Error::last_os_error());
+    }
+}
+
+/// Converts the kernel's boot-time stamps (`bpf_ktime_get_boot_ns`) into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    /// Wall-clock nanoseconds at boot.
+    boot_epoch_ns: i128,
+}
+
+impl BootClock {
+    pub fn now() -> io::Result<Self> {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |id| -> io::Result<i128> {
+            let ts = clock_gettime(id).map_err(io::Error::from)?;
+            Ok(i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec()))
+        };
+        let real = ns(ClockId::CLOCK_REALTIME)?;
+        let boot = ns(ClockId::CLOCK_BOOTTIME)?;
+        Ok(Self {
+            boot_epoch_ns: real - boot,
+        })
+    }
+
+    pub fn to_wall(self, boot_ns: u64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp_nanos(self.boot_epoch_ns + i128::from(boot_ns))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+}

@@ -1,0 +1,183 @@
+//! `cargo xtask <command>`: everything a newcomer needs, installing what is missing first.
+//!
+//! - `bootstrap`: the pinned nightly (with rust-src, clippy, rustfmt) and bpf-linker built
+//!   against that nightly's own libLLVM, under `target/tools` of this checkout.
+//! - `build`: the release `sensor` binary with its eBPF object embedded.
+//! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root).
+//! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests.
+
+mod bootstrap;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// The pinned toolchain, from `.cargo/config.toml` `[env]`.
+pub const TOOLCHAIN: &str = env!("SENSOR_TOOLCHAIN");
+
+fn main() -> anyhow::Result<()> {
+    let mut args = env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root()?;
+    match command.as_str() {
+        "bootstrap" => bootstrap::ensure(&root).map(drop),
+        "build" => build(&root).map(drop),
+        "run" => run(&root, &rest),
+        "test" => test(&root),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test>\n\n\
+                 bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
+                 build      build target/release/sensor with its eBPF programs\n\
+                 run        build, then run `sensor run ARGS...` (root)\n\
+                 test       fmt, clippy, unit tests and privileged end-to-end tests (root)"
+            );
+            if command.is_empty() || command == "help" || command == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown command {command:?}")
+            }
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// `cargo` of the pinned toolchain, with bpf-linker on PATH and the outer cargo's variables
+/// removed (they would point the child at the default stable toolchain).
+pub fn cargo(root: &Path, tools: &bootstrap::Tools) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", TOOLCHAIN, "cargo"]).current_dir(root);
+    for var in [
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![tools.bin_dir.clone()];
+    dirs.extend(env::split_paths(&path));
+    if let Ok(joined) = env::join_paths(dirs) {
+        cmd.env("PATH", joined);
+    }
+    cmd
+}
+
+pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn build(root: &Path) -> anyhow::Result<(bootstrap::Tools, PathBuf)> {
+    let tools = bootstrap::ensure(root)?;
+    status(cargo(root, &tools).args([
+        "build",
+        "--release",
+        "--package",
+        "sensor",
+        "--bin",
+        "sensor",
+    ]))?;
+    Ok((tools, root.join("target/release/sensor")))
+}
+
+fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let (_, sensor) = build(root)?;
+    if !bootstrap::is_root() {
+        eprintln!(
+            "note: the sensor needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        );
+    }
+    status(Command::new(sensor).arg("run").args(args))
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    let tools = bootstrap::ensure(root)?;
+    bootstrap::ensure_test_packages()?;
+    let ci = env::var("CI").is_ok_and(|v| v == "true");
+    if ci && !bootstrap::is_root() {
+        bail!("CI=true but not root: the end-to-end tests load eBPF programs and must run as root");
+    }
+    status(cargo(root, &tools).args(["fmt", "--all", "--check"]))?;
+    // Userspace crates (the eBPF crate is not a default member) ...
+    status(cargo(root, &tools).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // ... and the eBPF crate, for its own target.
+    status(cargo(root, &tools).args([
+        "clippy",
+        "--release",
+        "--package",
+        "sensor-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    status(cargo(root, &tools).args([
+        "build",
+        "--release",
+        "--package",
+        "sensor",
+        "--bin",
+        "sensor",
+    ]))?;
+    status(cargo(root, &tools).args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "sensor-e2e",
+    ]))?;
+    // End-to-end tests share the node's hooks and tc links: one at a time.
+    status(
+        cargo(root, &tools)
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "sensor-e2e",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("SENSOR_BIN", root.join("target/release/sensor")),
+    )
+}
