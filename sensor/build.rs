@@ -26,15 +26,9 @@ fn main() -> anyhow::Result<()> {
     let toolchain =
         env::var("SENSOR_TOOLCHAIN").context("SENSOR_TOOLCHAIN (set in .cargo/config.toml)")?;
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../sensor-ebpf");
-    let root = root
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
-        [Package {
-            name: "sensor-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [Package { name: "sensor-ebpf", root_dir: root, ..Default::default() }],
         Toolchain::Custom(&toolchain),
     )
 }

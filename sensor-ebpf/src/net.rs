@@ -41,10 +41,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 #[inline(always)]
 fn count_packet(ctx: &TcContext, direction: Direction) {
-    let key = IfaceKey {
-        ifindex: ifindex(ctx),
-        direction: direction as u32,
-    };
+    let key = IfaceKey { ifindex: ifindex(ctx), direction: direction as u32 };
     let bytes = u64::from(ctx.len());
     if let Some(counters) = IFACE_STATS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, only this CPU writes it while we run.

@@ -47,10 +47,7 @@ pub enum AgentError {
     #[error("map {0} missing from the eBPF object or of the wrong type")]
     Map(&'static str),
     #[error("HTTP server on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Http { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
 }
@@ -82,9 +79,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let mut ebpf = loader::load_object()?;
     start_ebpf_logger(&mut ebpf);
 
-    let table = Arc::new(Mutex::new(InterfaceTable::new(take_map::<
-        PerCpuHashMap<_, _, _>,
-    >(
+    let table = Arc::new(Mutex::new(InterfaceTable::new(take_map::<PerCpuHashMap<_, _, _>>(
         &mut ebpf,
         net::IFACE_STATS_MAP,
     )?)));
@@ -96,28 +91,16 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(config.metrics_addr)
         .await
-        .map_err(|source| AgentError::Http {
-            addr: config.metrics_addr,
-            source,
-        })?;
+        .map_err(|source| AgentError::Http { addr: config.metrics_addr, source })?;
     tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz, /readyz");
-    let mut server = tokio::spawn(http::serve(
-        listener,
-        http::State {
-            registry,
-            ready: Arc::clone(&ready),
-        },
-    ));
+    let mut server =
+        tokio::spawn(http::serve(listener, http::State { registry, ready: Arc::clone(&ready) }));
 
     let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone())?;
     loader::attach_exec(&mut ebpf)?;
     let clock = sys::BootClock::now().map_err(|e| AgentError::Io("reading clocks", e))?;
-    let mut reader = tokio::spawn(read_host_events(
-        ring,
-        config.node_name.clone(),
-        clock,
-        metrics.clone(),
-    ));
+    let mut reader =
+        tokio::spawn(read_host_events(ring, config.node_name.clone(), clock, metrics.clone()));
 
     let (link_tx, mut link_rx) = mpsc::channel(256);
     let mut watcher = tokio::spawn(interfaces::watch_links(link_tx));
@@ -177,9 +160,7 @@ fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, AgentError>
 where
     M: TryFrom<aya::maps::Map>,
 {
-    ebpf.take_map(name)
-        .and_then(|m| M::try_from(m).ok())
-        .ok_or(AgentError::Map(name))
+    ebpf.take_map(name).and_then(|m| M::try_from(m).ok()).ok_or(AgentError::Map(name))
 }
 
 /// Registers an fd-owning aya object with the reactor for readability.
@@ -234,20 +215,14 @@ async fn read_host_events(
         for event in batch.drain(..) {
             match event {
                 Ok(HostEvent::Exec(exec)) => {
-                    out.write(&ExecRecord::new(&exec, &node_name, clock))
-                        .await?;
-                    metrics
-                        .events
-                        .get_or_create(&EventLabels { r#type: "exec" })
-                        .inc();
+                    out.write(&ExecRecord::new(&exec, &node_name, clock)).await?;
+                    metrics.events.get_or_create(&EventLabels { r#type: "exec" }).inc();
                 }
                 Err(err) => {
                     tracing::warn!("dropping host record: {err}");
                     metrics
                         .decode_errors
-                        .get_or_create(&ReasonLabels {
-                            reason: err.reason(),
-                        })
+                        .get_or_create(&ReasonLabels { reason: err.reason() })
                         .inc();
                 }
             }

@@ -12,9 +12,8 @@ use crate::cli::{LogFormat, Mode, RunArgs};
 
 /// Host-side interface names of the common CNIs (veth pairs, Cilium, Calico, generic CNI,
 /// GKE, AWS VPC CNI, tap and netkit devices). Physical NICs never match.
-pub const DEFAULT_INTERFACES: &[&str] = &[
-    "veth*", "lxc*", "cali*", "cni*", "gke*", "eni*", "tap*", "netkit*",
-];
+pub const DEFAULT_INTERFACES: &[&str] =
+    &["veth*", "lxc*", "cali*", "cni*", "gke*", "eni*", "tap*", "netkit*"];
 pub const DEFAULT_METRICS_PORT: u16 = 9990;
 
 /// The config file as written by the user. Every field is optional; unknown fields are errors.
@@ -41,23 +40,11 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read config file: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{origin}: field `interfaces`: invalid glob pattern {pattern:?}: {message}")]
-    BadPattern {
-        origin: String,
-        pattern: String,
-        message: String,
-    },
+    BadPattern { origin: String, pattern: String, message: String },
     #[error("{origin}: field `node_name`: must not be empty")]
     EmptyNodeName { origin: String },
     #[error("cannot determine the node name from the hostname ({0}); pass --node-name")]
@@ -82,11 +69,7 @@ impl Config {
             (None, None) => DEFAULT_INTERFACES.iter().map(|p| (*p).to_owned()).collect(),
         };
         let interfaces = InterfaceMatcher::new(&patterns).map_err(|(pattern, message)| {
-            ConfigError::BadPattern {
-                origin: origin(args.interfaces.is_some()),
-                pattern,
-                message,
-            }
+            ConfigError::BadPattern { origin: origin(args.interfaces.is_some()), pattern, message }
         })?;
 
         let node_name = match args.node_name.clone().or(file.node_name) {
@@ -108,10 +91,7 @@ impl Config {
             metrics_addr: args
                 .metrics_addr
                 .or(file.metrics_addr)
-                .unwrap_or(SocketAddr::from((
-                    Ipv4Addr::UNSPECIFIED,
-                    DEFAULT_METRICS_PORT,
-                ))),
+                .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_METRICS_PORT))),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             node_name,
         })
@@ -120,29 +100,19 @@ impl Config {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         // An empty file (or only comments) is an empty config, not an error.
-        if text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             return Ok(Self::default());
         }
         serde_yaml_ng::from_str(text).map_err(|err| {
             let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message: err.to_string(),
-            }
+            ConfigError::Parse { path: path.to_owned(), line, column, message: err.to_string() }
         })
     }
 }
@@ -170,9 +140,7 @@ impl InterfaceMatcher {
 
 impl fmt::Debug for InterfaceMatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.patterns.iter().map(glob::Pattern::as_str))
-            .finish()
+        f.debug_list().entries(self.patterns.iter().map(glob::Pattern::as_str)).finish()
     }
 }
 
@@ -192,14 +160,8 @@ mod tests {
         )
         .expect("valid config");
         assert_eq!(cfg.mode, Some(Mode::Enforce));
-        assert_eq!(
-            cfg.interfaces.as_deref(),
-            Some(&["veth*".to_owned(), "lxc*".to_owned()][..])
-        );
-        assert_eq!(
-            cfg.metrics_addr,
-            Some("127.0.0.1:9000".parse().expect("addr"))
-        );
+        assert_eq!(cfg.interfaces.as_deref(), Some(&["veth*".to_owned(), "lxc*".to_owned()][..]));
+        assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9000".parse().expect("addr")));
         assert_eq!(cfg.log_format, Some(LogFormat::Json));
         assert_eq!(cfg.node_name.as_deref(), Some("node-1"));
     }
@@ -231,11 +193,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sensor-cfg-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("c.yaml");
-        fs::write(
-            &path,
-            "mode: enforce\nnode_name: from-file\ninterfaces: [lxc*]\n",
-        )
-        .expect("write");
+        fs::write(&path, "mode: enforce\nnode_name: from-file\ninterfaces: [lxc*]\n")
+            .expect("write");
         let args = RunArgs {
             config: Some(path),
             node_name: Some("from-cli".into()),
@@ -252,34 +211,20 @@ mod tests {
     #[test]
     fn default_interfaces_skip_physical_and_loopback() {
         let m = InterfaceMatcher::new(
-            &DEFAULT_INTERFACES
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect::<Vec<_>>(),
+            &DEFAULT_INTERFACES.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
         )
         .expect("defaults compile");
         for name in ["veth1a2b", "lxc12345", "cali0ab", "cni0"] {
             assert!(m.matches(name), "{name}");
         }
-        for name in [
-            "eth0",
-            "ens3",
-            "enp0s31f6",
-            "wlan0",
-            "lo",
-            "docker0",
-            "bond0",
-        ] {
+        for name in ["eth0", "ens3", "enp0s31f6", "wlan0", "lo", "docker0", "bond0"] {
             assert!(!m.matches(name), "{name}");
         }
     }
 
     #[test]
     fn bad_glob_is_reported() {
-        let args = RunArgs {
-            interfaces: Some(vec!["veth[".into()]),
-            ..RunArgs::default()
-        };
+        let args = RunArgs { interfaces: Some(vec!["veth[".into()]), ..RunArgs::default() };
         let err = Config::resolve(&args).expect_err("bad glob");
         assert!(err.to_string().contains("interfaces"), "{err}");
     }

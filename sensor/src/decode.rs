@@ -34,11 +34,7 @@ pub enum DecodeError {
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
     #[error("{kind} record has {got} bytes, expected {expected}")]
-    BadSize {
-        kind: &'static str,
-        got: usize,
-        expected: usize,
-    },
+    BadSize { kind: &'static str, got: usize, expected: usize },
 }
 
 impl DecodeError {
@@ -67,11 +63,7 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
 fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
     let expected = size_of::<ExecEvent>();
     if record.len() != expected {
-        return Err(DecodeError::BadSize {
-            kind: "exec",
-            got: record.len(),
-            expected,
-        });
+        return Err(DecodeError::BadSize { kind: "exec", got: record.len(), expected });
     }
     // SAFETY: the length was checked; ExecEvent is plain old data valid for any bytes, and
     // read_unaligned copes with the ring buffer's 8-byte alignment.
@@ -91,10 +83,7 @@ fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
 }
 
 fn until_nul(bytes: &[u8]) -> &[u8] {
-    bytes
-        .iter()
-        .position(|&b| b == 0)
-        .map_or(bytes, |end| &bytes[..end])
+    bytes.iter().position(|&b| b == 0).map_or(bytes, |end| &bytes[..end])
 }
 
 #[cfg(test)]
@@ -132,10 +121,7 @@ mod tests {
         let HostEvent::Exec(exec) = decode_host(&raw_exec(b"/usr/bin/true", 0)).expect("decodes");
         assert_eq!(exec.binary, "/usr/bin/true");
         assert_eq!(exec.comm, "true");
-        assert_eq!(
-            (exec.pid, exec.tid, exec.uid, exec.gid),
-            (100, 101, 1000, 1001)
-        );
+        assert_eq!((exec.pid, exec.tid, exec.uid, exec.gid), (100, 101, 1000, 1001));
         assert_eq!(exec.cgroup_id, 7);
         assert!(!exec.binary_truncated);
     }
@@ -150,16 +136,10 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode_host(&[1, 0]), Err(DecodeError::TooShort(2)));
-        assert_eq!(
-            decode_host(&[9, 0, 0, 0, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownKind(9))
-        );
+        assert_eq!(decode_host(&[9, 0, 0, 0, 0, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
         let mut cut = raw_exec(b"/bin/sh", 0);
         cut.truncate(100);
-        assert!(matches!(
-            decode_host(&cut),
-            Err(DecodeError::BadSize { got: 100, .. })
-        ));
+        assert!(matches!(decode_host(&cut), Err(DecodeError::BadSize { got: 100, .. })));
     }
 
     #[test]

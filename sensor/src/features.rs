@@ -143,13 +143,9 @@ fn probe_one(feature: Feature) -> bool {
 
 fn bpf_lsm_enabled() -> bool {
     let from_securityfs = fs::read_to_string("/sys/kernel/security/lsm").ok();
-    let from_cmdline = fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|cmdline| {
-            cmdline
-                .split_whitespace()
-                .find_map(|arg| arg.strip_prefix("lsm=").map(str::to_owned))
-        });
+    let from_cmdline = fs::read_to_string("/proc/cmdline").ok().and_then(|cmdline| {
+        cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("lsm=").map(str::to_owned))
+    });
     from_securityfs
         .or(from_cmdline)
         .is_some_and(|list| list.trim().split(',').any(|lsm| lsm == "bpf"))

@@ -50,30 +50,20 @@ pub async fn serve(listener: TcpListener, state: State) -> std::io::Result<()> {
 
 fn route<B>(req: &Request<B>, state: &State) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "read-only endpoint\n".into(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only endpoint\n".into());
     }
     match req.uri().path() {
         "/metrics" => match crate::metrics::render(&state.registry) {
             Ok(body) => reply(StatusCode::OK, OPENMETRICS, body),
-            Err(_) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                "encode error\n".into(),
-            ),
+            Err(_) => {
+                reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encode error\n".into())
+            }
         },
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::Acquire) => {
             reply(StatusCode::OK, "text/plain", "ready\n".into())
         }
-        "/readyz" => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -81,9 +71,8 @@ fn route<B>(req: &Request<B>, state: &State) -> Response<Full<Bytes>> {
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
 }

@@ -45,11 +45,7 @@ pub enum InterfaceError {
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("attaching {program} to {interface}: {source}")]
-    Attach {
-        program: &'static str,
-        interface: String,
-        source: aya::programs::ProgramError,
-    },
+    Attach { program: &'static str, interface: String, source: aya::programs::ProgramError },
 }
 
 /// Sends [`LinkEvent`]s for every link: a full dump first, then changes as they happen.
@@ -74,9 +70,7 @@ pub async fn watch_links(events: mpsc::Sender<LinkEvent>) -> Result<(), Interfac
         let event = match message.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => present(&link),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
-                Some(LinkEvent::Gone {
-                    index: link.header.index,
-                })
+                Some(LinkEvent::Gone { index: link.header.index })
             }
             NetlinkPayload::Overrun(_) => {
                 tracing::warn!("netlink overrun: listing links again");
@@ -96,10 +90,9 @@ pub async fn watch_links(events: mpsc::Sender<LinkEvent>) -> Result<(), Interfac
 
 fn present(link: &LinkMessage) -> Option<LinkEvent> {
     link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::IfName(name) => Some(LinkEvent::Present {
-            index: link.header.index,
-            name: name.clone(),
-        }),
+        LinkAttribute::IfName(name) => {
+            Some(LinkEvent::Present { index: link.header.index, name: name.clone() })
+        }
         _ => None,
     })
 }
@@ -112,18 +105,13 @@ pub struct InterfaceTable {
 
 impl std::fmt::Debug for InterfaceTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InterfaceTable")
-            .field("names", &self.names)
-            .finish_non_exhaustive()
+        f.debug_struct("InterfaceTable").field("names", &self.names).finish_non_exhaustive()
     }
 }
 
 impl InterfaceTable {
     pub const fn new(stats: PerCpuHashMap<MapData, IfaceKey, IfaceCounters>) -> Self {
-        Self {
-            names: BTreeMap::new(),
-            stats,
-        }
+        Self { names: BTreeMap::new(), stats }
     }
 
     pub fn attached_names(&self) -> impl Iterator<Item = &str> {
@@ -138,12 +126,10 @@ impl InterfaceTable {
             .filter_map(|(key, per_cpu)| {
                 let name = self.names.get(&key.ifindex)?;
                 let direction = Direction::from_u32(key.direction)?;
-                let total = per_cpu
-                    .iter()
-                    .fold(IfaceCounters::default(), |acc, c| IfaceCounters {
-                        packets: acc.packets + c.packets,
-                        bytes: acc.bytes + c.bytes,
-                    });
+                let total = per_cpu.iter().fold(IfaceCounters::default(), |acc, c| IfaceCounters {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                });
                 Some((name.clone(), direction, total))
             })
             .collect()
@@ -156,10 +142,7 @@ impl InterfaceTable {
     /// Forgets the interface and its counters, so the map only holds live interfaces.
     fn remove(&mut self, index: u32) -> Option<String> {
         for direction in [Direction::Ingress, Direction::Egress] {
-            let _ = self.stats.remove(&IfaceKey {
-                ifindex: index,
-                direction: direction as u32,
-            });
+            let _ = self.stats.remove(&IfaceKey { ifindex: index, direction: direction as u32 });
         }
         self.names.remove(&index)
     }
@@ -188,10 +171,7 @@ impl Attacher {
                 source,
             })?;
         }
-        Ok(Self {
-            matcher,
-            links: BTreeMap::new(),
-        })
+        Ok(Self { matcher, links: BTreeMap::new() })
     }
 
     pub fn attached_count(&self) -> usize {
@@ -237,13 +217,9 @@ impl Attacher {
 
     fn attach(&self, ebpf: &mut Ebpf, index: u32, name: &str) -> Result<Attached, InterfaceError> {
         let mut attach_one = |program: &'static str, hook| {
-            classifier(ebpf, program)?
-                .attach(index, hook)
-                .map_err(|source| InterfaceError::Attach {
-                    program,
-                    interface: name.to_owned(),
-                    source,
-                })
+            classifier(ebpf, program)?.attach(index, hook).map_err(|source| {
+                InterfaceError::Attach { program, interface: name.to_owned(), source }
+            })
         };
         let ingress = attach_one(TC_INGRESS_PROGRAM, TcAttachType::Ingress)?;
         let egress = match attach_one(TC_EGRESS_PROGRAM, TcAttachType::Egress) {
@@ -253,11 +229,7 @@ impl Attacher {
                 return Err(err);
             }
         };
-        Ok(Attached {
-            name: name.to_owned(),
-            ingress,
-            egress,
-        })
+        Ok(Attached { name: name.to_owned(), ingress, egress })
     }
 
     fn detach(&mut self, ebpf: &mut Ebpf, table: &std::sync::Mutex<InterfaceTable>, index: u32) {
@@ -265,10 +237,9 @@ impl Attacher {
             return;
         };
         // A deleted device has already dropped its tcx links; detaching then fails harmlessly.
-        for (program, link) in [
-            (TC_INGRESS_PROGRAM, attached.ingress),
-            (TC_EGRESS_PROGRAM, attached.egress),
-        ] {
+        for (program, link) in
+            [(TC_INGRESS_PROGRAM, attached.ingress), (TC_EGRESS_PROGRAM, attached.egress)]
+        {
             if let Ok(p) = classifier(ebpf, program)
                 && let Err(err) = p.detach(link)
             {
@@ -290,7 +261,5 @@ fn classifier<'a>(
 }
 
 fn lock(table: &std::sync::Mutex<InterfaceTable>) -> std::sync::MutexGuard<'_, InterfaceTable> {
-    table
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -19,10 +19,7 @@ pub enum LoadError {
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("{what}: {source}")]
-    Program {
-        what: String,
-        source: aya::programs::ProgramError,
-    },
+    Program { what: String, source: aya::programs::ProgramError },
 }
 
 /// Creates the maps and relocates the programs; the verifier runs per program on `load()`.

@@ -63,17 +63,11 @@ impl Metrics {
                 kernel: features.kernel.clone(),
             })
             .set(1);
-        registry.register(
-            "sensor_build_info",
-            "Sensor version and kernel release",
-            build,
-        );
+        registry.register("sensor_build_info", "Sensor version and kernel release", build);
         let feature_family = Family::<FeatureLabels, Gauge>::default();
         for (feature, ok) in &features.available {
             feature_family
-                .get_or_create(&FeatureLabels {
-                    feature: feature.name(),
-                })
+                .get_or_create(&FeatureLabels { feature: feature.name() })
                 .set(i64::from(*ok));
         }
         registry.register(
@@ -91,15 +85,9 @@ impl Metrics {
             "Ring buffer records that could not be decoded, by reason",
             self.decode_errors.clone(),
         );
-        registry.register(
-            "sensor_ready",
-            "1 once all programs are attached",
-            self.ready.clone(),
-        );
+        registry.register("sensor_ready", "1 once all programs are attached", self.ready.clone());
         registry.register_collector(Box::new(InterfaceCollector { table: interfaces }));
-        registry.register_collector(Box::new(LossCollector {
-            map: Mutex::new(loss),
-        }));
+        registry.register_collector(Box::new(LossCollector { map: Mutex::new(loss) }));
         registry
     }
 }
@@ -127,20 +115,19 @@ impl Collector for InterfaceCollector {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let totals = table.counters();
 
-        let mut attached = encoder.encode_descriptor(
-            "sensor_interface_attached",
-            "Interfaces the tc programs are attached to",
-            None,
-            MetricType::Gauge,
-        )?;
-        for name in table.attached_names() {
-            attached
-                .encode_family(&AttachedLabels {
-                    interface: name.to_owned(),
-                })?
-                .encode_gauge(&1_i64)?;
+        {
+            let mut attached = encoder.encode_descriptor(
+                "sensor_interface_attached",
+                "Interfaces the tc programs are attached to",
+                None,
+                MetricType::Gauge,
+            )?;
+            for name in table.attached_names() {
+                attached
+                    .encode_family(&AttachedLabels { interface: name.to_owned() })?
+                    .encode_gauge(&1_i64)?;
+            }
         }
-        drop(attached);
 
         for (metric, help, pick) in [
             (
@@ -156,10 +143,8 @@ impl Collector for InterfaceCollector {
         ] {
             let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
             for (interface, direction, counters) in &totals {
-                let labels = InterfaceLabels {
-                    interface: interface.clone(),
-                    direction: direction.as_str(),
-                };
+                let labels =
+                    InterfaceLabels { interface: interface.clone(), direction: direction.as_str() };
                 family
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&pick(counters), None)?;
@@ -199,10 +184,7 @@ impl Collector for LossCollector {
             MetricType::Counter,
         )?;
         family
-            .encode_family(&LossLabels {
-                ring: "host",
-                reason: "ringbuf_full",
-            })?
+            .encode_family(&LossLabels { ring: "host", reason: "ringbuf_full" })?
             .encode_counter::<NoLabelSet, _, u64>(&full, None)?;
         Ok(())
     }

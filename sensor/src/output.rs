@@ -48,10 +48,7 @@ impl<'a> ExecRecord<'a> {
                 },
             },
             node_name,
-            time: clock
-                .to_wall(exec.boot_ns)
-                .format(&Rfc3339)
-                .unwrap_or_default(),
+            time: clock.to_wall(exec.boot_ns).format(&Rfc3339).unwrap_or_default(),
         }
     }
 }
@@ -64,10 +61,7 @@ pub struct JsonLines<W> {
 
 impl<W: AsyncWrite + Unpin> JsonLines<W> {
     pub const fn new(writer: W) -> Self {
-        Self {
-            writer,
-            line: Vec::new(),
-        }
+        Self { writer, line: Vec::new() }
     }
 
     /// Buffers `record`; call [`Self::flush`] after a batch.
@@ -102,9 +96,7 @@ mod tests {
         };
         let clock = BootClock::now().expect("clock");
         let mut out = JsonLines::new(Vec::new());
-        out.write(&ExecRecord::new(&exec, "node-a", clock))
-            .await
-            .expect("write");
+        out.write(&ExecRecord::new(&exec, "node-a", clock)).await.expect("write");
         let line = String::from_utf8(out.writer).expect("utf8");
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).expect("json");
@@ -112,10 +104,6 @@ mod tests {
         assert_eq!(v["process_exec"]["process"]["cgroup_id"], 9);
         assert_eq!(v["node_name"], "node-a");
         assert!(v["time"].as_str().expect("time").ends_with('Z'));
-        assert!(
-            v["process_exec"]["process"]
-                .get("binary_truncated")
-                .is_none()
-        );
+        assert!(v["process_exec"]["process"].get("binary_truncated").is_none());
     }
 }

@@ -15,26 +15,10 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 const REQUIRED: &[Requirement] = &[
-    Requirement {
-        name: "CAP_BPF",
-        bit: CAP_BPF,
-        why: "load eBPF programs and maps",
-    },
-    Requirement {
-        name: "CAP_PERFMON",
-        bit: CAP_PERFMON,
-        why: "attach tracepoints",
-    },
-    Requirement {
-        name: "CAP_NET_ADMIN",
-        bit: CAP_NET_ADMIN,
-        why: "attach tc programs",
-    },
-    Requirement {
-        name: "CAP_SYS_ADMIN",
-        bit: CAP_SYS_ADMIN,
-        why: "mount tracefs, read cgroups",
-    },
+    Requirement { name: "CAP_BPF", bit: CAP_BPF, why: "load eBPF programs and maps" },
+    Requirement { name: "CAP_PERFMON", bit: CAP_PERFMON, why: "attach tracepoints" },
+    Requirement { name: "CAP_NET_ADMIN", bit: CAP_NET_ADMIN, why: "attach tc programs" },
+    Requirement { name: "CAP_SYS_ADMIN", bit: CAP_SYS_ADMIN, why: "mount tracefs, read cgroups" },
 ];
 
 /// Returns a description of each missing capability (empty when all are there).
@@ -79,10 +63,7 @@ pub fn ensure_tracefs() -> io::Result<bool> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Newer kernels ignore it.
 pub fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid, initialised struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
     if rc != 0 {
@@ -106,9 +87,7 @@ impl BootClock {
         };
         let real = ns(ClockId::CLOCK_REALTIME)?;
         let boot = ns(ClockId::CLOCK_BOOTTIME)?;
-        Ok(Self {
-            boot_epoch_ns: real - boot,
-        })
+        Ok(Self { boot_epoch_ns: real - boot })
     }
 
     pub fn to_wall(self, boot_ns: u64) -> time::OffsetDateTime {

@@ -24,9 +24,7 @@ pub fn ensure(root: &Path) -> anyhow::Result<Tools> {
     ensure_toolchain()?;
     let tools_dir = root.join("target/tools");
     ensure_bpf_linker(&tools_dir)?;
-    Ok(Tools {
-        bin_dir: tools_dir.join("bin"),
-    })
+    Ok(Tools { bin_dir: tools_dir.join("bin") })
 }
 
 fn ensure_toolchain() -> anyhow::Result<()> {
@@ -35,11 +33,7 @@ fn ensure_toolchain() -> anyhow::Result<()> {
         .output()
         .context("running rustup (install it from rustup.rs)")?;
     let listing = String::from_utf8_lossy(&installed.stdout);
-    let has = |c: &str| {
-        listing
-            .lines()
-            .any(|l| l.starts_with(&format!("{c}-")) || l == c)
-    };
+    let has = |c: &str| listing.lines().any(|l| l.starts_with(&format!("{c}-")) || l == c);
     if installed.status.success() && COMPONENTS.iter().all(|c| has(c)) {
         return Ok(());
     }
@@ -80,15 +74,7 @@ fn ensure_bpf_linker(tools_dir: &Path) -> anyhow::Result<()> {
     }
     status(
         Command::new("rustup")
-            .args([
-                "run",
-                TOOLCHAIN,
-                "cargo",
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--force",
-            ])
+            .args(["run", TOOLCHAIN, "cargo", "install", "bpf-linker", "--locked", "--force"])
             .args(["--version", &format!("={BPF_LINKER_VERSION}")])
             .arg("--root")
             .arg(tools_dir)
@@ -103,31 +89,20 @@ fn ensure_bpf_linker(tools_dir: &Path) -> anyhow::Result<()> {
 
 /// Debian packages the end-to-end tests drive: ip/tc (iproute2), nsenter (util-linux), curl.
 pub fn ensure_test_packages() -> anyhow::Result<()> {
-    let needed: Vec<&str> = [
-        ("ip", "iproute2"),
-        ("tc", "iproute2"),
-        ("nsenter", "util-linux"),
-        ("curl", "curl"),
-    ]
-    .into_iter()
-    .filter(|(tool, _)| !on_path(tool))
-    .map(|(_, package)| package)
-    .collect();
+    let needed: Vec<&str> =
+        [("ip", "iproute2"), ("tc", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl")]
+            .into_iter()
+            .filter(|(tool, _)| !on_path(tool))
+            .map(|(_, package)| package)
+            .collect();
     if needed.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "missing test tools; install the Debian packages: {}",
-            needed.join(" ")
-        );
+        bail!("missing test tools; install the Debian packages: {}", needed.join(" "));
     }
     status(Command::new("apt-get").arg("update").arg("-q"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&needed),
-    )
+    status(Command::new("apt-get").args(["install", "-y", "-q"]).args(&needed))
 }
 
 fn on_path(tool: &str) -> bool {

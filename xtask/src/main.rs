@@ -48,10 +48,7 @@ fn main() -> anyhow::Result<()> {
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .context("xtask has no parent directory")
+    manifest.parent().map(Path::to_path_buf).context("xtask has no parent directory")
 }
 
 /// `cargo` of the pinned toolchain, with bpf-linker on PATH and the outer cargo's variables
@@ -59,14 +56,7 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 pub fn cargo(root: &Path, tools: &bootstrap::Tools) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", TOOLCHAIN, "cargo"]).current_dir(root);
-    for var in [
-        "RUSTC",
-        "RUSTDOC",
-        "CARGO",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-    ] {
+    for var in ["RUSTC", "RUSTDOC", "CARGO", "RUSTUP_TOOLCHAIN", "RUSTC_WRAPPER", "RUSTFLAGS"] {
         cmd.env_remove(var);
     }
     let path = env::var_os("PATH").unwrap_or_default();
@@ -80,9 +70,7 @@ pub fn cargo(root: &Path, tools: &bootstrap::Tools) -> Command {
 
 pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("spawning {}", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("spawning {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed: {status}", describe(cmd));
     }
@@ -133,6 +121,8 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "clippy",
         "--release",
         "--workspace",
+        "--exclude",
+        "sensor-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -165,19 +155,14 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "--release",
         "--workspace",
         "--exclude",
+        "sensor-ebpf",
+        "--exclude",
         "sensor-e2e",
     ]))?;
     // End-to-end tests share the node's hooks and tc links: one at a time.
     status(
         cargo(root, &tools)
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "sensor-e2e",
-                "--",
-                "--test-threads=1",
-            ])
+            .args(["test", "--release", "--package", "sensor-e2e", "--", "--test-threads=1"])
             .env("SENSOR_BIN", root.join("target/release/sensor")),
     )
 }

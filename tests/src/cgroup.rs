@@ -1,0 +1,87 @@
+//! A cgroup v2 directory for the test's processes, removed on drop.
+
+use std::{
+    fs, io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::Duration,
+};
+
+use crate::{unique, wait_until};
+
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Self {
+        let path = cgroup2_root().join(unique("se2e-cg-"));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// The id the kernel reports for tasks in this cgroup (`bpf_get_current_cgroup_id`).
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+
+    /// Spawns `cmd` so that it is already in this cgroup when it calls execve.
+    pub fn spawn(&self, cmd: &mut Command) -> Child {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        let fd = procs.as_raw_fd();
+        // SAFETY: the hook only calls write(2), which is async-signal-safe, on an fd that the
+        // parent keeps open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing "0" moves the writing process (the forked child) into the cgroup.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd.spawn().expect("spawn in cgroup");
+        drop(procs);
+        child
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let path = self.path.clone();
+        // rmdir fails with EBUSY until the killed tasks are gone.
+        let removed = std::panic::catch_unwind(|| {
+            wait_until("cgroup removal", Duration::from_secs(5), || fs::remove_dir(&path).ok())
+        });
+        if removed.is_err() {
+            eprintln!("warning: could not remove {}", self.path.display());
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on modern hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones; read from mountinfo rather than guessed.
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| Path::new(mount_point).to_path_buf())
+        })
+        .expect("no cgroup2 mount in /proc/self/mountinfo")
+}

@@ -1,0 +1,176 @@
+//! The real `sensor` binary, run inside a test's node namespace.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use nix::{sys::signal, unistd::Pid};
+
+use crate::{Metrics, Netns, unique, wait_until};
+
+/// Port the sensor serves on, on the node namespace's loopback (each test has its own).
+pub const PORT: u16 = 9990;
+
+/// Path of the binary under test: `$SENSOR_BIN` (set by `cargo xtask test`) or the release
+/// build next to this workspace.
+pub fn sensor_bin() -> PathBuf {
+    let path = std::env::var_os("SENSOR_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sensor"),
+        PathBuf::from,
+    );
+    assert!(path.is_file(), "{} missing: run `cargo xtask build` first", path.display());
+    path
+}
+
+pub struct Sensor {
+    child: Option<Child>,
+    netns: PathBuf,
+    config: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Sensor {
+    /// Starts `sensor run` in `node` with `config_yaml` as its config file plus `args`, and
+    /// waits until `/readyz` answers 200.
+    pub fn start(node: &Netns, config_yaml: &str, args: &[&str]) -> Self {
+        let config = std::env::temp_dir().join(format!("{}.yaml", unique("se2e-cfg-")));
+        fs::write(&config, config_yaml).expect("write config");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .arg("--")
+            .arg(sensor_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--metrics-addr", &format!("127.0.0.1:{PORT}"), "--node-name", "e2e-node"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensor");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let lines = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(PoisonError::into_inner).push(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let log = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0_u8; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                log.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut sensor = Self { child: Some(child), netns: node.path(), config, stdout, stderr };
+        sensor.wait_ready();
+        sensor
+    }
+
+    fn wait_ready(&mut self) {
+        wait_until("sensor /readyz to answer 200", Duration::from_secs(60), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("sensor exited during start-up ({status}):\n{}", self.log());
+            }
+            (self.get("/readyz").0 == 200).then_some(())
+        });
+    }
+
+    /// GET `path` from the sensor's HTTP server with curl inside the node namespace.
+    /// Returns (status, body); status 0 when nothing answered.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["--", "curl", "-s", "-m", "2", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{PORT}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        Metrics::parse(&body)
+    }
+
+    /// Waits for a metric sample to satisfy `pred`, returning its value (None when absent).
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(Option<f64>) -> bool,
+    ) -> Option<f64> {
+        let mut last = None;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(&format!("metric {name}{labels:?}"), Duration::from_secs(10), || {
+                let value = self.metrics().get(name, labels);
+                last = Some(value);
+                pred(value).then_some(value)
+            })
+        }));
+        found.unwrap_or_else(|_| {
+            panic!("metric {name}{labels:?} never matched; last value {last:?}")
+        })
+    }
+
+    /// Waits for a JSON line on stdout for which `pred` holds.
+    pub fn wait_event(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_until(what, Duration::from_secs(10), || {
+            let lines = self.stdout.lock().unwrap_or_else(PoisonError::into_inner);
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| pred(v))
+        })
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("sensor already stopped");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        signal::kill(pid, signal::Signal::SIGTERM).expect("SIGTERM sensor");
+        wait_until("sensor to exit after SIGTERM", Duration::from_secs(15), || {
+            child.try_wait().expect("wait sensor")
+        })
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(&self.config);
+        if std::thread::panicking() {
+            eprintln!("--- sensor log ---\n{}", self.log());
+        }
+    }
+}
