@@ -124,3 +124,22 @@ fn reports_features_and_serves_health_endpoints() {
         "{features_line}"
     );
 }
+
+#[test]
+fn missing_capabilities_are_named_and_nothing_is_loaded() {
+    if !privileged() {
+        return;
+    }
+    // Root without CAP_BPF and CAP_SYS_ADMIN: the bounding set caps what exec grants.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-bpf,-sys_admin", "--inh-caps=-all", "--"])
+        .arg(sensor_e2e::sensor::sensor_bin())
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing privileges"), "{stderr}");
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_SYS_ADMIN"), "{stderr}");
+    assert!(!stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+}

@@ -89,12 +89,17 @@ fn ensure_bpf_linker(tools_dir: &Path) -> anyhow::Result<()> {
 
 /// Debian packages the end-to-end tests drive: ip/tc (iproute2), nsenter (util-linux), curl.
 pub fn ensure_test_packages() -> anyhow::Result<()> {
-    let needed: Vec<&str> =
-        [("ip", "iproute2"), ("tc", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl")]
-            .into_iter()
-            .filter(|(tool, _)| !on_path(tool))
-            .map(|(_, package)| package)
-            .collect();
+    let needed: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("setpriv", "util-linux"),
+        ("curl", "curl"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| !on_path(tool))
+    .map(|(_, package)| package)
+    .collect();
     if needed.is_empty() {
         return Ok(());
     }
