@@ -27,6 +27,8 @@ pub const LOSS_COUNTERS: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Exec = 1,
+    /// A [`crate::net::FlowEvent`] on the network ring buffer.
+    Flow = 2,
 }
 
 /// Bit set in [`ExecEvent::flags`] when `filename` was cut at [`MAX_PATH_LEN`].

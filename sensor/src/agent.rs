@@ -1,9 +1,12 @@
 //! Start-up, the event loop, and shutdown. Each step is owned by its module; this one only
 //! wires them: kernel → decoder → outputs, link events → attacher.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use aya::{
@@ -18,14 +21,17 @@ use tokio::{
 };
 
 use crate::{
+    cli::Mode,
     config::Config,
-    decode::{self, HostEvent},
+    decode::{self, Flow, HostEvent},
     features::{KernelFeatures, MissingFeature},
+    flows::{self, FlowFormatter},
     http,
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
-    metrics::{EventLabels, Metrics, ReasonLabels},
+    metrics::{DropLabels, EventLabels, FlowLabels, Metrics, ReasonLabels, VerdictLabels},
     output::{ExecRecord, JsonLines},
+    policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
 };
 
@@ -50,6 +56,10 @@ pub enum AgentError {
     Http { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::runtime::ReloadError),
+    #[error("watching policy files: {0}")]
+    Watch(#[from] notify::Error),
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -85,9 +95,29 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     )?)));
     let loss: PerCpuArray<MapData, u64> = take_map(&mut ebpf, host::EVENT_LOSS_MAP)?;
     let ring: RingBuf<MapData> = take_map(&mut ebpf, host::HOST_EVENTS_MAP)?;
+    let net_ring: RingBuf<MapData> = take_map(&mut ebpf, net::NET_EVENTS_MAP)?;
+    let net_counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, net::NET_COUNTERS_MAP)?;
+    let policy_maps = PolicyMaps::new(
+        take_map(&mut ebpf, net::NET_CONFIG_MAP)?,
+        take_map(&mut ebpf, net::ENDPOINTS_MAP)?,
+        take_map(&mut ebpf, net::IPCACHE_MAP)?,
+        take_map(&mut ebpf, net::POLICY_ALLOW_MAP)?,
+        take_map(&mut ebpf, net::POLICY_DENY_MAP)?,
+    );
 
     let metrics = Metrics::default();
-    let registry = Arc::new(metrics.register(&features, Arc::clone(&table), loss));
+    let registry = Arc::new(metrics.register(&features, Arc::clone(&table), loss, net_counters));
+    // The first policy load must succeed: there is no previous set to fall back to.
+    let mut policy = PolicyRuntime::new(
+        policy_maps,
+        config.mode == Mode::Enforce,
+        config.policy_dir.clone(),
+        config.endpoints_file.clone(),
+        metrics.clone(),
+    );
+    let applied = policy.reload()?;
+    tracing::info!(?applied, "policy applied");
+    let (_watcher, mut policy_changes) = policy.watch()?;
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(config.metrics_addr)
         .await
@@ -99,8 +129,33 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone())?;
     loader::attach_exec(&mut ebpf)?;
     let clock = sys::BootClock::now().map_err(|e| AgentError::Io("reading clocks", e))?;
-    let mut reader =
-        tokio::spawn(read_host_events(ring, config.node_name.clone(), clock, metrics.clone()));
+    let (lines_tx, lines_rx) = mpsc::channel::<String>(4096);
+    let mut writer = tokio::spawn(write_lines(lines_rx));
+    let table_for_names = Arc::clone(&table);
+    let formatter = FlowFormatter {
+        node_name: config.node_name.clone(),
+        clock,
+        compiled: Arc::clone(&policy.compiled),
+        interface_name: Arc::new(move |index| {
+            table_for_names.lock().map(|t| t.name(index).unwrap_or_default()).unwrap_or_default()
+        }),
+    };
+    let mut reader = tokio::spawn(read_events(
+        ring,
+        config.node_name.clone(),
+        clock,
+        metrics.clone(),
+        lines_tx.clone(),
+        None,
+    ));
+    let mut net_reader = tokio::spawn(read_events(
+        net_ring,
+        config.node_name.clone(),
+        clock,
+        metrics.clone(),
+        lines_tx,
+        Some(formatter),
+    ));
 
     let (link_tx, mut link_rx) = mpsc::channel(256);
     let mut watcher = tokio::spawn(interfaces::watch_links(link_tx));
@@ -118,8 +173,26 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     metrics.ready.set(1);
                     tracing::info!(interfaces = attacher.attached_count(), "ready");
                 }
+                let endpoint_link = match &event {
+                    LinkEvent::Present { name, .. } => policy.is_endpoint_interface(name),
+                    _ => false,
+                };
                 attacher.apply(&mut ebpf, &table, event);
+                if endpoint_link && let Err(err) = policy.reapply() {
+                    tracing::error!("policy re-apply after interface change: {err}");
+                }
             }
+            Some(()) = policy_changes.recv() => {
+                // Let a burst of writes (editor save, kubectl cp) settle, then load once.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while policy_changes.try_recv().is_ok() {}
+                match policy.reload() {
+                    Ok(applied) => tracing::info!(?applied, "policy reloaded"),
+                    Err(err) => tracing::error!("policy change rejected, previous policy stays in force: {err}"),
+                }
+            }
+            res = &mut net_reader => break Err(AgentError::Io("flow event reader", flatten(res))),
+            res = &mut writer => break Err(AgentError::Io("output writer", flatten(res))),
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             res = &mut watcher => break Err(match res {
@@ -127,11 +200,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 Ok(Err(err)) => err.into(),
                 Err(join) => AgentError::Io("netlink link watcher", std::io::Error::other(join)),
             }),
-            res = &mut reader => break Err(AgentError::Io("host event reader", match res {
-                Ok(Err(err)) => err,
-                Ok(Ok(())) => std::io::Error::other("stopped"),
-                Err(join) => std::io::Error::other(join),
-            })),
+            res = &mut reader => break Err(AgentError::Io("host event reader", flatten(res))),
             res = &mut server => break Err(AgentError::Http {
                 addr: config.metrics_addr,
                 source: match res { Ok(Err(err)) => err, Ok(Ok(())) => std::io::Error::other("stopped"), Err(join) => std::io::Error::other(join) },
@@ -141,6 +210,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     ready.store(false, Ordering::Release);
     watcher.abort();
     reader.abort();
+    net_reader.abort();
+    writer.abort();
     server.abort();
     let interfaces = attacher.attached_count();
     // Dropping the object closes every program and link fd: tcx links and the tracepoint
@@ -192,15 +263,36 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
     }
 }
 
-/// Drains the host ring buffer: decode each record, write it out, count it.
-async fn read_host_events(
+fn flatten(res: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Error {
+    match res {
+        Ok(Err(err)) => err,
+        Ok(Ok(())) => std::io::Error::other("stopped"),
+        Err(join) => std::io::Error::other(join),
+    }
+}
+
+/// The single writer of stdout: whole lines from every reader, never interleaved.
+async fn write_lines(mut lines: mpsc::Receiver<String>) -> std::io::Result<()> {
+    let mut out = JsonLines::new(tokio::io::stdout());
+    while let Some(line) = lines.recv().await {
+        out.write_raw(&line).await?;
+        if lines.is_empty() {
+            out.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drains one ring buffer: decode each record, count it, hand its JSON line to the writer.
+async fn read_events(
     ring: RingBuf<MapData>,
     node_name: String,
     clock: sys::BootClock,
     metrics: Metrics,
+    lines: mpsc::Sender<String>,
+    flows: Option<FlowFormatter>,
 ) -> std::io::Result<()> {
     let mut ring = readable(ring)?;
-    let mut out = JsonLines::new(tokio::io::stdout());
     let mut batch = Vec::new();
     loop {
         // Decode under the readiness guard, write after it: ring items borrow the ring.
@@ -213,20 +305,60 @@ async fn read_host_events(
             guard.clear_ready();
         }
         for event in batch.drain(..) {
-            match event {
+            let line = match event {
                 Ok(HostEvent::Exec(exec)) => {
-                    out.write(&ExecRecord::new(&exec, &node_name, clock)).await?;
                     metrics.events.get_or_create(&EventLabels { r#type: "exec" }).inc();
+                    serde_json::to_string(&ExecRecord::new(&exec, &node_name, clock))
+                }
+                Ok(HostEvent::Flow(flow)) => {
+                    count_flow(&metrics, &flow);
+                    let Some(formatter) = &flows else { continue };
+                    serde_json::to_string(&formatter.record(&flow))
                 }
                 Err(err) => {
-                    tracing::warn!("dropping host record: {err}");
+                    tracing::warn!("dropping record: {err}");
                     metrics
                         .decode_errors
                         .get_or_create(&ReasonLabels { reason: err.reason() })
                         .inc();
+                    continue;
                 }
+            };
+            let line = line.map_err(std::io::Error::other)?;
+            if lines.send(line).await.is_err() {
+                return Ok(()); // the writer stopped: shutting down
             }
         }
-        out.flush().await?;
+    }
+}
+
+/// Hubble's metrics for one flow event.
+fn count_flow(metrics: &Metrics, flow: &Flow) {
+    let protocol = flows::protocol_name(flow.protocol);
+    let verdict = flows::verdict_name(flow.verdict);
+    let (kind, _) = flows::event_type(flow);
+    let subtype = match kind {
+        "Trace" if flow.direction == sensor_common::net::POLICY_INGRESS => "to-endpoint",
+        "Trace" => "from-endpoint",
+        _ => "",
+    };
+    metrics.flows.get_or_create(&FlowLabels { protocol, r#type: kind, subtype, verdict }).inc();
+    if flow.verdict == sensor_common::net::VERDICT_DROPPED {
+        let reason = flows::drop_reason_name(flow.drop_reason);
+        metrics.drops.get_or_create(&DropLabels { reason, protocol }).inc();
+    }
+    if flow.endpoint_id != 0 {
+        metrics
+            .policy_verdicts
+            .get_or_create(&VerdictLabels {
+                direction: flows::direction_name(flow),
+                r#match: flows::match_name(flow.match_type),
+                action: match flow.verdict {
+                    sensor_common::net::VERDICT_DROPPED => "dropped",
+                    sensor_common::net::VERDICT_AUDIT => "audit",
+                    _ => "forwarded",
+                },
+            })
+            .inc();
     }
 }

@@ -22,6 +22,16 @@ pub enum Command {
     /// Load the eBPF programs, attach them and run until SIGINT or SIGTERM (needs root, or
     /// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN).
     Run(RunArgs),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files and print what each endpoint is allowed and denied. Exits
+    /// non-zero on any error.
+    Check(PolicyCheckArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -52,6 +62,28 @@ pub struct RunArgs {
     /// Node name put on every record [default: the hostname; NODE_NAME in a DaemonSet].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Directory (or single file) of CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
+    /// NetworkPolicy YAML (*.yaml, *.yml). Watched: changes apply atomically; a file that does
+    /// not parse is rejected with file and line and the previous policy set stays in force.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+
+    /// YAML file listing endpoints (pods: namespace, name, labels, ips, interface), namespace
+    /// labels and the node's host_ips. Watched like --policy-dir.
+    #[arg(long, value_name = "FILE")]
+    pub endpoints_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// Policy files or directories to validate.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Endpoints file to resolve selectors against; without it only syntax is checked.
+    #[arg(long, value_name = "FILE")]
+    pub endpoints_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]

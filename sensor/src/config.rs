@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub node_name: Option<String>,
+    pub policy_dir: Option<PathBuf>,
+    pub endpoints_file: Option<PathBuf>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -35,6 +37,10 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub log_format: LogFormat,
     pub node_name: String,
+    /// Directory (or file) of CiliumNetworkPolicy / NetworkPolicy YAML, watched.
+    pub policy_dir: Option<PathBuf>,
+    /// YAML file of endpoints (local and remote pods), watched.
+    pub endpoints_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,8 @@ impl Config {
                 .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_METRICS_PORT))),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             node_name,
+            policy_dir: args.policy_dir.clone().or(file.policy_dir),
+            endpoints_file: args.endpoints_file.clone().or(file.endpoints_file),
         })
     }
 }

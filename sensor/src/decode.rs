@@ -3,7 +3,12 @@
 
 use std::mem::size_of;
 
-use sensor_common::host::{EXEC_FLAG_PATH_TRUNCATED, EventKind, ExecEvent, MAX_PATH_LEN};
+use std::net::{IpAddr, Ipv6Addr};
+
+use sensor_common::{
+    host::{EXEC_FLAG_PATH_TRUNCATED, EventKind, ExecEvent, MAX_PATH_LEN},
+    net::{FAMILY_IPV4, FlowEvent},
+};
 
 /// A process started (execve succeeded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +27,33 @@ pub struct Exec {
     pub comm: String,
 }
 
+/// A flow's first packet (or a dropped packet) with the verdict the kernel reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub boot_ns: u64,
+    pub ifindex: u32,
+    pub endpoint_id: u32,
+    pub local_identity: u32,
+    pub remote_identity: u32,
+    pub verdict: u8,
+    pub drop_reason: u8,
+    pub match_type: u8,
+    /// `POLICY_INGRESS` or `POLICY_EGRESS` of the local endpoint.
+    pub direction: u8,
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEvent {
     Exec(Exec),
+    Flow(Flow),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +85,7 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
     let kind = u32::from_ne_bytes(kind_bytes);
     match kind {
         k if k == EventKind::Exec as u32 => decode_exec(record).map(HostEvent::Exec),
+        k if k == EventKind::Flow as u32 => decode_flow(record).map(HostEvent::Flow),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -79,6 +109,41 @@ fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
         binary: String::from_utf8_lossy(until_nul(&raw.filename[..path_len])).into_owned(),
         binary_truncated: raw.flags & EXEC_FLAG_PATH_TRUNCATED != 0,
         comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
+    })
+}
+
+fn decode_flow(record: &[u8]) -> Result<Flow, DecodeError> {
+    let expected = size_of::<FlowEvent>();
+    if record.len() != expected {
+        return Err(DecodeError::BadSize { kind: "flow", got: record.len(), expected });
+    }
+    // SAFETY: length checked; FlowEvent is plain old data valid for any bytes.
+    let raw: FlowEvent = unsafe { record.as_ptr().cast::<FlowEvent>().read_unaligned() };
+    let addr = |octets: [u8; 16]| {
+        let v6 = Ipv6Addr::from(octets);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if raw.family == FAMILY_IPV4 => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    };
+    Ok(Flow {
+        boot_ns: raw.boot_ns,
+        ifindex: raw.ifindex,
+        endpoint_id: raw.endpoint_id,
+        local_identity: raw.local_identity,
+        remote_identity: raw.remote_identity,
+        verdict: raw.verdict,
+        drop_reason: raw.drop_reason,
+        match_type: raw.match_type,
+        direction: raw.direction,
+        protocol: raw.protocol,
+        tcp_flags: raw.tcp_flags,
+        icmp_type: raw.icmp_type,
+        icmp_code: raw.icmp_code,
+        source: addr(raw.saddr),
+        destination: addr(raw.daddr),
+        source_port: raw.sport,
+        destination_port: raw.dport,
     })
 }
 
@@ -118,7 +183,9 @@ mod tests {
 
     #[test]
     fn decodes_exec() {
-        let HostEvent::Exec(exec) = decode_host(&raw_exec(b"/usr/bin/true", 0)).expect("decodes");
+        let Ok(HostEvent::Exec(exec)) = decode_host(&raw_exec(b"/usr/bin/true", 0)) else {
+            panic!("not an exec")
+        };
         assert_eq!(exec.binary, "/usr/bin/true");
         assert_eq!(exec.comm, "true");
         assert_eq!((exec.pid, exec.tid, exec.uid, exec.gid), (100, 101, 1000, 1001));
@@ -128,8 +195,11 @@ mod tests {
 
     #[test]
     fn marks_truncation() {
-        let HostEvent::Exec(exec) =
-            decode_host(&raw_exec(b"/very/long", EXEC_FLAG_PATH_TRUNCATED)).expect("decodes");
+        let Ok(HostEvent::Exec(exec)) =
+            decode_host(&raw_exec(b"/very/long", EXEC_FLAG_PATH_TRUNCATED))
+        else {
+            panic!("not an exec")
+        };
         assert!(exec.binary_truncated);
     }
 
@@ -144,7 +214,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_not_dropped() {
-        let HostEvent::Exec(exec) = decode_host(&raw_exec(b"/tmp/\xff", 0)).expect("decodes");
+        let Ok(HostEvent::Exec(exec)) = decode_host(&raw_exec(b"/tmp/\xff", 0)) else {
+            panic!("not an exec")
+        };
         assert_eq!(exec.binary, "/tmp/\u{fffd}");
     }
 }

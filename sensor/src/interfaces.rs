@@ -114,6 +114,10 @@ impl InterfaceTable {
         Self { names: BTreeMap::new(), stats }
     }
 
+    pub fn name(&self, index: u32) -> Option<String> {
+        self.names.get(&index).cloned()
+    }
+
     pub fn attached_names(&self) -> impl Iterator<Item = &str> {
         self.names.values().map(String::as_str)
     }

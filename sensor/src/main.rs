@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use sensor::{
     agent,
-    cli::{Cli, Command},
+    cli::{Cli, Command, PolicyCommand},
     config::Config,
     logging,
 };
@@ -31,5 +31,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy(PolicyCommand::Check(args)) => match sensor::policy::check::check(&args) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("sensor: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

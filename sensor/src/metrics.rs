@@ -36,9 +36,45 @@ struct BuildLabels {
     kernel: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    pub protocol: &'static str,
+    pub r#type: &'static str,
+    pub subtype: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub direction: &'static str,
+    pub r#match: &'static str,
+    pub action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 /// The metrics the agent updates as it runs.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
+    /// `hubble_flows_processed_total{protocol,type,subtype,verdict}`.
+    pub flows: Family<FlowLabels, Counter>,
+    /// `hubble_drop_total{reason,protocol}`.
+    pub drops: Family<DropLabels, Counter>,
+    /// `hubble_policy_verdicts_total{direction,match,action}`.
+    pub policy_verdicts: Family<VerdictLabels, Counter>,
+    /// `sensor_policy_reloads_total{outcome}`: policy loads applied or rejected.
+    pub policy_reloads: Family<OutcomeLabels, Counter>,
+    /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
+    pub policy_revision: Gauge,
     /// `sensor_events_total{type}`: events decoded and written out.
     pub events: Family<EventLabels, Counter>,
     /// `sensor_event_decode_errors_total{reason}`: ring buffer records that did not decode.
@@ -54,6 +90,7 @@ impl Metrics {
         features: &KernelFeatures,
         interfaces: Arc<Mutex<InterfaceTable>>,
         loss: PerCpuArray<MapData, u64>,
+        net_counters: PerCpuArray<MapData, u64>,
     ) -> Registry {
         let mut registry = Registry::default();
         let build = Family::<BuildLabels, Gauge>::default();
@@ -86,6 +123,32 @@ impl Metrics {
             self.decode_errors.clone(),
         );
         registry.register("sensor_ready", "1 once all programs are attached", self.ready.clone());
+        registry.register(
+            "hubble_flows_processed",
+            "Flow events processed, by protocol, event type and verdict",
+            self.flows.clone(),
+        );
+        registry.register(
+            "hubble_drop",
+            "Dropped packets, by reason and protocol",
+            self.drops.clone(),
+        );
+        registry.register(
+            "hubble_policy_verdicts",
+            "Policy verdicts of new flows at policy endpoints, by direction, match and action",
+            self.policy_verdicts.clone(),
+        );
+        registry.register(
+            "sensor_policy_reloads",
+            "Policy loads, by outcome (applied, rejected)",
+            self.policy_reloads.clone(),
+        );
+        registry.register(
+            "sensor_policy_revision",
+            "Revision of the policy set in force",
+            self.policy_revision.clone(),
+        );
+        registry.register_collector(Box::new(NetCollector { map: Mutex::new(net_counters) }));
         registry.register_collector(Box::new(InterfaceCollector { table: interfaces }));
         registry.register_collector(Box::new(LossCollector { map: Mutex::new(loss) }));
         registry
@@ -186,6 +249,53 @@ impl Collector for LossCollector {
         family
             .encode_family(&LossLabels { ring: "host", reason: "ringbuf_full" })?
             .encode_counter::<NoLabelSet, _, u64>(&full, None)?;
+        Ok(())
+    }
+}
+
+/// `hubble_lost_events_total{source}` and `sensor_net_unclassified_packets_total{reason}` from
+/// the tc programs' per-CPU counters.
+struct NetCollector {
+    map: Mutex<PerCpuArray<MapData, u64>>,
+}
+
+impl std::fmt::Debug for NetCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+impl Collector for NetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use sensor_common::net::NetCounter;
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let value = |c: NetCounter| map.get(&(c as u32), 0).map_or(0, |v| v.iter().sum::<u64>());
+        {
+            let mut lost = encoder.encode_descriptor(
+                "hubble_lost_events",
+                "Flow events lost before userspace read them, by source",
+                None,
+                MetricType::Counter,
+            )?;
+            lost.encode_family(&SourceLabels { source: "perf_event_ring_buffer" })?
+                .encode_counter::<NoLabelSet, _, u64>(&value(NetCounter::RingbufFull), None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sensor_net_unclassified_packets",
+            "Packets counted per interface but not classified into a flow, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for counter in NetCounter::ALL.into_iter().filter(|c| *c != NetCounter::RingbufFull) {
+            family
+                .encode_family(&ReasonLabels { reason: counter.name() })?
+                .encode_counter::<NoLabelSet, _, u64>(&value(counter), None)?;
+        }
         Ok(())
     }
 }

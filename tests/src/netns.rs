@@ -121,4 +121,14 @@ impl Veth {
         run("ip", &["-n", p, "link", "set", "eth0", "up"]);
         Self { host_if: host_if.to_owned(), node_ip, pod_ip }
     }
+
+    /// Lets the pod reach other test pods (10.77.0.0/16) through the node namespace, which
+    /// routes between its veths.
+    pub fn route_via_node(&self, node: &Netns, pod: &Netns) {
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(
+            "ip",
+            &["-n", &pod.name, "route", "add", "10.77.0.0/16", "via", &self.node_ip.to_string()],
+        );
+    }
 }

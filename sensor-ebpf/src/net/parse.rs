@@ -1,0 +1,168 @@
+//! Packet parsing for the tc programs: Ethernet → IPv4/IPv6 (bounded extension headers) →
+//! TCP, UDP, SCTP, ICMP, ICMPv6. Reads go through `bpf_skb_load_bytes`, which bounds-checks.
+
+use aya_ebpf::programs::TcContext;
+use sensor_common::net::{
+    FAMILY_IPV4, FAMILY_IPV6, NetCounter, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// IPv6 extension headers followed before giving up (counted as `Ipv6ExtLimit`).
+const MAX_IPV6_EXT: usize = 6;
+
+/// The flow a packet belongs to, in the packet's own direction.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub family: u8,
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// Conntrack ports: L4 ports, or the ICMP echo id on the requester's side.
+    pub sport: u16,
+    pub dport: u16,
+    /// The destination port policy matches on (0 for ICMP).
+    pub policy_port: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, offset: usize, err: NetCounter) -> Result<T, NetCounter> {
+    ctx.load::<T>(offset).map_err(|_| err)
+}
+
+#[inline(always)]
+fn load_be16(ctx: &TcContext, offset: usize, err: NetCounter) -> Result<u16, NetCounter> {
+    Ok(u16::from_be(load::<u16>(ctx, offset, err)?))
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Tuple, NetCounter> {
+    let ethertype = load_be16(ctx, 12, NetCounter::TruncatedL3)?;
+    let mut t = Tuple {
+        family: 0,
+        protocol: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, &mut t)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, &mut t)?,
+        _ => return Err(NetCounter::NonIp),
+    };
+    parse_l4(ctx, l4, &mut t)?;
+    Ok(t)
+}
+
+/// Fills addresses (as IPv4-mapped IPv6) and protocol; returns the L4 offset.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
+    let version_ihl = load::<u8>(ctx, ETH_HLEN, NetCounter::TruncatedL3)?;
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return Err(NetCounter::BadIpHeader);
+    }
+    let frag = load_be16(ctx, ETH_HLEN + 6, NetCounter::TruncatedL3)?;
+    let src = load::<[u8; 4]>(ctx, ETH_HLEN + 12, NetCounter::TruncatedL3)?;
+    let dst = load::<[u8; 4]>(ctx, ETH_HLEN + 16, NetCounter::TruncatedL3)?;
+    t.family = FAMILY_IPV4;
+    t.protocol = load::<u8>(ctx, ETH_HLEN + 9, NetCounter::TruncatedL3)?;
+    t.saddr = v4_mapped(src);
+    t.daddr = v4_mapped(dst);
+    // Only the first fragment carries the L4 header; later ones cannot be classified.
+    if frag & 0x1fff != 0 {
+        return Err(NetCounter::Fragment);
+    }
+    Ok(ETH_HLEN + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
+    let version = load::<u8>(ctx, ETH_HLEN, NetCounter::TruncatedL3)?;
+    if version >> 4 != 6 {
+        return Err(NetCounter::BadIpHeader);
+    }
+    let mut next = load::<u8>(ctx, ETH_HLEN + 6, NetCounter::TruncatedL3)?;
+    t.family = FAMILY_IPV6;
+    t.saddr = load::<[u8; 16]>(ctx, ETH_HLEN + 8, NetCounter::TruncatedL3)?;
+    t.daddr = load::<[u8; 16]>(ctx, ETH_HLEN + 24, NetCounter::TruncatedL3)?;
+    let mut offset = ETH_HLEN + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
+            0 | 43 | 60 => {
+                let hdr = load::<[u8; 2]>(ctx, offset, NetCounter::TruncatedL3)?;
+                next = hdr[0];
+                offset += (usize::from(hdr[1]) + 1) * 8;
+            }
+            // Authentication header: length in 4-byte units, minus two.
+            51 => {
+                let hdr = load::<[u8; 2]>(ctx, offset, NetCounter::TruncatedL3)?;
+                next = hdr[0];
+                offset += (usize::from(hdr[1]) + 2) * 4;
+            }
+            // Fragment header: 8 bytes; a non-zero offset means no L4 header here.
+            44 => {
+                next = load::<u8>(ctx, offset, NetCounter::TruncatedL3)?;
+                let frag = load_be16(ctx, offset + 2, NetCounter::TruncatedL3)?;
+                t.protocol = next;
+                if frag & 0xfff8 != 0 {
+                    return Err(NetCounter::Fragment);
+                }
+                offset += 8;
+            }
+            _ => {
+                t.protocol = next;
+                return Ok(offset);
+            }
+        }
+    }
+    Err(NetCounter::Ipv6ExtLimit)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, l4: usize, t: &mut Tuple) -> Result<(), NetCounter> {
+    match t.protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            t.sport = load_be16(ctx, l4, NetCounter::TruncatedL4)?;
+            t.dport = load_be16(ctx, l4 + 2, NetCounter::TruncatedL4)?;
+            t.policy_port = t.dport;
+            if t.protocol == PROTO_TCP {
+                t.tcp_flags = load::<u8>(ctx, l4 + 13, NetCounter::TruncatedL4)?;
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let hdr = load::<[u8; 2]>(ctx, l4, NetCounter::TruncatedL4)?;
+            t.icmp_type = hdr[0];
+            t.icmp_code = hdr[1];
+            let (request, reply) = if t.protocol == PROTO_ICMP { (8, 0) } else { (128, 129) };
+            // Echo id as a port, mirrored between request and reply, so replies find the
+            // request's conntrack entry and nothing else does.
+            if t.icmp_type == request || t.icmp_type == reply {
+                let id = load_be16(ctx, l4 + 4, NetCounter::TruncatedL4)?;
+                if t.icmp_type == request {
+                    t.sport = id;
+                } else {
+                    t.dport = id;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}

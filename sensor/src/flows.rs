@@ -1,0 +1,190 @@
+//! Kernel flow events → Hubble flow records and Hubble metric labels, enriched with the
+//! endpoint and identity knowledge of the current policy compile.
+
+use std::sync::{Arc, RwLock};
+
+use sensor_common::net::{
+    DROP_POLICY_DENIED, DROP_POLICY_DENY, MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY,
+    POLICY_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_AUDIT,
+    VERDICT_DROPPED, VERDICT_FORWARDED,
+};
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{
+    decode::Flow,
+    output::{FlowRecord, HubbleEndpoint, HubbleEventType, HubbleFlow, HubbleInterface, HubbleIp},
+    policy::Compiled,
+    sys::BootClock,
+};
+
+/// Hubble's monitor event types.
+const EVENT_DROP: u8 = 1;
+const EVENT_TRACE: u8 = 4;
+const EVENT_POLICY_VERDICT: u8 = 5;
+
+pub const fn verdict_name(verdict: u8) -> &'static str {
+    match verdict {
+        VERDICT_FORWARDED => "FORWARDED",
+        VERDICT_DROPPED => "DROPPED",
+        VERDICT_AUDIT => "AUDIT",
+        _ => "VERDICT_UNKNOWN",
+    }
+}
+
+pub const fn drop_reason_name(reason: u8) -> &'static str {
+    match reason {
+        DROP_POLICY_DENIED => "POLICY_DENIED",
+        DROP_POLICY_DENY => "POLICY_DENY",
+        _ => "DROP_REASON_UNKNOWN",
+    }
+}
+
+pub const fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        PROTO_ICMP => "ICMPv4",
+        PROTO_ICMPV6 => "ICMPv6",
+        _ => "Unknown",
+    }
+}
+
+pub const fn match_name(match_type: u8) -> &'static str {
+    match match_type {
+        MATCH_L3_ONLY => "l3-only",
+        MATCH_L3_L4 => "l3-l4",
+        MATCH_L4_ONLY => "l4-only",
+        MATCH_ALL => "all",
+        _ => "none",
+    }
+}
+
+/// The Hubble event type of a flow event: a drop, a policy verdict at a policy endpoint, or
+/// a trace of traffic through an interface we only observe.
+pub const fn event_type(flow: &Flow) -> (&'static str, u8) {
+    if flow.verdict == VERDICT_DROPPED {
+        ("Drop", EVENT_DROP)
+    } else if flow.endpoint_id != 0 {
+        ("PolicyVerdict", EVENT_POLICY_VERDICT)
+    } else {
+        ("Trace", EVENT_TRACE)
+    }
+}
+
+pub const fn direction_name(flow: &Flow) -> &'static str {
+    if flow.direction == POLICY_INGRESS { "ingress" } else { "egress" }
+}
+
+fn tcp_flags(flags: u8) -> serde_json::Map<String, serde_json::Value> {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| ((*n).to_owned(), json!(true)))
+        .collect()
+}
+
+/// Builds Hubble records; shares the compiled policy with the policy applier.
+#[derive(Clone)]
+pub struct FlowFormatter {
+    pub node_name: String,
+    pub clock: BootClock,
+    pub compiled: Arc<RwLock<Compiled>>,
+    pub interface_name: Arc<dyn Fn(u32) -> String + Send + Sync>,
+}
+
+impl FlowFormatter {
+    pub fn record(&self, flow: &Flow) -> FlowRecord {
+        let time = self.clock.to_wall(flow.boot_ns).format(&Rfc3339).unwrap_or_default();
+        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let endpoint = |ip: std::net::IpAddr, identity: u32| {
+            let pod = compiled.pods_by_ip.get(&ip);
+            HubbleEndpoint {
+                id: None,
+                identity: (identity != 0).then_some(identity),
+                namespace: pod.map(|(ns, _)| ns.clone()),
+                labels: compiled.identity_labels.get(&identity).cloned().unwrap_or_default(),
+                pod_name: pod.map(|(_, name)| name.clone()),
+            }
+        };
+        let ingress = flow.direction == POLICY_INGRESS;
+        let (mut source, mut destination) = if ingress {
+            (
+                endpoint(flow.source, flow.remote_identity),
+                endpoint(flow.destination, flow.local_identity),
+            )
+        } else {
+            (
+                endpoint(flow.source, flow.local_identity),
+                endpoint(flow.destination, flow.remote_identity),
+            )
+        };
+        if flow.endpoint_id != 0 {
+            let local = if ingress { &mut destination } else { &mut source };
+            local.id = Some(flow.endpoint_id);
+        }
+        drop(compiled);
+        let l4 = match flow.protocol {
+            PROTO_TCP => {
+                json!({"TCP": {"source_port": flow.source_port, "destination_port": flow.destination_port, "flags": tcp_flags(flow.tcp_flags)}})
+            }
+            PROTO_UDP => {
+                json!({"UDP": {"source_port": flow.source_port, "destination_port": flow.destination_port}})
+            }
+            PROTO_SCTP => {
+                json!({"SCTP": {"source_port": flow.source_port, "destination_port": flow.destination_port}})
+            }
+            PROTO_ICMP => json!({"ICMPv4": {"type": flow.icmp_type, "code": flow.icmp_code}}),
+            PROTO_ICMPV6 => json!({"ICMPv6": {"type": flow.icmp_type, "code": flow.icmp_code}}),
+            _ => json!({}),
+        };
+        let summary = if flow.protocol == PROTO_TCP {
+            let names: Vec<String> = tcp_flags(flow.tcp_flags).keys().cloned().collect();
+            format!("TCP Flags: {}", names.join(", "))
+        } else {
+            protocol_name(flow.protocol).to_owned()
+        };
+        let dropped = flow.verdict == VERDICT_DROPPED;
+        let (_, kind) = event_type(flow);
+        FlowRecord {
+            flow: HubbleFlow {
+                time: time.clone(),
+                verdict: verdict_name(flow.verdict),
+                drop_reason: dropped.then_some(flow.drop_reason),
+                drop_reason_desc: dropped.then(|| drop_reason_name(flow.drop_reason)),
+                ip: HubbleIp {
+                    source: flow.source.to_string(),
+                    destination: flow.destination.to_string(),
+                    ip_version: if flow.source.is_ipv4() { "IPv4" } else { "IPv6" },
+                },
+                l4,
+                source,
+                destination,
+                flow_type: "L3_L4",
+                node_name: self.node_name.clone(),
+                event_type: HubbleEventType { kind, sub_type: dropped.then_some(flow.drop_reason) },
+                traffic_direction: if ingress { "INGRESS" } else { "EGRESS" },
+                policy_match_type: (flow.match_type != 0).then_some(flow.match_type),
+                is_reply: false,
+                interface: HubbleInterface {
+                    index: flow.ifindex,
+                    name: (self.interface_name)(flow.ifindex),
+                },
+                summary,
+            },
+            node_name: self.node_name.clone(),
+            time,
+        }
+    }
+}

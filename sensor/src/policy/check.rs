@@ -1,0 +1,74 @@
+//! `sensor policy check`: validate policy files and show what each endpoint may do.
+
+use std::fmt::Write as _;
+
+use sensor_common::net::{IDENTITY_ANY, POLICY_INGRESS};
+
+use super::{Endpoints, PolicyError, compile, load_policies};
+use crate::{cli::PolicyCheckArgs, flows::match_name};
+
+/// Returns the report, or the first error (file and line) as `Err`.
+pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
+    let (policies, warnings) = load_policies(&args.paths)?;
+    let endpoints = match &args.endpoints_file {
+        Some(file) => Endpoints::load(file)?,
+        None => Endpoints::default(),
+    };
+    let mut out = String::new();
+    for w in &warnings {
+        let _ = writeln!(out, "{w}");
+    }
+    for p in &policies {
+        let ns = p.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+        let _ = writeln!(out, "ok: {} {ns}{} ({})", p.kind.as_str(), p.name, p.origin);
+    }
+    if args.endpoints_file.is_none() {
+        return Ok(out);
+    }
+    let compiled = compile::compile(&policies, &endpoints);
+    let peer = |id: u32| match id {
+        IDENTITY_ANY => "any peer".to_owned(),
+        id => compiled
+            .identity_labels
+            .get(&id)
+            .map_or_else(|| format!("identity {id}"), |l| l.join(",")),
+    };
+    for ep in &compiled.local {
+        let _ = writeln!(
+            out,
+            "\nendpoint {}/{} (interface {}, identity {}): ingress {}, egress {}",
+            ep.namespace,
+            ep.name,
+            ep.interface,
+            ep.identity,
+            if ep.enforce_ingress { "default-deny" } else { "allow-all" },
+            if ep.enforce_egress { "default-deny" } else { "allow-all" },
+        );
+        if let Some(names) = compiled.selected_by.get(&ep.id) {
+            for name in names {
+                let _ = writeln!(out, "  selected by {name}");
+            }
+        }
+        for (verb, set) in [("deny", &compiled.deny), ("allow", &compiled.allow)] {
+            for e in set.iter().filter(|e| e.endpoint_id == ep.id) {
+                let direction =
+                    if e.direction == POLICY_INGRESS { "ingress from" } else { "egress to" };
+                let proto = e.protocol.map_or("any", crate::flows::protocol_name);
+                let port = e.port.map_or_else(
+                    || "any".to_owned(),
+                    |(v, bits)| {
+                        let last = u32::from(v) + (1_u32 << (16 - bits)) - 1;
+                        if bits == 16 { v.to_string() } else { format!("{v}-{last}") }
+                    },
+                );
+                let _ = writeln!(
+                    out,
+                    "  {verb} {direction} {} {proto}/{port} [{}]",
+                    peer(e.identity),
+                    match_name(e.match_type)
+                );
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,99 @@
+//! IPv4 and IPv6 prefixes in one 128-bit space (IPv4 as `::ffff:a.b.c.d`), as the kernel's
+//! ipcache stores them.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    /// Network address, host bits cleared.
+    pub addr: u128,
+    /// Prefix length in the 128-bit space (an IPv4 /8 is 104).
+    pub len: u8,
+}
+
+const V4_MAPPED_PREFIX: u8 = 96;
+
+impl Cidr {
+    pub fn host(ip: IpAddr) -> Self {
+        Self { addr: mapped(ip), len: 128 }
+    }
+
+    /// Parses `a.b.c.d/n`, `x::y/n`, or a bare address (a host prefix).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (ip, len) = match text.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (text, None),
+        };
+        let ip: IpAddr =
+            ip.trim().parse().map_err(|_| format!("invalid CIDR {text:?}: bad address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len: u8 =
+            match len {
+                None => max,
+                Some(len) => len.trim().parse().ok().filter(|l| *l <= max).ok_or_else(|| {
+                    format!("invalid CIDR {text:?}: prefix length must be 0..={max}")
+                })?,
+            };
+        let len = if ip.is_ipv4() { len + V4_MAPPED_PREFIX } else { len };
+        Ok(Self { addr: mapped(ip) & mask(len), len })
+    }
+
+    pub fn contains(&self, other: &Self) -> bool {
+        other.len >= self.len && other.addr & mask(self.len) == self.addr
+    }
+
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.contains(&Self::host(ip))
+    }
+
+    pub fn octets(&self) -> [u8; 16] {
+        self.addr.to_be_bytes()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.len >= V4_MAPPED_PREFIX => {
+                write!(f, "{v4}/{}", self.len - V4_MAPPED_PREFIX)
+            }
+            _ => write!(f, "{v6}/{}", self.len),
+        }
+    }
+}
+
+fn mapped(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+const fn mask(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_contains() {
+        let net = Cidr::parse("10.0.0.0/8").expect("v4");
+        assert_eq!(net.len, 104);
+        assert!(net.contains(&Cidr::parse("10.1.0.0/16").expect("v4")));
+        assert!(!net.contains(&Cidr::parse("11.0.0.0/8").expect("v4")));
+        assert!(net.contains_ip("10.9.9.9".parse().expect("ip")));
+        assert_eq!(Cidr::parse("10.1.2.3/8").expect("host bits cleared").to_string(), "10.0.0.0/8");
+        let v6 = Cidr::parse("fd00::/8").expect("v6");
+        assert!(v6.contains_ip("fd00::1".parse().expect("ip")));
+        assert!(!v6.contains_ip("10.0.0.1".parse().expect("ip")));
+        assert_eq!(Cidr::parse("0.0.0.0/0").expect("all v4").to_string(), "0.0.0.0/0");
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope/8").is_err());
+    }
+}

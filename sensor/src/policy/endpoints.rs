@@ -1,0 +1,88 @@
+//! The endpoint source read from a YAML file: local pods (behind a host-side interface),
+//! remote pods (IPs with labels), namespace labels and the node's own addresses. The
+//! Kubernetes source will fill the same [`Endpoints`].
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use super::selector::Labels;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoints {
+    /// Namespace → its labels (for namespaceSelector); `kubernetes.io/metadata.name` is implied.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Labels>,
+    /// This node's addresses: the `host` entity.
+    #[serde(default)]
+    pub host_ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// Host-side interface of a local endpoint; absent for pods on other nodes.
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("{path}: cannot read endpoints file: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: endpoint {name}: {message}")]
+    Invalid { path: PathBuf, name: String, message: String },
+}
+
+impl Endpoints {
+    pub fn load(path: &Path) -> Result<Self, EndpointsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| EndpointsError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, EndpointsError> {
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Self::default());
+        }
+        let parsed: Self = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            EndpointsError::Parse { path: path.to_owned(), line, column, message: e.to_string() }
+        })?;
+        let mut seen = BTreeMap::new();
+        for ep in &parsed.endpoints {
+            let name = format!("{}/{}", ep.namespace, ep.name);
+            for ip in &ep.ips {
+                if let Some(other) = seen.insert(*ip, name.clone()) {
+                    return Err(EndpointsError::Invalid {
+                        path: path.to_owned(),
+                        name,
+                        message: format!("IP {ip} is also used by {other}"),
+                    });
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Labels of a namespace as a namespaceSelector sees them.
+    pub fn namespace_labels(&self, namespace: &str) -> Labels {
+        let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".to_owned(), namespace.to_owned());
+        labels
+    }
+}

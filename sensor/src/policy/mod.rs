@@ -1,0 +1,77 @@
+//! Network policy: parse (model), resolve against endpoints (compile), write to the kernel
+//! maps atomically (apply).
+
+pub mod apply;
+pub mod check;
+pub mod cidr;
+pub mod compile;
+pub mod endpoints;
+pub mod model;
+pub mod runtime;
+pub mod selector;
+
+use std::path::{Path, PathBuf};
+
+pub use compile::Compiled;
+pub use endpoints::Endpoints;
+pub use model::{Policy, Warning};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Parse(#[from] model::ParseError),
+    #[error(transparent)]
+    Endpoints(#[from] endpoints::EndpointsError),
+}
+
+/// Policy files under `path`: the file itself, or every `*.yaml`/`*.yml` in the directory,
+/// sorted by name.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let read = |source| PolicyError::Read { path: path.to_owned(), source };
+    if !path.is_dir() {
+        std::fs::metadata(path).map_err(read)?;
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses every policy file under `paths`; the first bad file rejects the whole set.
+pub fn load_policies(paths: &[PathBuf]) -> Result<(Vec<Policy>, Vec<Warning>), PolicyError> {
+    let mut policies = Vec::new();
+    let mut warnings = Vec::new();
+    for path in paths {
+        for file in policy_files(path)? {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| PolicyError::Read { path: file.clone(), source })?;
+            let (p, w) = model::parse_file(&file, &text)?;
+            policies.extend(p);
+            warnings.extend(w);
+        }
+    }
+    Ok((policies, warnings))
+}
+
+/// Loads policies and endpoints and compiles them: everything or nothing.
+pub fn load(
+    policy_dir: Option<&Path>,
+    endpoints_file: Option<&Path>,
+) -> Result<(Compiled, Vec<Warning>), PolicyError> {
+    let (policies, warnings) = match policy_dir {
+        Some(dir) => load_policies(&[dir.to_owned()])?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let endpoints = match endpoints_file {
+        Some(file) => Endpoints::load(file)?,
+        None => Endpoints::default(),
+    };
+    Ok((compile::compile(&policies, &endpoints), warnings))
+}

@@ -1,0 +1,842 @@
+//! Policy documents as users write them — `cilium.io/v2` CiliumNetworkPolicy and
+//! CiliumClusterwideNetworkPolicy, `networking.k8s.io/v1` NetworkPolicy — parsed into one
+//! model. Fields we accept but do not enforce produce warnings naming file and line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::{cidr::Cidr, selector::Selector};
+
+/// Where a document starts, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    NetworkPolicy,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            Self::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            Self::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entity {
+    World,
+    Cluster,
+    Host,
+    All,
+}
+
+/// A peer of a rule entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Endpoints whose labels match; `namespace` restricts to one namespace (Cilium's implicit
+    /// namespace, or a NetworkPolicy podSelector), `namespace_selector` to matching namespaces.
+    Endpoints {
+        selector: Selector,
+        namespace: Option<String>,
+        namespace_selector: Option<Selector>,
+    },
+    Cidr {
+        net: Cidr,
+        except: Vec<Cidr>,
+    },
+    Entity(Entity),
+}
+
+/// An inclusive port range on one protocol (`None` = TCP, UDP and SCTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub protocol: Option<u8>,
+    pub first: u16,
+    pub last: u16,
+}
+
+/// One element of `ingress`/`egress`/`*Deny`: peers AND ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `None`: any peer (no L3 part was given).
+    pub peers: Option<Vec<Peer>>,
+    /// Empty: any port and protocol.
+    pub ports: Vec<PortRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub kind: Kind,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub origin: Origin,
+    /// Which local endpoints the policy applies to (namespace-restricted unless clusterwide).
+    pub selector: Selector,
+    pub ingress: Vec<Entry>,
+    pub egress: Vec<Entry>,
+    pub ingress_deny: Vec<Entry>,
+    pub egress_deny: Vec<Entry>,
+    /// Whether selecting an endpoint turns on default deny in that direction.
+    pub default_deny_ingress: bool,
+    pub default_deny_egress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: warning: {}", self.origin, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{origin}: {message}")]
+pub struct ParseError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+/// Parses every document of a file. Any error rejects the whole file.
+pub fn parse_file(path: &Path, text: &str) -> Result<(Vec<Policy>, Vec<Warning>), ParseError> {
+    let mut policies = Vec::new();
+    let mut warnings = Vec::new();
+    for (start, doc) in split_documents(text) {
+        if doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            continue;
+        }
+        let mut ctx = DocContext { file: path, start, text: doc, warnings: &mut warnings };
+        policies.extend(ctx.parse()?);
+    }
+    Ok((policies, warnings))
+}
+
+/// Splits on `---` lines; yields (first line number, text) per document.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push((i + 2, String::new()));
+        } else if let Some((_, doc)) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs
+}
+
+struct DocContext<'a> {
+    file: &'a Path,
+    start: usize,
+    text: String,
+    warnings: &'a mut Vec<Warning>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Document {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: Option<Value>,
+    specs: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CiliumSpec {
+    endpoint_selector: Option<Selector>,
+    node_selector: Option<Value>,
+    #[serde(default)]
+    ingress: Vec<CiliumEntry>,
+    #[serde(default)]
+    egress: Vec<CiliumEntry>,
+    #[serde(default)]
+    ingress_deny: Vec<CiliumEntry>,
+    #[serde(default)]
+    egress_deny: Vec<CiliumEntry>,
+    enable_default_deny: Option<DefaultDeny>,
+    description: Option<String>,
+    labels: Option<Value>,
+    log: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultDeny {
+    ingress: Option<bool>,
+    egress: Option<bool>,
+}
+
+/// Ingress and egress entries share one shape; `from*` and `to*` are both accepted and the
+/// wrong-direction ones are rejected in [`DocContext::cilium_entry`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CiliumEntry {
+    #[serde(rename = "fromEndpoints")]
+    from_endpoints: Option<Vec<Selector>>,
+    #[serde(rename = "toEndpoints")]
+    to_endpoints: Option<Vec<Selector>>,
+    #[serde(rename = "fromCIDR")]
+    from_cidr: Option<Vec<String>>,
+    #[serde(rename = "toCIDR")]
+    to_cidr: Option<Vec<String>>,
+    #[serde(rename = "fromCIDRSet")]
+    from_cidr_set: Option<Vec<CidrSet>>,
+    #[serde(rename = "toCIDRSet")]
+    to_cidr_set: Option<Vec<CidrSet>>,
+    #[serde(rename = "fromEntities")]
+    from_entities: Option<Vec<String>>,
+    #[serde(rename = "toEntities")]
+    to_entities: Option<Vec<String>>,
+    #[serde(rename = "toPorts")]
+    to_ports: Option<Vec<CiliumPortRule>>,
+    icmps: Option<Value>,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Option<Value>,
+    #[serde(rename = "toServices")]
+    to_services: Option<Value>,
+    #[serde(rename = "fromRequires")]
+    from_requires: Option<Value>,
+    #[serde(rename = "toRequires")]
+    to_requires: Option<Value>,
+    #[serde(rename = "fromGroups")]
+    from_groups: Option<Value>,
+    #[serde(rename = "toGroups")]
+    to_groups: Option<Value>,
+    #[serde(rename = "fromNodes")]
+    from_nodes: Option<Value>,
+    #[serde(rename = "toNodes")]
+    to_nodes: Option<Value>,
+    authentication: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CidrSet {
+    cidr: Option<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    cidr_group_ref: Option<Value>,
+    cidr_group_selector: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CiliumPortRule {
+    #[serde(default)]
+    ports: Vec<PortProtocol>,
+    rules: Option<Value>,
+    server_names: Option<Value>,
+    listener: Option<Value>,
+    #[serde(rename = "originatingTLS")]
+    originating_tls: Option<Value>,
+    #[serde(rename = "terminatingTLS")]
+    terminating_tls: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortProtocol {
+    port: Option<IntOrString>,
+    end_port: Option<i64>,
+    protocol: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(i64),
+    Str(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NetworkPolicySpec {
+    pod_selector: Selector,
+    policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    ingress: Vec<NpIngress>,
+    #[serde(default)]
+    egress: Vec<NpEgress>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NpIngress {
+    from: Option<Vec<NpPeer>>,
+    ports: Option<Vec<PortProtocol>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NpEgress {
+    to: Option<Vec<NpPeer>>,
+    ports: Option<Vec<PortProtocol>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NpPeer {
+    pod_selector: Option<Selector>,
+    namespace_selector: Option<Selector>,
+    ip_block: Option<IpBlock>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpBlock {
+    cidr: String,
+    #[serde(default)]
+    except: Vec<String>,
+}
+
+/// Label Cilium and Kubernetes put on every pod: its namespace.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+
+impl DocContext<'_> {
+    fn origin_at(&self, doc_line: usize) -> Origin {
+        Origin { file: self.file.to_owned(), line: self.start + doc_line.saturating_sub(1) }
+    }
+
+    /// Line of the first occurrence of `key:` in the document (the document start if absent).
+    fn line_of(&self, key: &str) -> Origin {
+        let needle = format!("{key}:");
+        let line = self
+            .text
+            .lines()
+            .position(|l| {
+                let l = l.trim_start().trim_start_matches("- ");
+                l.starts_with(&needle)
+                    || l.contains(&format!(" {needle}"))
+                    || l.contains(&format!("{{{needle}"))
+            })
+            .map_or(1, |i| i + 1);
+        self.origin_at(line)
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ParseError {
+        ParseError { origin: self.line_of(key), message: message.into() }
+    }
+
+    fn warn_unenforced(&mut self, present: bool, key: &str, what: &str) {
+        if present {
+            let origin = self.line_of(key);
+            self.warnings.push(Warning {
+                origin,
+                message: format!("`{key}` ({what}) is not enforced; ignored"),
+            });
+        }
+    }
+
+    fn yaml_error(&self, err: &serde_yaml_ng::Error) -> ParseError {
+        let line = err.location().map_or(1, |l| l.line());
+        ParseError { origin: self.origin_at(line), message: err.to_string() }
+    }
+
+    fn parse(&mut self) -> Result<Vec<Policy>, ParseError> {
+        let doc: Document = serde_yaml_ng::from_str(&self.text).map_err(|e| self.yaml_error(&e))?;
+        let kind = match (doc.api_version.as_str(), doc.kind.as_str()) {
+            ("cilium.io/v2", "CiliumNetworkPolicy") => Kind::CiliumNetworkPolicy,
+            ("cilium.io/v2", "CiliumClusterwideNetworkPolicy") => {
+                Kind::CiliumClusterwideNetworkPolicy
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
+            (api, kind) => {
+                return Err(self.error(
+                    "kind",
+                    format!(
+                        "unsupported kind {api}/{kind}: expected cilium.io/v2 CiliumNetworkPolicy or \
+                         CiliumClusterwideNetworkPolicy, or networking.k8s.io/v1 NetworkPolicy"
+                    ),
+                ));
+            }
+        };
+        let namespace = match kind {
+            Kind::CiliumClusterwideNetworkPolicy => None,
+            _ => Some(doc.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned())),
+        };
+        let name = doc.metadata.name.clone();
+        let specs: Vec<Value> = match (doc.spec, doc.specs, kind) {
+            (Some(spec), None, _) => vec![spec],
+            (
+                None,
+                Some(specs),
+                Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy,
+            ) => specs,
+            (None, None, _) => return Err(self.error("kind", "missing `spec`")),
+            _ => return Err(self.error("spec", "give either `spec` or `specs`, not both")),
+        };
+        specs
+            .into_iter()
+            .map(|spec| match kind {
+                Kind::NetworkPolicy => self.network_policy(spec, name.clone(), namespace.clone()),
+                _ => self.cilium(spec, kind, name.clone(), namespace.clone()),
+            })
+            .collect()
+    }
+
+    fn cilium(
+        &mut self,
+        spec: Value,
+        kind: Kind,
+        name: String,
+        namespace: Option<String>,
+    ) -> Result<Policy, ParseError> {
+        let spec: CiliumSpec = serde_yaml_ng::from_value(spec)
+            .map_err(|e| self.error("spec", format!("spec: {e}")))?;
+        self.warn_unenforced(spec.node_selector.is_some(), "nodeSelector", "host firewall");
+        let _ = (&spec.description, &spec.labels, &spec.log);
+        let selector = spec.endpoint_selector.ok_or_else(|| {
+            self.error(
+                "spec",
+                "`endpointSelector` is required (nodeSelector policies are not supported)",
+            )
+        })?;
+        selector.validate().map_err(|m| self.error("endpointSelector", m))?;
+        let default_deny =
+            spec.enable_default_deny.unwrap_or(DefaultDeny { ingress: None, egress: None });
+        // A direction becomes default-deny once a section for it exists, allow or deny.
+        let has_ingress = !spec.ingress.is_empty() || !spec.ingress_deny.is_empty();
+        let has_egress = !spec.egress.is_empty() || !spec.egress_deny.is_empty();
+        let mut entries =
+            |list: Vec<CiliumEntry>, ingress: bool| -> Result<Vec<Entry>, ParseError> {
+                list.into_iter()
+                    .filter_map(|e| self.cilium_entry(e, ingress, namespace.as_deref()).transpose())
+                    .collect()
+            };
+        let ingress = entries(spec.ingress, true)?;
+        let egress = entries(spec.egress, false)?;
+        let ingress_deny = entries(spec.ingress_deny, true)?;
+        let egress_deny = entries(spec.egress_deny, false)?;
+        Ok(Policy {
+            kind,
+            name,
+            namespace,
+            origin: self.origin_at(1),
+            selector,
+            default_deny_ingress: has_ingress && default_deny.ingress.unwrap_or(true),
+            default_deny_egress: has_egress && default_deny.egress.unwrap_or(true),
+            ingress,
+            egress,
+            ingress_deny,
+            egress_deny,
+        })
+    }
+
+    /// One Cilium rule entry. `None` for an entry that can never match (Cilium's `{}`).
+    fn cilium_entry(
+        &mut self,
+        e: CiliumEntry,
+        ingress: bool,
+        namespace: Option<&str>,
+    ) -> Result<Option<Entry>, ParseError> {
+        let (endpoints, cidrs, cidr_sets, entities, wrong) = if ingress {
+            (
+                e.from_endpoints,
+                e.from_cidr,
+                e.from_cidr_set,
+                e.from_entities,
+                e.to_endpoints.is_some()
+                    || e.to_cidr.is_some()
+                    || e.to_cidr_set.is_some()
+                    || e.to_entities.is_some(),
+            )
+        } else {
+            (
+                e.to_endpoints,
+                e.to_cidr,
+                e.to_cidr_set,
+                e.to_entities,
+                e.from_endpoints.is_some()
+                    || e.from_cidr.is_some()
+                    || e.from_cidr_set.is_some()
+                    || e.from_entities.is_some(),
+            )
+        };
+        if wrong {
+            let key = if ingress { "toEndpoints" } else { "fromEndpoints" };
+            return Err(self.error(
+                key,
+                format!(
+                    "{} rule uses a `{}` peer",
+                    if ingress { "an ingress" } else { "an egress" },
+                    if ingress { "to*" } else { "from*" }
+                ),
+            ));
+        }
+        self.warn_unenforced(e.icmps.is_some(), "icmps", "ICMP type rules");
+        self.warn_unenforced(e.to_fqdns.is_some(), "toFQDNs", "DNS-based rules need an L7 proxy");
+        self.warn_unenforced(e.to_services.is_some(), "toServices", "service selectors");
+        self.warn_unenforced(
+            e.from_requires.is_some() || e.to_requires.is_some(),
+            if ingress { "fromRequires" } else { "toRequires" },
+            "deprecated requirements",
+        );
+        self.warn_unenforced(
+            e.from_groups.is_some() || e.to_groups.is_some(),
+            if ingress { "fromGroups" } else { "toGroups" },
+            "cloud groups",
+        );
+        self.warn_unenforced(
+            e.from_nodes.is_some() || e.to_nodes.is_some(),
+            if ingress { "fromNodes" } else { "toNodes" },
+            "node selectors",
+        );
+        self.warn_unenforced(e.authentication.is_some(), "authentication", "mutual authentication");
+
+        let mut peers = Vec::new();
+        let mut has_l3 = false;
+        for selector in endpoints.into_iter().flatten() {
+            has_l3 = true;
+            selector.validate().map_err(|m| {
+                self.error(if ingress { "fromEndpoints" } else { "toEndpoints" }, m)
+            })?;
+            // In a namespaced policy, a selector that does not name a namespace means "in the
+            // policy's namespace".
+            let namespace =
+                namespace.filter(|_| !selector.mentions(NAMESPACE_LABEL)).map(str::to_owned);
+            peers.push(Peer::Endpoints { selector, namespace, namespace_selector: None });
+        }
+        let cidr_key = if ingress { "fromCIDR" } else { "toCIDR" };
+        for text in cidrs.into_iter().flatten() {
+            has_l3 = true;
+            let net = Cidr::parse(&text).map_err(|m| self.error(cidr_key, m))?;
+            peers.push(Peer::Cidr { net, except: Vec::new() });
+        }
+        let set_key = if ingress { "fromCIDRSet" } else { "toCIDRSet" };
+        for set in cidr_sets.into_iter().flatten() {
+            has_l3 = true;
+            if set.cidr_group_ref.is_some() || set.cidr_group_selector.is_some() {
+                self.warn_unenforced(true, "cidrGroupRef", "CiliumCIDRGroup references");
+                continue;
+            }
+            let cidr = set.cidr.ok_or_else(|| self.error(set_key, "`cidr` is required"))?;
+            peers.push(self.cidr_peer(set_key, &cidr, &set.except)?);
+        }
+        let entity_key = if ingress { "fromEntities" } else { "toEntities" };
+        for name in entities.into_iter().flatten() {
+            has_l3 = true;
+            let entity = match name.as_str() {
+                "world" => Entity::World,
+                "cluster" => Entity::Cluster,
+                "host" => Entity::Host,
+                "all" => Entity::All,
+                "remote-node" | "kube-apiserver" | "health" | "init" | "ingress" | "unmanaged" => {
+                    self.warn_unenforced(true, entity_key, &format!("entity {name:?}"));
+                    continue;
+                }
+                other => return Err(self.error(entity_key, format!("unknown entity {other:?}"))),
+            };
+            peers.push(Peer::Entity(entity));
+        }
+        let mut ports = Vec::new();
+        let mut has_l4 = false;
+        for rule in e.to_ports.into_iter().flatten() {
+            has_l4 = true;
+            self.warn_unenforced(rule.rules.is_some(), "rules", "L7 rules");
+            self.warn_unenforced(rule.server_names.is_some(), "serverNames", "TLS SNI");
+            self.warn_unenforced(rule.listener.is_some(), "listener", "Envoy listeners");
+            self.warn_unenforced(
+                rule.originating_tls.is_some() || rule.terminating_tls.is_some(),
+                "terminatingTLS",
+                "TLS interception",
+            );
+            for p in rule.ports {
+                if let Some(range) = self.port(&p, "toPorts", None)? {
+                    ports.push(range);
+                }
+            }
+        }
+        if !has_l3 && !has_l4 {
+            return Ok(None); // `{}`: matches nothing, but still makes the direction default-deny
+        }
+        if has_l4 && ports.is_empty() {
+            return Ok(None); // only named or unsupported ports: nothing we can match
+        }
+        Ok(Some(Entry { peers: has_l3.then_some(peers), ports }))
+    }
+
+    fn cidr_peer(&self, key: &str, cidr: &str, except: &[String]) -> Result<Peer, ParseError> {
+        let net = Cidr::parse(cidr).map_err(|m| self.error(key, m))?;
+        let except = except
+            .iter()
+            .map(|e| {
+                let sub = Cidr::parse(e).map_err(|m| self.error("except", m))?;
+                if net.contains(&sub) {
+                    Ok(sub)
+                } else {
+                    Err(self.error("except", format!("except {sub} is not inside {net}")))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Peer::Cidr { net, except })
+    }
+
+    /// A port entry; `None` (with a warning) for a named port.
+    fn port(
+        &mut self,
+        p: &PortProtocol,
+        key: &str,
+        default_protocol: Option<&str>,
+    ) -> Result<Option<PortRange>, ParseError> {
+        let protocol = match p
+            .protocol
+            .as_deref()
+            .or(default_protocol)
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("ANY") => None,
+            Some("TCP") => Some(6),
+            Some("UDP") => Some(17),
+            Some("SCTP") => Some(132),
+            Some(other) => {
+                return Err(self.error(
+                    "protocol",
+                    format!("unknown protocol {other:?} (TCP, UDP, SCTP or ANY)"),
+                ));
+            }
+        };
+        let first = match &p.port {
+            None => 0,
+            Some(IntOrString::Int(n)) => u16::try_from(*n)
+                .map_err(|_| self.error("port", format!("port {n} out of range")))?,
+            Some(IntOrString::Str(s)) => match s.parse::<u16>() {
+                Ok(n) => n,
+                Err(_) => {
+                    self.warn_unenforced(true, "port", &format!("named port {s:?}"));
+                    return Ok(None);
+                }
+            },
+        };
+        let last = match p.end_port {
+            None if first == 0 => u16::MAX,
+            None => first,
+            Some(end) => {
+                let end = u16::try_from(end)
+                    .map_err(|_| self.error("endPort", format!("endPort {end} out of range")))?;
+                if end < first {
+                    return Err(
+                        self.error("endPort", format!("endPort {end} is below port {first}"))
+                    );
+                }
+                end
+            }
+        };
+        let _ = key;
+        Ok(Some(PortRange { protocol, first, last }))
+    }
+
+    fn network_policy(
+        &mut self,
+        spec: Value,
+        name: String,
+        namespace: Option<String>,
+    ) -> Result<Policy, ParseError> {
+        let spec: NetworkPolicySpec = serde_yaml_ng::from_value(spec)
+            .map_err(|e| self.error("spec", format!("spec: {e}")))?;
+        spec.pod_selector.validate().map_err(|m| self.error("podSelector", m))?;
+        let types = spec.policy_types.clone().unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_owned()];
+            if !spec.egress.is_empty() {
+                t.push("Egress".to_owned());
+            }
+            t
+        });
+        for t in &types {
+            if t != "Ingress" && t != "Egress" {
+                return Err(self.error(
+                    "policyTypes",
+                    format!("unknown policy type {t:?} (Ingress or Egress)"),
+                ));
+            }
+        }
+        let ns = namespace.clone().unwrap_or_default();
+        let mut ingress = Vec::new();
+        for rule in spec.ingress {
+            ingress.push(self.np_entry(rule.from, rule.ports, &ns, "from")?);
+        }
+        let mut egress = Vec::new();
+        for rule in spec.egress {
+            egress.push(self.np_entry(rule.to, rule.ports, &ns, "to")?);
+        }
+        Ok(Policy {
+            kind: Kind::NetworkPolicy,
+            name,
+            namespace,
+            origin: self.origin_at(1),
+            selector: spec.pod_selector,
+            default_deny_ingress: types.iter().any(|t| t == "Ingress"),
+            default_deny_egress: types.iter().any(|t| t == "Egress"),
+            ingress,
+            egress,
+            ingress_deny: Vec::new(),
+            egress_deny: Vec::new(),
+        })
+    }
+
+    /// A NetworkPolicy rule: missing or empty `from`/`to` means all peers, missing `ports` all
+    /// ports (unlike Cilium, where `{}` matches nothing).
+    fn np_entry(
+        &mut self,
+        peers: Option<Vec<NpPeer>>,
+        ports: Option<Vec<PortProtocol>>,
+        ns: &str,
+        key: &str,
+    ) -> Result<Entry, ParseError> {
+        let peers = match peers {
+            None => None,
+            Some(list) if list.is_empty() => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for peer in list {
+                    match (peer.pod_selector, peer.namespace_selector, peer.ip_block) {
+                        (None, None, Some(block)) => {
+                            out.push(self.cidr_peer("ipBlock", &block.cidr, &block.except)?)
+                        }
+                        (pod, ns_sel, None) if pod.is_some() || ns_sel.is_some() => {
+                            let namespace = ns_sel.is_none().then(|| ns.to_owned());
+                            out.push(Peer::Endpoints {
+                                selector: pod.unwrap_or_default(),
+                                namespace,
+                                namespace_selector: ns_sel,
+                            });
+                        }
+                        _ => return Err(self.error(
+                            key,
+                            "a peer needs podSelector and/or namespaceSelector, or ipBlock alone",
+                        )),
+                    }
+                }
+                Some(out)
+            }
+        };
+        let mut ranges = Vec::new();
+        for p in ports.unwrap_or_default() {
+            if let Some(range) = self.port(&p, "ports", Some("TCP"))? {
+                ranges.push(range);
+            }
+        }
+        Ok(Entry { peers, ports: ranges })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Vec<Policy>, Vec<Warning>), ParseError> {
+        parse_file(Path::new("p.yaml"), text)
+    }
+
+    #[test]
+    fn cilium_policy_with_every_peer_kind() {
+        let (p, w) = parse(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: \"5432\", protocol: TCP}]}]
+  egress:
+  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+    toPorts: [{ports: [{port: \"9000\", endPort: 9010, protocol: TCP}]}]
+  - toEntities: [world]
+  egressDeny:
+  - toCIDR: [169.254.169.254/32]
+",
+        )
+        .expect("valid");
+        assert!(w.is_empty(), "{w:?}");
+        let p = &p[0];
+        assert_eq!(p.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            p.ingress[0].ports,
+            vec![PortRange { protocol: Some(6), first: 5432, last: 5432 }]
+        );
+        let Some(peers) = &p.ingress[0].peers else { panic!("peers") };
+        assert!(matches!(&peers[0], Peer::Endpoints { namespace: Some(ns), .. } if ns == "shop"));
+        assert_eq!(p.egress[0].ports[0].last, 9010);
+        assert_eq!(p.egress_deny.len(), 1);
+    }
+
+    #[test]
+    fn empty_cilium_rule_matches_nothing_but_k8s_empty_rule_matches_all() {
+        let (p, _) = parse(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n",
+        )
+        .expect("valid");
+        assert!(p[0].ingress.is_empty() && p[0].default_deny_ingress);
+        let (p, _) = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress: [{}]\n",
+        )
+        .expect("valid");
+        assert_eq!(p[0].ingress, vec![Entry { peers: None, ports: vec![] }]);
+        assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
+    }
+
+    #[test]
+    fn unenforced_fields_warn_with_line() {
+        let (_, w) = parse(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7}\nspec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n",
+        )
+        .expect("valid");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].origin.line, 7);
+        assert!(w[0].message.contains("toFQDNs"));
+    }
+
+    #[test]
+    fn errors_name_file_and_line_in_later_documents() {
+        let err = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {podSelector: {}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: b}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromCIDR: [300.0.0.0/8]\n",
+        )
+        .expect_err("bad cidr");
+        assert_eq!(err.origin.line, 12, "{err}");
+        assert!(err.to_string().starts_with("p.yaml:12:"), "{err}");
+        let err = parse("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: b}\nspec:\n  endpointSelector: {}\n  ingres: []\n")
+            .expect_err("unknown field");
+        assert!(err.message.contains("ingres"), "{err}");
+    }
+
+    #[test]
+    fn np_ports_default_to_tcp_and_except_must_be_inside() {
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]\n    ports: [{port: 8000, endPort: 8100}]\n").expect("valid");
+        assert_eq!(
+            p[0].egress[0].ports,
+            vec![PortRange { protocol: Some(6), first: 8000, last: 8100 }]
+        );
+        assert!(!p[0].default_deny_ingress && p[0].default_deny_egress);
+        let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]\n").expect_err("except outside");
+        assert!(err.message.contains("not inside"), "{err}");
+    }
+}

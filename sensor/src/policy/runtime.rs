@@ -1,0 +1,112 @@
+//! The live policy: loads files, compiles, applies, and on any error keeps what is in force.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use super::{
+    Compiled, PolicyError,
+    apply::{Applied, ApplyError, PolicyMaps},
+};
+use crate::metrics::{Metrics, OutcomeLabels};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] PolicyError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+pub struct PolicyRuntime {
+    maps: PolicyMaps,
+    /// Shared with the flow formatter for enrichment.
+    pub compiled: Arc<RwLock<Compiled>>,
+    enforce: bool,
+    policy_dir: Option<PathBuf>,
+    endpoints_file: Option<PathBuf>,
+    metrics: Metrics,
+}
+
+impl PolicyRuntime {
+    pub fn new(
+        maps: PolicyMaps,
+        enforce: bool,
+        policy_dir: Option<PathBuf>,
+        endpoints_file: Option<PathBuf>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            maps,
+            compiled: Arc::new(RwLock::new(Compiled::default())),
+            enforce,
+            policy_dir,
+            endpoints_file,
+            metrics,
+        }
+    }
+
+    /// Reads the files again and applies them; on error the policy in force stays.
+    pub fn reload(&mut self) -> Result<Applied, ReloadError> {
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "applied" } else { "rejected" };
+        self.metrics.policy_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<Applied, ReloadError> {
+        let (compiled, warnings) =
+            super::load(self.policy_dir.as_deref(), self.endpoints_file.as_deref())?;
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
+        *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
+        self.metrics.policy_revision.set(i64::from(applied.revision));
+        Ok(applied)
+    }
+
+    /// Applies the current compile again (an endpoint's interface appeared or changed).
+    pub fn reapply(&mut self) -> Result<Applied, ApplyError> {
+        let compiled =
+            self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
+        self.metrics.policy_revision.set(i64::from(applied.revision));
+        Ok(applied)
+    }
+
+    pub fn is_endpoint_interface(&self, name: &str) -> bool {
+        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        compiled.local.iter().any(|e| e.interface == name)
+    }
+
+    /// Watches the policy directory and the endpoints file's directory (editors replace
+    /// files); each change sends a unit on the returned channel.
+    pub fn watch(&self) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+        let (tx, rx) = mpsc::channel(1);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    // A full channel already holds a pending reload: nothing is lost.
+                    let _ = tx.try_send(());
+                }
+            })?;
+        for path in self.policy_dir.iter().chain(self.endpoints_file.iter()) {
+            let dir = if path.is_dir() {
+                path.clone()
+            } else {
+                path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+            };
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+        Ok((watcher, rx))
+    }
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
