@@ -103,6 +103,13 @@ pub const MATCH_ALL: u8 = 4;
 /// [`EndpointInfo::flags`]: a policy selects the endpoint in this direction (default deny).
 pub const EP_ENFORCE_INGRESS: u32 = 1;
 pub const EP_ENFORCE_EGRESS: u32 = 2;
+/// [`EndpointInfo::flags`]: only audit-mode policies make this direction default-deny, so a
+/// packet no rule allows is recorded as AUDIT even in enforce mode.
+pub const EP_AUDIT_INGRESS: u32 = 4;
+pub const EP_AUDIT_EGRESS: u32 = 8;
+
+/// A flow with traffic gets a record at least this often (like Cilium's monitor aggregation).
+pub const FLOW_REPORT_INTERVAL_NS: u64 = 5_000_000_000;
 
 /// Policy direction, from the endpoint's point of view (tc ingress on the host-side veth sees
 /// the pod's egress).
@@ -178,7 +185,12 @@ pub const POLICY_PREFIX_FULL: u32 = POLICY_PREFIX_ANY_PORT + 16;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyValue {
     /// One of the `MATCH_*` constants.
-    pub match_type: u32,
+    pub match_type: u8,
+    /// 1 when every policy behind this entry is in audit mode (deny entries only).
+    pub audit: u8,
+    pub _pad: u16,
+    /// 1 + index of the (first) policy behind the entry, for flow records; 0 for none.
+    pub policy: u32,
 }
 
 #[repr(C)]
@@ -199,16 +211,23 @@ pub struct CtKey {
 pub struct CtEntry {
     pub first_ns: u64,
     pub last_ns: u64,
+    /// When the last flow record for this connection was emitted.
+    pub last_report_ns: u64,
     pub packets_fwd: u64,
     pub bytes_fwd: u64,
     pub packets_rev: u64,
     pub bytes_rev: u64,
     pub revision: u32,
+    /// The decision at the last policy check, repeated in later records.
+    pub policy: u32,
+    pub endpoint_id: u32,
+    pub local_identity: u32,
+    pub remote_identity: u32,
     pub verdict: u8,
     pub direction: u8,
     /// TCP flags seen in either direction (OR of the flag byte).
     pub tcp_flags: u8,
-    pub _pad: u8,
+    pub match_type: u8,
 }
 
 /// One flow observation: a new flow's verdict, or a dropped packet.
@@ -234,10 +253,25 @@ pub struct FlowEvent {
     pub sport: u16,
     pub dport: u16,
     pub icmp_code: u8,
-    pub _pad: [u8; 3],
+    /// 1 when the packet goes against the direction of the connection's first packet.
+    pub is_reply: u8,
+    pub _pad: [u8; 2],
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub _tail: u32,
+    /// 1 + index of the policy that allowed or denied the flow; 0 for none.
+    pub policy: u32,
+}
+
+/// Per-CPU hash of [`VerdictKey`] → [`IfaceCounters`]: every packet by final verdict.
+pub const VERDICT_COUNTERS_MAP: &str = "VERDICT_COUNTERS";
+
+/// `reason` 0 = forwarded, else the drop reason; `direction` is `POLICY_INGRESS`/`EGRESS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub reason: u8,
+    pub direction: u8,
+    pub _pad: u16,
 }
 
 /// Slots of [`NET_COUNTERS_MAP`]: packets the parser could not attribute, and losses.
@@ -299,9 +333,10 @@ mod pod_flow {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::VerdictKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);

@@ -29,7 +29,10 @@ use crate::{
     http,
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
-    metrics::{DropLabels, EventLabels, FlowLabels, Metrics, ReasonLabels, VerdictLabels},
+    metrics::{
+        DropLabels, EventLabels, FlowLabels, Metrics, PortLabels, ReasonLabels, TcpFlagLabels,
+        VerdictLabels,
+    },
     output::{ExecRecord, JsonLines},
     policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
@@ -106,7 +109,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     );
 
     let metrics = Metrics::default();
-    let registry = Arc::new(metrics.register(&features, Arc::clone(&table), loss, net_counters));
+    let verdicts: PerCpuHashMap<MapData, net::VerdictKey, net::IfaceCounters> =
+        take_map(&mut ebpf, net::VERDICT_COUNTERS_MAP)?;
+    let registry =
+        Arc::new(metrics.register(&features, Arc::clone(&table), loss, net_counters, verdicts));
     // The first policy load must succeed: there is no previous set to fall back to.
     let mut policy = PolicyRuntime::new(
         policy_maps,
@@ -346,6 +352,16 @@ fn count_flow(metrics: &Metrics, flow: &Flow) {
     if flow.verdict == sensor_common::net::VERDICT_DROPPED {
         let reason = flows::drop_reason_name(flow.drop_reason);
         metrics.drops.get_or_create(&DropLabels { reason, protocol }).inc();
+    }
+    if flow.verdict == sensor_common::net::VERDICT_FORWARDED {
+        let family = if flow.source.is_ipv4() { "IPv4" } else { "IPv6" };
+        for flag in flows::reported_tcp_flags(flow) {
+            metrics.tcp_flags.get_or_create(&TcpFlagLabels { flag, family }).inc();
+        }
+        if !flow.is_reply {
+            let port = if flows::has_ports(flow.protocol) { flow.destination_port } else { 0 };
+            metrics.ports.get_or_create(&PortLabels { protocol, port }).inc();
+        }
     }
     if flow.endpoint_id != 0 {
         metrics

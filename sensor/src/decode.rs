@@ -48,6 +48,10 @@ pub struct Flow {
     pub destination: IpAddr,
     pub source_port: u16,
     pub destination_port: u16,
+    /// The packet goes against the connection's first packet.
+    pub is_reply: bool,
+    /// 1 + index of the deciding policy in the compile that was live; 0 for none.
+    pub policy: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +148,8 @@ fn decode_flow(record: &[u8]) -> Result<Flow, DecodeError> {
         destination: addr(raw.daddr),
         source_port: raw.sport,
         destination_port: raw.dport,
+        is_reply: raw.is_reply != 0,
+        policy: raw.policy,
     })
 }
 

@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::{
     decode::Flow,
+    output::HubblePolicy,
     output::{FlowRecord, HubbleEndpoint, HubbleEventType, HubbleFlow, HubbleInterface, HubbleIp},
     policy::Compiled,
     sys::BootClock,
@@ -119,7 +120,9 @@ impl FlowFormatter {
             }
         };
         let ingress = flow.direction == POLICY_INGRESS;
-        let (mut source, mut destination) = if ingress {
+        // The local endpoint receives an ingress connection's packets and sends its replies.
+        let local_is_destination = ingress != flow.is_reply;
+        let (mut source, mut destination) = if local_is_destination {
             (
                 endpoint(flow.source, flow.remote_identity),
                 endpoint(flow.destination, flow.local_identity),
@@ -131,10 +134,29 @@ impl FlowFormatter {
             )
         };
         if flow.endpoint_id != 0 {
-            let local = if ingress { &mut destination } else { &mut source };
+            let local = if local_is_destination { &mut destination } else { &mut source };
             local.id = Some(flow.endpoint_id);
         }
+        let deciding: Vec<HubblePolicy> = flow
+            .policy
+            .checked_sub(1)
+            .and_then(|i| compiled.policies.get(i as usize))
+            .map(|p| HubblePolicy {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                kind: p.kind,
+            })
+            .into_iter()
+            .collect();
         drop(compiled);
+        let denied = flow.drop_reason == DROP_POLICY_DENY;
+        let pick = |want_ingress: bool, want_denied: bool| {
+            if ingress == want_ingress && denied == want_denied {
+                deciding.clone()
+            } else {
+                Vec::new()
+            }
+        };
         let l4 = match flow.protocol {
             PROTO_TCP => {
                 json!({"TCP": {"source_port": flow.source_port, "destination_port": flow.destination_port, "flags": tcp_flags(flow.tcp_flags)}})
@@ -176,15 +198,32 @@ impl FlowFormatter {
                 event_type: HubbleEventType { kind, sub_type: dropped.then_some(flow.drop_reason) },
                 traffic_direction: if ingress { "INGRESS" } else { "EGRESS" },
                 policy_match_type: (flow.match_type != 0).then_some(flow.match_type),
-                is_reply: false,
+                is_reply: flow.is_reply,
                 interface: HubbleInterface {
                     index: flow.ifindex,
                     name: (self.interface_name)(flow.ifindex),
                 },
+                ingress_allowed_by: pick(true, false),
+                egress_allowed_by: pick(false, false),
+                ingress_denied_by: pick(true, true),
+                egress_denied_by: pick(false, true),
                 summary,
             },
             node_name: self.node_name.clone(),
             time,
         }
     }
+}
+
+/// Hubble's `tcp` metric flags present in a flow record: SYN, SYN-ACK, FIN, RST.
+pub fn reported_tcp_flags(flow: &Flow) -> impl Iterator<Item = &'static str> {
+    let f = if flow.protocol == PROTO_TCP { flow.tcp_flags } else { 0 };
+    let (syn, ack, fin, rst) = (f & 0x02 != 0, f & 0x10 != 0, f & 0x01 != 0, f & 0x04 != 0);
+    [(syn && !ack, "SYN"), (syn && ack, "SYN-ACK"), (fin, "FIN"), (rst, "RST")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+}
+
+pub const fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
 }

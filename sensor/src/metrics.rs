@@ -3,14 +3,17 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
     metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use sensor_common::host::LossCounter;
+use sensor_common::{
+    host::LossCounter,
+    net::{IfaceCounters, POLICY_INGRESS, VerdictKey},
+};
 
 use crate::{features::KernelFeatures, interfaces::InterfaceTable};
 
@@ -62,6 +65,18 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpFlagLabels {
+    pub flag: &'static str,
+    pub family: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub protocol: &'static str,
+    pub port: u16,
+}
+
 /// The metrics the agent updates as it runs.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
@@ -71,6 +86,10 @@ pub struct Metrics {
     pub drops: Family<DropLabels, Counter>,
     /// `hubble_policy_verdicts_total{direction,match,action}`.
     pub policy_verdicts: Family<VerdictLabels, Counter>,
+    /// `hubble_tcp_flags_total{flag,family}`: SYN, SYN-ACK, FIN, RST of forwarded flows.
+    pub tcp_flags: Family<TcpFlagLabels, Counter>,
+    /// `hubble_port_distribution_total{protocol,port}`: destination ports of forwarded flows.
+    pub ports: Family<PortLabels, Counter>,
     /// `sensor_policy_reloads_total{outcome}`: policy loads applied or rejected.
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
@@ -91,6 +110,7 @@ impl Metrics {
         interfaces: Arc<Mutex<InterfaceTable>>,
         loss: PerCpuArray<MapData, u64>,
         net_counters: PerCpuArray<MapData, u64>,
+        verdicts: PerCpuHashMap<MapData, VerdictKey, IfaceCounters>,
     ) -> Registry {
         let mut registry = Registry::default();
         let build = Family::<BuildLabels, Gauge>::default();
@@ -148,7 +168,18 @@ impl Metrics {
             "Revision of the policy set in force",
             self.policy_revision.clone(),
         );
+        registry.register(
+            "hubble_tcp_flags",
+            "TCP flags of forwarded flows, by flag and family",
+            self.tcp_flags.clone(),
+        );
+        registry.register(
+            "hubble_port_distribution",
+            "Destination ports of forwarded flows, by protocol and port",
+            self.ports.clone(),
+        );
         registry.register_collector(Box::new(NetCollector { map: Mutex::new(net_counters) }));
+        registry.register_collector(Box::new(VerdictCollector { map: Mutex::new(verdicts) }));
         registry.register_collector(Box::new(InterfaceCollector { table: interfaces }));
         registry.register_collector(Box::new(LossCollector { map: Mutex::new(loss) }));
         registry
@@ -295,6 +326,76 @@ impl Collector for NetCollector {
             family
                 .encode_family(&ReasonLabels { reason: counter.name() })?
                 .encode_counter::<NoLabelSet, _, u64>(&value(counter), None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Cilium's per-packet counters: `cilium_forward_{count,bytes}_total{direction}` and
+/// `cilium_drop_{count,bytes}_total{reason,direction}`, from the tc programs' per-CPU map.
+struct VerdictCollector {
+    map: Mutex<PerCpuHashMap<MapData, VerdictKey, IfaceCounters>>,
+}
+
+impl std::fmt::Debug for VerdictCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerdictCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CiliumDropLabels {
+    reason: &'static str,
+    direction: &'static str,
+}
+
+impl Collector for VerdictCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let totals: Vec<(VerdictKey, IfaceCounters)> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let sum = per_cpu.iter().fold(IfaceCounters::default(), |a, c| IfaceCounters {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                });
+                (key, sum)
+            })
+            .collect();
+        drop(map);
+        let direction =
+            |k: &VerdictKey| if k.direction == POLICY_INGRESS { "INGRESS" } else { "EGRESS" };
+        for (name, help, forwarded, bytes) in [
+            ("cilium_forward_count", "Packets forwarded, by direction", true, false),
+            ("cilium_forward_bytes", "Bytes forwarded, by direction", true, true),
+            ("cilium_drop_count", "Packets dropped, by reason and direction", false, false),
+            ("cilium_drop_bytes", "Bytes dropped, by reason and direction", false, true),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (key, c) in totals.iter().filter(|(k, _)| (k.reason == 0) == forwarded) {
+                let value = if bytes { c.bytes } else { c.packets };
+                if forwarded {
+                    let labels = ForwardLabels { direction: direction(key) };
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+                } else {
+                    let reason = match key.reason {
+                        sensor_common::net::DROP_POLICY_DENY => "Policy denied by denylist",
+                        _ => "Policy denied",
+                    };
+                    let labels = CiliumDropLabels { reason, direction: direction(key) };
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+                }
+            }
         }
         Ok(())
     }

@@ -117,8 +117,24 @@ pub struct HubbleFlow {
     pub policy_match_type: Option<u8>,
     pub is_reply: bool,
     pub interface: HubbleInterface,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress_allowed_by: Vec<HubblePolicy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_allowed_by: Vec<HubblePolicy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<HubblePolicy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<HubblePolicy>,
     #[serde(rename = "Summary", skip_serializing_if = "String::is_empty")]
     pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubblePolicy {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Serialize)]

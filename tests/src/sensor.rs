@@ -143,6 +143,12 @@ impl Sensor {
         })
     }
 
+    /// Every JSON line the sensor printed so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let lines = self.stdout.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }

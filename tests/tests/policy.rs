@@ -41,6 +41,12 @@ spec:
 ";
 
 fn setup(subnet: u8) -> Pods {
+    setup_with(subnet, true)
+}
+
+/// Without the client in the endpoints file its address is outside the cluster: CIDR rules
+/// and the `world` entity apply to it.
+fn setup_with(subnet: u8, client_is_endpoint: bool) -> Pods {
     let node = Netns::new("node");
     let client = Netns::new("cli");
     let server = Netns::new("srv");
@@ -51,14 +57,16 @@ fn setup(subnet: u8) -> Pods {
     server_veth.route_via_node(&node, &server);
     let dir = std::env::temp_dir().join(unique("se2e-pol-"));
     fs::create_dir_all(dir.join("policies")).expect("policy dir");
+    let client_line = format!(
+        "- {{namespace: shop, name: client, labels: {{app: client}}, ips: [{}], interface: {ci}}}\n",
+        client_veth.pod_ip
+    );
     fs::write(
         dir.join("endpoints.yaml"),
         format!(
-            "endpoints:
-- {{namespace: shop, name: client, labels: {{app: client}}, ips: [{}], interface: {ci}}}
-- {{namespace: shop, name: server, labels: {{app: server}}, ips: [{}], interface: {si}}}
-",
-            client_veth.pod_ip, server_veth.pod_ip
+            "endpoints:\n{}- {{namespace: shop, name: server, labels: {{app: server}}, ips: [{}], interface: {si}}}\n",
+            if client_is_endpoint { client_line.as_str() } else { "" },
+            server_veth.pod_ip
         ),
     )
     .expect("endpoints file");
@@ -84,39 +92,41 @@ impl Pods {
 
     /// A TCP round trip client → server:port; true when the echo came back.
     fn tcp_roundtrip(&self, port: u16) -> bool {
-        let addr = SocketAddr::from((self.server_veth.pod_ip, port));
-        let listener = self.server.enter(|| TcpListener::bind(addr).expect("bind server"));
-        let server = std::thread::spawn(move || {
-            listener.set_nonblocking(false).ok();
-            if let Ok((mut conn, _)) = listener.accept() {
-                conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
-                let mut buf = [0_u8; 4];
-                if conn.read_exact(&mut buf).is_ok() {
-                    let _ = conn.write_all(&buf);
-                }
-            }
-        });
-        let client =
-            self.client.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
-        let ok = match client {
-            Ok(mut conn) => {
-                conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
-                let mut buf = [0_u8; 4];
-                conn.write_all(b"ping").is_ok()
-                    && conn.read_exact(&mut buf).is_ok()
-                    && &buf == b"ping"
-            }
-            Err(_) => false,
-        };
-        if !ok {
-            // Unblock the accept so the thread ends.
-            let _ =
-                self.server.enter(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
-        }
-        let _ = server.join();
-        ok
+        tcp_roundtrip(&self.client, &self.server, SocketAddr::from((self.server_veth.pod_ip, port)))
     }
+}
 
+/// A TCP round trip from a socket in `from` to a listener on `addr` in `to`; true when the
+/// echo came back.
+fn tcp_roundtrip(from: &Netns, to: &Netns, addr: SocketAddr) -> bool {
+    let listener = to.enter(|| TcpListener::bind(addr).expect("bind server"));
+    let server = std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let mut buf = [0_u8; 4];
+            if conn.read_exact(&mut buf).is_ok() {
+                let _ = conn.write_all(&buf);
+            }
+        }
+    });
+    let client = from.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
+    let ok = match client {
+        Ok(mut conn) => {
+            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let mut buf = [0_u8; 4];
+            conn.write_all(b"ping").is_ok() && conn.read_exact(&mut buf).is_ok() && &buf == b"ping"
+        }
+        Err(_) => false,
+    };
+    if !ok {
+        // Unblock the accept (from inside the listener's namespace) so the thread ends.
+        let _ = to.enter(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
+    }
+    let _ = server.join();
+    ok
+}
+
+impl Pods {
     /// Sends `count` UDP datagrams client → server:port; returns how many arrived.
     fn udp_delivered(&self, port: u16, count: usize) -> usize {
         let addr = SocketAddr::from((self.server_veth.pod_ip, port));
@@ -175,6 +185,14 @@ fn enforce_mode_drops_denied_flows_and_lets_allowed_connections_and_replies_thro
     assert_eq!(dropped["flow"]["drop_reason_desc"], "POLICY_DENIED", "{dropped}");
     assert_eq!(dropped["flow"]["event_type"]["type"], 1, "{dropped}");
     assert!(!pods.tcp_roundtrip(8081), "TCP to a denied port connected");
+    // The server's replies passed above, but a new connection from the server is its egress,
+    // which the policy denies.
+    let to_client = SocketAddr::from((pods.client_veth.pod_ip, 8080));
+    assert!(!tcp_roundtrip(&pods.server, &pods.client, to_client), "server opened a connection");
+    let reverse = sensor.wait_event("server egress drop", |v| {
+        v["flow"]["verdict"] == "DROPPED" && v["flow"]["traffic_direction"] == "EGRESS"
+    });
+    assert_eq!(reverse["flow"]["source"]["pod_name"], "server", "{reverse}");
 
     let m = sensor.metrics();
     assert!(
@@ -333,4 +351,233 @@ fn policy_check_reports_endpoints_and_rejects_bad_files() {
     assert!(!out.status.success());
     assert!(stderr.contains("bad.yaml:7") && stderr.contains("QUIC"), "{stderr}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cidr_rules_with_except_and_port_ranges_apply_to_addresses_outside_the_cluster() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup_with(50, false);
+    let client_net = "10.77.50.0/24";
+    pods.write_policy(
+        "cidr.yaml",
+        &format!(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: from-cidr, namespace: shop}}
+spec:
+  endpointSelector: {{matchLabels: {{app: server}}}}
+  ingress:
+  - fromCIDRSet: [{{cidr: 10.77.0.0/16, except: [10.77.200.0/24]}}]
+    toPorts: [{{ports: [{{port: \"8000\", endPort: 8010, protocol: TCP}}]}}]
+  - fromCIDRSet: [{{cidr: 10.0.0.0/8, except: [{client_net}]}}]
+    toPorts: [{{ports: [{{port: \"9000\", protocol: TCP}}]}}]
+"
+        ),
+    );
+    let sensor = pods.start("enforce");
+    assert!(pods.tcp_roundtrip(8000), "start of the range denied:\n{}", sensor.log());
+    assert!(pods.tcp_roundtrip(8010), "end of the range denied");
+    assert!(!pods.tcp_roundtrip(8011), "port past endPort allowed");
+    // 10.0.0.0/8 contains the client, but its /24 is excepted.
+    assert!(!pods.tcp_roundtrip(9000), "excepted CIDR allowed");
+    let allowed = sensor.wait_event("allowed CIDR flow", |v| {
+        flow_to(8000, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS"
+    });
+    // The client's identity is the most specific prefix any rule names: its excepted /24.
+    let labels = allowed["flow"]["source"]["labels"].to_string();
+    assert!(
+        labels.contains("cidr:10.77.50.0/24") && labels.contains("reserved:world"),
+        "{allowed}"
+    );
+    assert_eq!(allowed["flow"]["ingress_allowed_by"][0]["name"], "from-cidr", "{allowed}");
+}
+
+#[test]
+fn audit_annotation_records_audit_in_enforce_mode() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(60);
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY.replace(
+            "metadata: {name: server-ingress, namespace: shop}",
+            "metadata:\n  name: server-ingress\n  namespace: shop\n  annotations: {policy.sensor.dev/audit: \"true\"}",
+        ),
+    );
+    let sensor = pods.start("enforce");
+    assert_eq!(pods.udp_delivered(9090, 3), 3, "an audit-mode policy dropped traffic");
+    sensor.wait_event("AUDIT flow under an audited policy", flow_to(9090, "AUDIT"));
+    assert!(pods.tcp_roundtrip(8080));
+    let m = sensor.metrics();
+    assert_eq!(m.get("cilium_drop_count_total", &[]), None, "{}", m.text);
+}
+
+#[test]
+fn ipv6_flows_are_enforced_like_ipv4() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(70);
+    let v6 = |ns: &Netns, dev: &str, addr: &str| {
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            &format!("net.ipv6.conf.{dev}.disable_ipv6=0"),
+        ]);
+        sensor_e2e::run("ip", &["-n", &ns.name, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    };
+    v6(&pods.node, &pods.client_veth.host_if, "fd00:77:70::1/64");
+    v6(&pods.node, &pods.server_veth.host_if, "fd00:77:71::1/64");
+    v6(&pods.client, "eth0", "fd00:77:70::2/64");
+    v6(&pods.server, "eth0", "fd00:77:71::2/64");
+    pods.node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    sensor_e2e::run(
+        "ip",
+        &["-n", &pods.client.name, "-6", "route", "add", "fd00:77::/32", "via", "fd00:77:70::1"],
+    );
+    sensor_e2e::run(
+        "ip",
+        &["-n", &pods.server.name, "-6", "route", "add", "fd00:77::/32", "via", "fd00:77:71::1"],
+    );
+    // The endpoints gain their IPv6 addresses.
+    let eps = fs::read_to_string(pods.dir.join("endpoints.yaml")).expect("endpoints");
+    let eps = eps
+        .replace(
+            &format!("ips: [{}]", pods.client_veth.pod_ip),
+            &format!("ips: [{}, \"fd00:77:70::2\"]", pods.client_veth.pod_ip),
+        )
+        .replace(
+            &format!("ips: [{}]", pods.server_veth.pod_ip),
+            &format!("ips: [{}, \"fd00:77:71::2\"]", pods.server_veth.pod_ip),
+        );
+    fs::write(pods.dir.join("endpoints.yaml"), eps).expect("endpoints");
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let sensor = pods.start("enforce");
+
+    let server6: std::net::IpAddr = "fd00:77:71::2".parse().expect("v6");
+    sensor_e2e::wait_until("IPv6 route to the server", Duration::from_secs(10), || {
+        tcp_roundtrip(&pods.client, &pods.server, SocketAddr::new(server6, 8080)).then_some(())
+    });
+    assert!(
+        !tcp_roundtrip(&pods.client, &pods.server, SocketAddr::new(server6, 8081)),
+        "IPv6 to a denied port connected"
+    );
+    let dropped = sensor.wait_event("IPv6 drop", |v| {
+        v["flow"]["verdict"] == "DROPPED" && v["flow"]["IP"]["ipVersion"] == "IPv6"
+    });
+    assert_eq!(dropped["flow"]["IP"]["destination"], "fd00:77:71::2", "{dropped}");
+    assert_eq!(dropped["flow"]["source"]["pod_name"], "client", "{dropped}");
+    let forwarded = sensor.wait_event("IPv6 forward", |v| {
+        v["flow"]["verdict"] == "FORWARDED"
+            && v["flow"]["IP"]["ipVersion"] == "IPv6"
+            && v["flow"]["traffic_direction"] == "INGRESS"
+    });
+    assert_eq!(forwarded["flow"]["policy_match_type"], 2, "{forwarded}");
+}
+
+#[test]
+fn established_connection_keeps_flowing_across_a_policy_reload() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(80);
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let sensor = pods.start("enforce");
+    let addr = SocketAddr::from((pods.server_veth.pod_ip, 8080));
+    let listener = pods.server.enter(|| TcpListener::bind(addr).expect("bind"));
+    let echo = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut buf = [0_u8; 4];
+        for _ in 0..2 {
+            if conn.read_exact(&mut buf).is_err() || conn.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let mut conn = pods
+        .client
+        .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut buf = [0_u8; 4];
+    conn.write_all(b"one!").expect("write");
+    conn.read_exact(&mut buf).expect("echo before reload");
+
+    let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY.replace("\"8080\"", "\"8080\"}, {port: \"9000\""),
+    );
+    sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+    conn.write_all(b"two!").expect("write after reload");
+    conn.read_exact(&mut buf).expect("established connection broken by the reload");
+    assert_eq!(&buf, b"two!");
+    echo.join().expect("echo thread");
+}
+
+#[test]
+fn counters_and_flow_records_match_the_packets_sent() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(90);
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY
+            .replace("protocol: TCP}]}]", "protocol: TCP}, {port: \"7000\", protocol: UDP}]}]"),
+    );
+    let sensor = pods.start("enforce");
+    assert_eq!(pods.udp_delivered(7000, 10), 10);
+    assert_eq!(pods.udp_delivered(9090, 7), 0);
+    sensor.wait_metric(
+        "cilium_drop_count_total",
+        &[("direction", "INGRESS"), ("reason", "Policy denied")],
+        |v| v == Some(7.0),
+    );
+    let m = sensor.metrics();
+    assert_eq!(
+        m.get("cilium_forward_count_total", &[("direction", "INGRESS")]),
+        Some(10.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get("cilium_forward_count_total", &[("direction", "EGRESS")]),
+        Some(17.0),
+        "{}",
+        m.text
+    );
+    // Frames: 14 Ethernet + 20 IPv4 + 8 UDP + 4 payload.
+    assert_eq!(
+        m.get("cilium_drop_bytes_total", &[("direction", "INGRESS")]),
+        Some(7.0 * 46.0),
+        "{}",
+        m.text
+    );
+    // One record per dropped packet, one per new allowed flow (not one per packet).
+    sensor.wait_metric(
+        "hubble_drop_total",
+        &[("reason", "POLICY_DENIED"), ("protocol", "UDP")],
+        |v| v == Some(7.0),
+    );
+    let records = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        sensor.events().iter().filter(|v| pred(v)).count()
+    };
+    assert_eq!(records(&|v| flow_to(9090, "DROPPED")(v)), 7);
+    assert_eq!(
+        records(&|v| flow_to(7000, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS"),
+        1
+    );
+    assert_eq!(
+        m.get("hubble_port_distribution_total", &[("protocol", "UDP"), ("port", "7000")])
+            .map(|v| v >= 1.0),
+        Some(true),
+        "{}",
+        m.text
+    );
 }

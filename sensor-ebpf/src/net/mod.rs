@@ -18,9 +18,9 @@ use aya_ebpf::{
 use sensor_common::{
     host::EventKind,
     net::{
-        CONNTRACK_MAX_ENTRIES, CtEntry, CtKey, Direction, FlowEvent, IFACE_STATS_MAX_ENTRIES,
-        IfaceCounters, IfaceKey, NET_COUNTER_SLOTS, NET_EVENTS_BYTES, NetConfig, NetCounter,
-        POLICY_EGRESS, POLICY_INGRESS, VERDICT_DROPPED,
+        CONNTRACK_MAX_ENTRIES, CtEntry, CtKey, Direction, FLOW_REPORT_INTERVAL_NS, FlowEvent,
+        IFACE_STATS_MAX_ENTRIES, IfaceCounters, IfaceKey, NET_COUNTER_SLOTS, NET_EVENTS_BYTES,
+        NetConfig, NetCounter, POLICY_EGRESS, POLICY_INGRESS, VERDICT_DROPPED, VerdictKey,
     },
 };
 
@@ -45,6 +45,10 @@ static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 
 #[map]
 static NET_EVENTS: RingBuf = RingBuf::with_byte_size(NET_EVENTS_BYTES, 0);
+
+#[map]
+static VERDICT_COUNTERS: PerCpuHashMap<VerdictKey, IfaceCounters> =
+    PerCpuHashMap::with_max_entries(64, 0);
 
 #[map]
 static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_COUNTER_SLOTS, 0);
@@ -78,15 +82,37 @@ fn handle(ctx: &TcContext, hook: Direction) -> i32 {
             return TC_ACT_UNSPEC;
         }
     };
-    let config = NET_CONFIG.get(0).copied().unwrap_or(NetConfig::default());
     // The host-side hook's ingress is the pod's egress and vice versa.
     let direction = match hook {
         Direction::Ingress => POLICY_EGRESS,
         Direction::Egress => POLICY_INGRESS,
     };
+    if is_neighbor_control(&tuple) {
+        // Neighbour discovery and multicast listener messages keep the link working; like
+        // Cilium, policy does not apply to them and they are not flows.
+        count_verdict(0, direction, bytes);
+        return TC_ACT_UNSPEC;
+    }
+    let (action, drop_reason) = track(ifindex, direction, &tuple, bytes);
+    count_verdict(drop_reason, direction, bytes);
+    action
+}
+
+/// ICMPv6 neighbour discovery (router/neighbour solicitation and advertisement, redirect) and
+/// multicast listener discovery.
+#[inline(always)]
+const fn is_neighbor_control(t: &Tuple) -> bool {
+    t.protocol == sensor_common::net::PROTO_ICMPV6 && matches!(t.icmp_type, 130..=137 | 143)
+}
+
+/// Conntrack and policy for one parsed packet: returns the tc action and, for a drop, its
+/// reason.
+#[inline(always)]
+fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
+    let config = NET_CONFIG.get(0).copied().unwrap_or(NetConfig::default());
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let key = ct_key(ifindex, &tuple, false);
+    let key = ct_key(ifindex, tuple, false);
 
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a live map value. Updates are plain read-modify-writes: two CPUs updating
@@ -95,61 +121,119 @@ fn handle(ctx: &TcContext, hook: Direction) -> i32 {
             add(&raw mut (*entry).packets_fwd, 1);
             add(&raw mut (*entry).bytes_fwd, bytes);
             (*entry).last_ns = now;
-            (*entry).tcp_flags |= tuple.tcp_flags;
-            if (*entry).revision == config.revision {
-                return TC_ACT_UNSPEC;
-            }
-        }
-        // The policy changed since this flow was allowed: decide again.
-        let decision = policy::decide(&config, ifindex, direction, &tuple);
-        if decision.verdict == VERDICT_DROPPED {
-            let _ = CONNTRACK.remove(&key);
-            emit(ifindex, direction, &tuple, &decision, now);
-            return TC_ACT_SHOT;
         }
         // SAFETY: as above.
-        unsafe {
-            (*entry).revision = config.revision;
-            (*entry).verdict = decision.verdict;
+        if unsafe { (*entry).revision } != config.revision {
+            // The policy changed since this flow was decided: decide again.
+            let decision = policy::decide(&config, ifindex, direction, tuple);
+            if decision.verdict == VERDICT_DROPPED {
+                let _ = CONNTRACK.remove(&key);
+                emit(ifindex, direction, tuple, &decision, now, false);
+                return (TC_ACT_SHOT, decision.drop_reason);
+            }
+            // SAFETY: as above.
+            unsafe {
+                let changed = (*entry).verdict != decision.verdict;
+                remember(entry, &decision, config.revision);
+                if changed {
+                    (*entry).last_report_ns = now;
+                    (*entry).tcp_flags |= tuple.tcp_flags;
+                    emit(ifindex, direction, tuple, &decision, now, false);
+                    return (TC_ACT_UNSPEC, 0);
+                }
+            }
         }
-        return TC_ACT_UNSPEC;
+        // SAFETY: as above.
+        unsafe { maybe_report(entry, ifindex, tuple, now, false) };
+        return (TC_ACT_UNSPEC, 0);
     }
 
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key(ifindex, &tuple, true)) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key(ifindex, tuple, true)) {
         // A reply of a flow that was allowed (or audited) when it started.
         // SAFETY: as above.
         unsafe {
             add(&raw mut (*entry).packets_rev, 1);
             add(&raw mut (*entry).bytes_rev, bytes);
             (*entry).last_ns = now;
-            (*entry).tcp_flags |= tuple.tcp_flags;
+            maybe_report(entry, ifindex, tuple, now, true);
         }
-        return TC_ACT_UNSPEC;
+        return (TC_ACT_UNSPEC, 0);
     }
 
-    let decision = policy::decide(&config, ifindex, direction, &tuple);
-    emit(ifindex, direction, &tuple, &decision, now);
+    let decision = policy::decide(&config, ifindex, direction, tuple);
+    emit(ifindex, direction, tuple, &decision, now, false);
     if decision.verdict == VERDICT_DROPPED {
         // No conntrack entry for a dropped flow: every retry is decided (and reported) again.
-        return TC_ACT_SHOT;
+        return (TC_ACT_SHOT, decision.drop_reason);
     }
     let entry = CtEntry {
         first_ns: now,
         last_ns: now,
+        last_report_ns: now,
         packets_fwd: 1,
         bytes_fwd: bytes,
         packets_rev: 0,
         bytes_rev: 0,
         revision: config.revision,
+        policy: decision.policy,
+        endpoint_id: decision.endpoint_id,
+        local_identity: decision.local_identity,
+        remote_identity: decision.remote_identity,
         verdict: decision.verdict,
         direction,
         tcp_flags: tuple.tcp_flags,
-        _pad: 0,
+        match_type: decision.match_type,
     };
     if CONNTRACK.insert(&key, &entry, BPF_NOEXIST).is_err() {
         count(NetCounter::CtInsertFailed);
     }
-    TC_ACT_UNSPEC
+    (TC_ACT_UNSPEC, 0)
+}
+
+/// Stores a decision in a conntrack entry.
+///
+/// # Safety
+/// `entry` must point at a live conntrack value.
+#[inline(always)]
+unsafe fn remember(entry: *mut CtEntry, d: &Decision, revision: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*entry).revision = revision;
+        (*entry).verdict = d.verdict;
+        (*entry).match_type = d.match_type;
+        (*entry).policy = d.policy;
+        (*entry).endpoint_id = d.endpoint_id;
+        (*entry).local_identity = d.local_identity;
+        (*entry).remote_identity = d.remote_identity;
+    }
+}
+
+/// Emits a record for an established flow when a TCP flag shows up for the first time (SYN-ACK,
+/// FIN, RST) or when the last record is older than the report interval; never per packet.
+///
+/// # Safety
+/// `entry` must point at a live conntrack value.
+#[inline(always)]
+unsafe fn maybe_report(entry: *mut CtEntry, ifindex: u32, tuple: &Tuple, now: u64, is_reply: bool) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let new_flags = tuple.tcp_flags & !(*entry).tcp_flags;
+        (*entry).tcp_flags |= tuple.tcp_flags;
+        if new_flags == 0 && now.wrapping_sub((*entry).last_report_ns) < FLOW_REPORT_INTERVAL_NS {
+            return;
+        }
+        (*entry).last_report_ns = now;
+        let decision = Decision {
+            verdict: (*entry).verdict,
+            drop_reason: 0,
+            match_type: (*entry).match_type,
+            endpoint_id: (*entry).endpoint_id,
+            local_identity: (*entry).local_identity,
+            remote_identity: (*entry).remote_identity,
+            policy: (*entry).policy,
+        };
+        emit(ifindex, (*entry).direction, tuple, &decision, now, is_reply);
+    }
 }
 
 #[inline(always)]
@@ -163,7 +247,7 @@ fn ct_key(ifindex: u32, t: &Tuple, reversed: bool) -> CtKey {
 }
 
 #[inline(always)]
-fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, now: u64) {
+fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, now: u64, is_reply: bool) {
     let Some(mut slot) = NET_EVENTS.reserve::<FlowEvent>(0) else {
         count(NetCounter::RingbufFull);
         return;
@@ -189,10 +273,11 @@ fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, now: u64) {
         (*e).sport = t.sport;
         (*e).dport = t.dport;
         (*e).icmp_code = t.icmp_code;
-        (*e)._pad = [0; 3];
+        (*e).is_reply = u8::from(is_reply);
+        (*e)._pad = [0; 2];
         (*e).saddr = t.saddr;
         (*e).daddr = t.daddr;
-        (*e)._tail = 0;
+        (*e).policy = d.policy;
     }
     slot.submit(0);
 }
@@ -229,4 +314,19 @@ fn count_interface(ifindex: u32, direction: Direction, bytes: u64) {
     let first = IfaceCounters { packets: 1, bytes };
     // A full map loses the count; userspace sizes it for the node.
     let _ = IFACE_STATS.insert(&key, &first, BPF_NOEXIST);
+}
+
+/// Every packet by final verdict: forwarded (reason 0) or dropped (reason), per direction.
+#[inline(always)]
+fn count_verdict(reason: u8, direction: u8, bytes: u64) {
+    let key = VerdictKey { reason, direction, _pad: 0 };
+    if let Some(counters) = VERDICT_COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value, only this CPU writes it while we run.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += bytes;
+        }
+        return;
+    }
+    let _ = VERDICT_COUNTERS.insert(&key, &IfaceCounters { packets: 1, bytes }, BPF_NOEXIST);
 }

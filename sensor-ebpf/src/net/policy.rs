@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, lpm_trie::Key},
 };
 use sensor_common::net::{
-    DROP_POLICY_DENIED, DROP_POLICY_DENY, ENDPOINTS_MAX_ENTRIES, EP_ENFORCE_EGRESS,
-    EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD,
+    DROP_POLICY_DENIED, DROP_POLICY_DENY, ENDPOINTS_MAX_ENTRIES, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
+    EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD,
     IPCACHE_MAX_ENTRIES, IpCacheKey, MATCH_NONE, NetConfig, POLICY_INGRESS, POLICY_MAX_ENTRIES,
     POLICY_PREFIX_FULL, PolicyKey, PolicyValue, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
 };
@@ -41,6 +41,8 @@ pub struct Decision {
     pub endpoint_id: u32,
     pub local_identity: u32,
     pub remote_identity: u32,
+    /// 1 + index of the deciding policy, 0 for none.
+    pub policy: u32,
 }
 
 #[inline(always)]
@@ -53,6 +55,7 @@ pub fn decide(config: &NetConfig, ifindex: u32, direction: u8, t: &Tuple) -> Dec
         endpoint_id: 0,
         local_identity: 0,
         remote_identity: 0,
+        policy: 0,
     };
     let remote = if direction == POLICY_INGRESS { t.saddr } else { t.daddr };
     d.remote_identity = IPCACHE
@@ -76,23 +79,30 @@ pub fn decide(config: &NetConfig, ifindex: u32, direction: u8, t: &Tuple) -> Dec
             port: t.policy_port.to_be_bytes(),
         };
         if let Some(v) = map.get(&Key::new(POLICY_PREFIX_FULL, data)) {
-            return Some(v.match_type);
+            return Some(*v);
         }
         data.identity = IDENTITY_ANY;
-        map.get(&Key::new(POLICY_PREFIX_FULL, data)).map(|v| v.match_type)
+        map.get(&Key::new(POLICY_PREFIX_FULL, data)).copied()
     };
-    let enforced = if direction == POLICY_INGRESS { EP_ENFORCE_INGRESS } else { EP_ENFORCE_EGRESS };
-    let reason = if lookup(&POLICY_DENY).is_some() {
-        DROP_POLICY_DENY
+    let (enforced, audit_only) = if direction == POLICY_INGRESS {
+        (EP_ENFORCE_INGRESS, EP_AUDIT_INGRESS)
+    } else {
+        (EP_ENFORCE_EGRESS, EP_AUDIT_EGRESS)
+    };
+    let audit = if let Some(deny) = lookup(&POLICY_DENY) {
+        d.drop_reason = DROP_POLICY_DENY;
+        d.policy = deny.policy;
+        deny.audit != 0
     } else if endpoint.flags & enforced == 0 {
         return d; // no policy selects this endpoint in this direction
-    } else if let Some(match_type) = lookup(&POLICY_ALLOW) {
-        d.match_type = match_type as u8;
+    } else if let Some(allow) = lookup(&POLICY_ALLOW) {
+        d.match_type = allow.match_type;
+        d.policy = allow.policy;
         return d;
     } else {
-        DROP_POLICY_DENIED
+        d.drop_reason = DROP_POLICY_DENIED;
+        endpoint.flags & audit_only != 0
     };
-    d.drop_reason = reason;
-    d.verdict = if config.enforce != 0 { VERDICT_DROPPED } else { VERDICT_AUDIT };
+    d.verdict = if config.enforce != 0 && !audit { VERDICT_DROPPED } else { VERDICT_AUDIT };
     d
 }

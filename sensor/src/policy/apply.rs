@@ -7,12 +7,12 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use sensor_common::net::{
-    ENDPOINTS_MAX_ENTRIES, EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey,
-    IPCACHE_MAX_ENTRIES, IpCacheKey, NetConfig, POLICY_MAX_ENTRIES, POLICY_PREFIX_ANY_PORT,
-    POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
+    ENDPOINTS_MAX_ENTRIES, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ENFORCE_EGRESS,
+    EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey, IPCACHE_MAX_ENTRIES, IpCacheKey, NetConfig,
+    POLICY_MAX_ENTRIES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
 };
 
-use super::compile::{Compiled, PolicyEntry};
+use super::compile::{Compiled, EntryMeta, PolicyEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -112,8 +112,15 @@ impl PolicyMaps {
         let mut endpoints = 0;
         for ep in &compiled.local {
             let Some(ifindex) = ifindex_of(&ep.interface) else { continue };
-            let flags = if ep.enforce_ingress { EP_ENFORCE_INGRESS } else { 0 }
-                | if ep.enforce_egress { EP_ENFORCE_EGRESS } else { 0 };
+            let flags = [
+                (ep.enforce_ingress, EP_ENFORCE_INGRESS),
+                (ep.enforce_egress, EP_ENFORCE_EGRESS),
+                (ep.audit_ingress, EP_AUDIT_INGRESS),
+                (ep.audit_egress, EP_AUDIT_EGRESS),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |acc, (_, bit)| acc | bit);
             let info = EndpointInfo { endpoint_id: ep.id, identity: ep.identity, flags, _pad: 0 };
             self.endpoints
                 .insert(&EndpointKey { generation, ifindex }, &info, 0)
@@ -131,8 +138,8 @@ impl PolicyMaps {
             (&compiled.allow, &mut self.allow, "POLICY_ALLOW"),
             (&compiled.deny, &mut self.deny, "POLICY_DENY"),
         ] {
-            for entry in entries {
-                let (key, value) = policy_key(entry, generation);
+            for (entry, meta) in entries {
+                let (key, value) = policy_key(entry, meta, generation);
                 map.insert(&key, &value, 0)
                     .map_err(|source| ApplyError::Map { map: name, source })?;
             }
@@ -181,7 +188,11 @@ fn check(map: &'static str, needed: usize, capacity: u32) -> Result<(), ApplyErr
     Ok(())
 }
 
-fn policy_key(entry: &PolicyEntry, generation: u32) -> (Key<PolicyKey>, PolicyValue) {
+fn policy_key(
+    entry: &PolicyEntry,
+    meta: &EntryMeta,
+    generation: u32,
+) -> (Key<PolicyKey>, PolicyValue) {
     let (prefix, protocol, port) = match (entry.protocol, entry.port) {
         (None, _) => (POLICY_PREFIX_ANY_PROTO, 0, 0),
         (Some(p), None) => (POLICY_PREFIX_ANY_PORT, p, 0),
@@ -195,5 +206,11 @@ fn policy_key(entry: &PolicyEntry, generation: u32) -> (Key<PolicyKey>, PolicyVa
         protocol,
         port: port.to_be_bytes(),
     };
-    (Key::new(prefix, data), PolicyValue { match_type: u32::from(entry.match_type) })
+    let value = PolicyValue {
+        match_type: meta.match_type,
+        audit: u8::from(meta.audit),
+        _pad: 0,
+        policy: u32::try_from(meta.policy + 1).unwrap_or(0),
+    };
+    (Key::new(prefix, data), value)
 }

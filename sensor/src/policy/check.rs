@@ -41,8 +41,8 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
             ep.name,
             ep.interface,
             ep.identity,
-            if ep.enforce_ingress { "default-deny" } else { "allow-all" },
-            if ep.enforce_egress { "default-deny" } else { "allow-all" },
+            mode(ep.enforce_ingress, ep.audit_ingress),
+            mode(ep.enforce_egress, ep.audit_egress),
         );
         if let Some(names) = compiled.selected_by.get(&ep.id) {
             for name in names {
@@ -50,7 +50,7 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
             }
         }
         for (verb, set) in [("deny", &compiled.deny), ("allow", &compiled.allow)] {
-            for e in set.iter().filter(|e| e.endpoint_id == ep.id) {
+            for (e, meta) in set.iter().filter(|(e, _)| e.endpoint_id == ep.id) {
                 let direction =
                     if e.direction == POLICY_INGRESS { "ingress from" } else { "egress to" };
                 let proto = e.protocol.map_or("any", crate::flows::protocol_name);
@@ -61,14 +61,26 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
                         if bits == 16 { v.to_string() } else { format!("{v}-{last}") }
                     },
                 );
+                let by = &compiled.policies[meta.policy];
+                let audit = if meta.audit { ", audit" } else { "" };
                 let _ = writeln!(
                     out,
-                    "  {verb} {direction} {} {proto}/{port} [{}]",
+                    "  {verb} {direction} {} {proto}/{port} [{}{audit}] by {} {}",
                     peer(e.identity),
-                    match_name(e.match_type)
+                    match_name(meta.match_type),
+                    by.kind,
+                    by.name
                 );
             }
         }
     }
     Ok(out)
+}
+
+const fn mode(enforced: bool, audit: bool) -> &'static str {
+    match (enforced, audit) {
+        (false, _) => "allow-all",
+        (true, false) => "default-deny",
+        (true, true) => "default-deny (audit)",
+    }
 }

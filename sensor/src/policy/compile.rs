@@ -30,9 +30,12 @@ pub struct LocalEndpoint {
     pub identity: u32,
     pub enforce_ingress: bool,
     pub enforce_egress: bool,
+    /// Default deny comes only from audit-mode policies: record AUDIT instead of dropping.
+    pub audit_ingress: bool,
+    pub audit_egress: bool,
 }
 
-/// One policy map entry; `port` is `(value, prefix bits)`, `None` for any port.
+/// One policy map key; `port` is `(value, prefix bits)`, `None` for any port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyEntry {
     pub endpoint_id: u32,
@@ -40,7 +43,24 @@ pub struct PolicyEntry {
     pub direction: u8,
     pub protocol: Option<u8>,
     pub port: Option<(u16, u8)>,
+}
+
+/// What a policy map entry says besides its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
     pub match_type: u8,
+    /// Index into [`Compiled::policies`] of the first policy that produced the entry.
+    pub policy: usize,
+    /// Every policy that produced the entry is in audit mode.
+    pub audit: bool,
+}
+
+/// A policy, as flow records name it (`ingress_allowed_by`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub kind: &'static str,
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,8 +68,10 @@ pub struct Compiled {
     pub local: Vec<LocalEndpoint>,
     /// Prefix → identity, for the ipcache.
     pub ipcache: BTreeMap<Cidr, u32>,
-    pub allow: BTreeSet<PolicyEntry>,
-    pub deny: BTreeSet<PolicyEntry>,
+    pub allow: BTreeMap<PolicyEntry, EntryMeta>,
+    pub deny: BTreeMap<PolicyEntry, EntryMeta>,
+    /// Every loaded policy, in load order; entries refer to them by index.
+    pub policies: Vec<PolicyRef>,
     /// Identity → labels, for flow records.
     pub identity_labels: BTreeMap<u32, Vec<String>>,
     /// Address → (namespace, pod name), for flow records.
@@ -59,7 +81,17 @@ pub struct Compiled {
 }
 
 pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
-    let mut out = Compiled::default();
+    let mut out = Compiled {
+        policies: policies
+            .iter()
+            .map(|p| PolicyRef {
+                kind: p.kind.as_str(),
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+            })
+            .collect(),
+        ..Compiled::default()
+    };
 
     // Identities of label sets (namespace label included), in a stable order.
     let label_sets: BTreeSet<Labels> =
@@ -107,23 +139,34 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
         Resolver { endpoints, identity_of: &identity_of, cidr_identities: &cidr_identities };
     for (id, ep) in (1..).zip(endpoints.endpoints.iter().filter(|e| e.interface.is_some())) {
         let labels = full_labels(&ep.labels, &ep.namespace);
-        let selecting: Vec<&Policy> = policies
+        let selecting: Vec<(usize, &Policy)> = policies
             .iter()
-            .filter(|p| {
+            .enumerate()
+            .filter(|(_, p)| {
                 p.namespace.as_ref().is_none_or(|ns| *ns == ep.namespace)
                     && p.selector.matches(&labels)
             })
             .collect();
+        // Audit flags of the policies that make each direction default-deny.
+        let deny_ingress: Vec<bool> = selecting
+            .iter()
+            .filter(|(_, p)| p.default_deny_ingress)
+            .map(|(_, p)| p.audit)
+            .collect();
+        let deny_egress: Vec<bool> =
+            selecting.iter().filter(|(_, p)| p.default_deny_egress).map(|(_, p)| p.audit).collect();
         let local = LocalEndpoint {
             id,
             namespace: ep.namespace.clone(),
             name: ep.name.clone(),
             interface: ep.interface.clone().unwrap_or_default(),
             identity: identity_of[&labels],
-            enforce_ingress: selecting.iter().any(|p| p.default_deny_ingress),
-            enforce_egress: selecting.iter().any(|p| p.default_deny_egress),
+            enforce_ingress: !deny_ingress.is_empty(),
+            enforce_egress: !deny_egress.is_empty(),
+            audit_ingress: !deny_ingress.is_empty() && deny_ingress.iter().all(|a| *a),
+            audit_egress: !deny_egress.is_empty() && deny_egress.iter().all(|a| *a),
         };
-        for p in &selecting {
+        for (index, p) in &selecting {
             for (entries, direction, deny) in [
                 (&p.ingress, POLICY_INGRESS, false),
                 (&p.egress, POLICY_EGRESS, false),
@@ -132,13 +175,16 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
             ] {
                 let target = if deny { &mut out.deny } else { &mut out.allow };
                 for entry in entries {
-                    resolver.expand(entry, id, direction, target);
+                    resolver.expand(entry, id, direction, (*index, p.audit), target);
                 }
             }
         }
         out.selected_by.insert(
             id,
-            selecting.iter().map(|p| format!("{}/{}", p.kind.as_str(), qualified(p))).collect(),
+            selecting
+                .iter()
+                .map(|(_, p)| format!("{}/{}", p.kind.as_str(), qualified(p)))
+                .collect(),
         );
         out.local.push(local);
     }
@@ -214,8 +260,17 @@ impl Resolver<'_> {
         entry: &Entry,
         endpoint_id: u32,
         direction: u8,
-        out: &mut BTreeSet<PolicyEntry>,
+        (policy, audit): (usize, bool),
+        out: &mut BTreeMap<PolicyEntry, EntryMeta>,
     ) {
+        // The first policy to produce a key names it; audit only if every producer audits.
+        let mut insert = |key: PolicyEntry, match_type: u8| {
+            out.entry(key).and_modify(|meta| meta.audit &= audit).or_insert(EntryMeta {
+                match_type,
+                policy,
+                audit,
+            });
+        };
         let identities = match &entry.peers {
             None => BTreeSet::from([IDENTITY_ANY]),
             Some(peers) => peers.iter().flat_map(|p| self.identities(p)).collect(),
@@ -224,14 +279,9 @@ impl Resolver<'_> {
             let specific = identity != IDENTITY_ANY;
             if entry.ports.is_empty() {
                 let match_type = if specific { MATCH_L3_ONLY } else { MATCH_ALL };
-                out.insert(PolicyEntry {
-                    endpoint_id,
-                    identity,
-                    direction,
-                    protocol: None,
-                    port: None,
-                    match_type,
-                });
+                let key =
+                    PolicyEntry { endpoint_id, identity, direction, protocol: None, port: None };
+                insert(key, match_type);
                 continue;
             }
             let match_type = if specific { MATCH_L3_L4 } else { MATCH_L4_ONLY };
@@ -243,14 +293,11 @@ impl Resolver<'_> {
                 for protocol in protocols {
                     for (value, bits) in port_prefixes(range.first, range.last) {
                         let port = (bits > 0).then_some((value, bits));
-                        out.insert(PolicyEntry {
-                            endpoint_id,
-                            identity,
-                            direction,
-                            protocol: Some(protocol),
-                            port,
+                        let protocol = Some(protocol);
+                        insert(
+                            PolicyEntry { endpoint_id, identity, direction, protocol, port },
                             match_type,
-                        });
+                        );
                     }
                 }
             }
@@ -328,12 +375,14 @@ spec:
         let api = c.local.iter().find(|e| e.name == "api").expect("api");
         assert!(!api.enforce_ingress && !api.enforce_egress);
         // Only shop/api (same namespace), not other/api.
-        let allowed: Vec<_> = c.allow.iter().filter(|e| e.endpoint_id == db.id).collect();
+        let allowed: Vec<_> = c.allow.iter().filter(|(e, _)| e.endpoint_id == db.id).collect();
         assert_eq!(allowed.len(), 1, "{allowed:?}");
-        assert_eq!(allowed[0].identity, api.identity);
-        assert_eq!((allowed[0].protocol, allowed[0].port), (Some(PROTO_TCP), Some((5432, 16))));
-        assert_eq!(allowed[0].match_type, MATCH_L3_L4);
-        let deny: Vec<_> = c.deny.iter().collect();
+        let (key, meta) = allowed[0];
+        assert_eq!(key.identity, api.identity);
+        assert_eq!((key.protocol, key.port), (Some(PROTO_TCP), Some((5432, 16))));
+        assert_eq!(meta.match_type, MATCH_L3_L4);
+        assert_eq!(c.policies[meta.policy].name, "db");
+        let deny: Vec<_> = c.deny.keys().collect();
         assert_eq!(deny.len(), 1);
         assert!(deny[0].identity >= FIRST_CIDR_IDENTITY);
         assert_eq!(c.ipcache[&Cidr::parse("192.0.2.0/24").expect("cidr")], deny[0].identity);

@@ -96,6 +96,8 @@ pub struct Policy {
     /// Whether selecting an endpoint turns on default deny in that direction.
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
+    /// [`AUDIT_ANNOTATION`] is "true": this policy never drops.
+    pub audit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +168,13 @@ struct Document {
 struct Metadata {
     name: String,
     namespace: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
+
+/// Annotation that puts one policy in audit mode even when the sensor enforces: what it would
+/// drop is recorded as AUDIT and passes. Roll a new policy out safely, then remove it.
+pub const AUDIT_ANNOTATION: &str = "policy.sensor.dev/audit";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -383,6 +391,13 @@ impl DocContext<'_> {
             _ => Some(doc.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned())),
         };
         let name = doc.metadata.name.clone();
+        let audit = match doc.metadata.annotations.get(AUDIT_ANNOTATION).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(self.error(AUDIT_ANNOTATION, format!("annotation {AUDIT_ANNOTATION}: expected \"true\" or \"false\", got {other:?}")));
+            }
+        };
         let specs: Vec<Value> = match (doc.spec, doc.specs, kind) {
             (Some(spec), None, _) => vec![spec],
             (
@@ -395,9 +410,14 @@ impl DocContext<'_> {
         };
         specs
             .into_iter()
-            .map(|spec| match kind {
-                Kind::NetworkPolicy => self.network_policy(spec, name.clone(), namespace.clone()),
-                _ => self.cilium(spec, kind, name.clone(), namespace.clone()),
+            .map(|spec| {
+                let policy = match kind {
+                    Kind::NetworkPolicy => {
+                        self.network_policy(spec, name.clone(), namespace.clone())
+                    }
+                    _ => self.cilium(spec, kind, name.clone(), namespace.clone()),
+                };
+                policy.map(|p| Policy { audit, ..p })
             })
             .collect()
     }
@@ -447,6 +467,7 @@ impl DocContext<'_> {
             egress,
             ingress_deny,
             egress_deny,
+            audit: false,
         })
     }
 
@@ -699,6 +720,7 @@ impl DocContext<'_> {
             egress,
             ingress_deny: Vec::new(),
             egress_deny: Vec::new(),
+            audit: false,
         })
     }
 
