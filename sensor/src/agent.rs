@@ -23,6 +23,7 @@ use tokio::{
 use crate::{
     cli::Mode,
     config::Config,
+    conntrack::{self, Conntrack},
     decode::{self, Flow, HostEvent},
     features::{KernelFeatures, MissingFeature},
     flows::{self, FlowFormatter},
@@ -89,7 +90,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     tracing::info!(kernel = %features.kernel, "kernel features: {}", features.summary());
     features.require_baseline()?;
 
-    let mut ebpf = loader::load_object()?;
+    let mut ebpf = loader::load_object(config.conntrack.max_entries)?;
     start_ebpf_logger(&mut ebpf);
 
     let table = Arc::new(Mutex::new(InterfaceTable::new(take_map::<PerCpuHashMap<_, _, _>>(
@@ -113,6 +114,24 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         take_map(&mut ebpf, net::VERDICT_COUNTERS_MAP)?;
     let registry =
         Arc::new(metrics.register(&features, Arc::clone(&table), loss, net_counters, verdicts));
+    let mut conntrack = Conntrack::new(
+        take_map(&mut ebpf, net::CONNTRACK_MAP)?,
+        config.conntrack,
+        metrics.conntrack.clone(),
+    );
+    let mut gc = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(conntrack.interval()).await;
+            conntrack = tokio::task::spawn_blocking(move || {
+                conntrack.sweep(conntrack::boot_ns());
+                conntrack
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        }
+        #[allow(unreachable_code, reason = "the loop only ends with an error")]
+        Ok::<(), std::io::Error>(())
+    });
     // The first policy load must succeed: there is no previous set to fall back to.
     let mut policy = PolicyRuntime::new(
         policy_maps,
@@ -197,6 +216,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     Err(err) => tracing::error!("policy change rejected, previous policy stays in force: {err}"),
                 }
             }
+            res = &mut gc => break Err(AgentError::Io("conntrack gc", flatten(res))),
             res = &mut net_reader => break Err(AgentError::Io("flow event reader", flatten(res))),
             res = &mut writer => break Err(AgentError::Io("output writer", flatten(res))),
             _ = sigterm.recv() => break Ok("SIGTERM"),
@@ -217,6 +237,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     watcher.abort();
     reader.abort();
     net_reader.abort();
+    gc.abort();
     writer.abort();
     server.abort();
     let interfaces = attacher.attached_count();

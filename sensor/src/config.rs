@@ -8,7 +8,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::cli::{LogFormat, Mode, RunArgs};
+use crate::{
+    cli::{LogFormat, Mode, RunArgs},
+    conntrack::ConntrackConfig,
+};
 
 /// Host-side interface names of the common CNIs (veth pairs, Cilium, Calico, generic CNI,
 /// GKE, AWS VPC CNI, tap and netkit devices). Physical NICs never match.
@@ -27,6 +30,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub policy_dir: Option<PathBuf>,
     pub endpoints_file: Option<PathBuf>,
+    pub conntrack: Option<ConntrackConfig>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -41,6 +45,7 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// YAML file of endpoints (local and remote pods), watched.
     pub endpoints_file: Option<PathBuf>,
+    pub conntrack: ConntrackConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,8 @@ pub enum ConfigError {
     EmptyNodeName { origin: String },
     #[error("cannot determine the node name from the hostname ({0}); pass --node-name")]
     Hostname(String),
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
 }
 
 impl Config {
@@ -91,7 +98,12 @@ impl Config {
                 .into_owned(),
         };
 
+        let conntrack = file.conntrack.unwrap_or_default();
+        conntrack
+            .validate()
+            .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
         Ok(Self {
+            conntrack,
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces,
             metrics_addr: args
@@ -228,6 +240,22 @@ mod tests {
         for name in ["eth0", "ens3", "enp0s31f6", "wlan0", "lo", "docker0", "bond0"] {
             assert!(!m.matches(name), "{name}");
         }
+    }
+
+    #[test]
+    fn conntrack_settings_are_parsed_and_checked() {
+        let cfg =
+            parse("conntrack: {max_entries: 65536, non_tcp_timeout_seconds: 30}\n").expect("valid");
+        let ct = cfg.conntrack.expect("conntrack");
+        assert_eq!(
+            (ct.max_entries, ct.non_tcp_timeout_seconds, ct.tcp_timeout_seconds),
+            (65536, 30, 8000)
+        );
+        let err = parse("conntrack: {max_entris: 5}\n").expect_err("typo");
+        assert!(err.to_string().contains("max_entris"), "{err}");
+        assert!(
+            ConntrackConfig { max_entries: 10, ..ConntrackConfig::default() }.validate().is_err()
+        );
     }
 
     #[test]

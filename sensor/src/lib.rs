@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod decode;
 pub mod features;
 pub mod flows;

@@ -23,11 +23,13 @@ pub enum LoadError {
 }
 
 /// Creates the maps and relocates the programs; the verifier runs per program on `load()`.
-pub fn load_object() -> Result<Ebpf, LoadError> {
+pub fn load_object(conntrack_entries: u32) -> Result<Ebpf, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
+    Ok(EbpfLoader::new()
+        .map_max_entries(sensor_common::net::CONNTRACK_MAP, conntrack_entries)
+        .load(EBPF_OBJECT)?)
 }
 
 /// Loads and attaches the `sched/sched_process_exec` tracepoint program.

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
     pub policy_revision: Gauge,
+    /// Conntrack garbage collection: entries, deletions, runs.
+    pub conntrack: crate::conntrack::ConntrackMetrics,
     /// `sensor_events_total{type}`: events decoded and written out.
     pub events: Family<EventLabels, Counter>,
     /// `sensor_event_decode_errors_total{reason}`: ring buffer records that did not decode.
@@ -177,6 +179,21 @@ impl Metrics {
             "hubble_port_distribution",
             "Destination ports of forwarded flows, by protocol and port",
             self.ports.clone(),
+        );
+        registry.register(
+            "sensor_conntrack_entries",
+            "Flows in the conntrack map after the last garbage collection",
+            self.conntrack.entries.clone(),
+        );
+        registry.register(
+            "sensor_conntrack_gc_deleted",
+            "Conntrack entries removed as idle or closed",
+            self.conntrack.deleted.clone(),
+        );
+        registry.register(
+            "sensor_conntrack_gc_runs",
+            "Conntrack garbage collection passes",
+            self.conntrack.runs.clone(),
         );
         registry.register_collector(Box::new(NetCollector { map: Mutex::new(net_counters) }));
         registry.register_collector(Box::new(VerdictCollector { map: Mutex::new(verdicts) }));

@@ -581,3 +581,46 @@ fn counters_and_flow_records_match_the_packets_sent() {
         m.text
     );
 }
+
+#[test]
+fn idle_flows_are_garbage_collected_and_decided_again() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(100);
+    let config = format!(
+        "mode: enforce\npolicy_dir: {}\nendpoints_file: {}\nconntrack: {{non_tcp_timeout_seconds: 1, gc_interval_seconds: 1}}\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start(&pods.node, &config, &[]);
+    let addr = SocketAddr::from((pods.server_veth.pod_ip, 7100));
+    let receiver = pods.server.enter(|| UdpSocket::bind(addr).expect("bind"));
+    receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let sender =
+        pods.client.enter(|| UdpSocket::bind((pods.client_veth.pod_ip, 0)).expect("bind sender"));
+    let mut buf = [0_u8; 8];
+    let new_flow_records = || {
+        sensor
+            .events()
+            .iter()
+            .filter(|v| {
+                flow_to(7100, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS"
+            })
+            .count()
+    };
+    sender.send_to(b"one", addr).expect("send");
+    receiver.recv_from(&mut buf).expect("first datagram");
+    sensor_e2e::wait_until("first flow record", Duration::from_secs(10), || {
+        (new_flow_records() == 1).then_some(())
+    });
+    // Both ends' entries (client egress, server ingress) expire after 1 s idle.
+    sensor.wait_metric("sensor_conntrack_gc_deleted_total", &[], |v| v >= Some(2.0));
+    sensor.wait_metric("sensor_conntrack_entries", &[], |v| v == Some(0.0));
+    // Same 5-tuple again: a new flow, decided and recorded again.
+    sender.send_to(b"two", addr).expect("send");
+    receiver.recv_from(&mut buf).expect("second datagram");
+    sensor_e2e::wait_until("second new-flow record", Duration::from_secs(10), || {
+        (new_flow_records() == 2).then_some(())
+    });
+}
