@@ -2,6 +2,7 @@
 //! wires them: kernel → decoder → outputs, link events → attacher.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -24,16 +25,14 @@ use crate::{
     cli::Mode,
     config::Config,
     conntrack::{self, Conntrack},
-    decode::{self, Flow, HostEvent},
+    decode::{self, HostEvent},
     features::{KernelFeatures, MissingFeature},
-    flows::{self, FlowFormatter},
+    flows::FlowFormatter,
     http,
+    hubble_metrics::HubbleMetrics,
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
-    metrics::{
-        DropLabels, EventLabels, FlowLabels, Metrics, PortLabels, ReasonLabels, TcpFlagLabels,
-        VerdictLabels,
-    },
+    metrics::{EventLabels, Metrics, ReasonLabels},
     output::{ExecRecord, JsonLines},
     policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
@@ -112,8 +111,22 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let verdicts: PerCpuHashMap<MapData, net::VerdictKey, net::IfaceCounters> =
         take_map(&mut ebpf, net::VERDICT_COUNTERS_MAP)?;
-    let registry =
-        Arc::new(metrics.register(&features, Arc::clone(&table), loss, net_counters, verdicts));
+    let hubble = Arc::new(
+        HubbleMetrics::new(
+            &config.hubble_metrics,
+            Duration::from_secs(config.hubble_metrics_stale_pod_seconds),
+        )
+        .map_err(|e| AgentError::Io("hubble metrics", std::io::Error::other(e)))?,
+    );
+    tracing::info!(metrics = ?hubble, "hubble metrics");
+    let registry = Arc::new(metrics.register(
+        &features,
+        Arc::clone(&table),
+        loss,
+        net_counters,
+        verdicts,
+        &hubble,
+    ));
     let mut conntrack = Conntrack::new(
         take_map(&mut ebpf, net::CONNTRACK_MAP)?,
         config.conntrack,
@@ -172,6 +185,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         metrics.clone(),
         lines_tx.clone(),
         None,
+        Arc::clone(&hubble),
     ));
     let mut net_reader = tokio::spawn(read_events(
         net_ring,
@@ -180,7 +194,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         metrics.clone(),
         lines_tx,
         Some(formatter),
+        Arc::clone(&hubble),
     ));
+    let mut pod_sweep = tokio::time::interval(Duration::from_secs(1));
 
     let (link_tx, mut link_rx) = mpsc::channel(256);
     let mut watcher = tokio::spawn(interfaces::watch_links(link_tx));
@@ -206,6 +222,14 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 if endpoint_link && let Err(err) = policy.reapply() {
                     tracing::error!("policy re-apply after interface change: {err}");
                 }
+            }
+            _ = pod_sweep.tick() => {
+                let live: BTreeSet<(String, String)> = policy
+                    .compiled
+                    .read()
+                    .map(|c| c.pods_by_ip.values().cloned().collect())
+                    .unwrap_or_default();
+                hubble.forget_stale_pods(&live, std::time::Instant::now());
             }
             Some(()) = policy_changes.recv() => {
                 // Let a burst of writes (editor save, kubectl cp) settle, then load once.
@@ -318,6 +342,7 @@ async fn read_events(
     metrics: Metrics,
     lines: mpsc::Sender<String>,
     flows: Option<FlowFormatter>,
+    hubble: Arc<HubbleMetrics>,
 ) -> std::io::Result<()> {
     let mut ring = readable(ring)?;
     let mut batch = Vec::new();
@@ -338,9 +363,10 @@ async fn read_events(
                     serde_json::to_string(&ExecRecord::new(&exec, &node_name, clock))
                 }
                 Ok(HostEvent::Flow(flow)) => {
-                    count_flow(&metrics, &flow);
                     let Some(formatter) = &flows else { continue };
-                    serde_json::to_string(&formatter.record(&flow))
+                    let record = formatter.record(&flow);
+                    hubble.observe(&flow, &record.flow);
+                    serde_json::to_string(&record)
                 }
                 Err(err) => {
                     tracing::warn!("dropping record: {err}");
@@ -356,46 +382,5 @@ async fn read_events(
                 return Ok(()); // the writer stopped: shutting down
             }
         }
-    }
-}
-
-/// Hubble's metrics for one flow event.
-fn count_flow(metrics: &Metrics, flow: &Flow) {
-    let protocol = flows::protocol_name(flow.protocol);
-    let verdict = flows::verdict_name(flow.verdict);
-    let (kind, _) = flows::event_type(flow);
-    let subtype = match kind {
-        "Trace" if flow.direction == sensor_common::net::POLICY_INGRESS => "to-endpoint",
-        "Trace" => "from-endpoint",
-        _ => "",
-    };
-    metrics.flows.get_or_create(&FlowLabels { protocol, r#type: kind, subtype, verdict }).inc();
-    if flow.verdict == sensor_common::net::VERDICT_DROPPED {
-        let reason = flows::drop_reason_name(flow.drop_reason);
-        metrics.drops.get_or_create(&DropLabels { reason, protocol }).inc();
-    }
-    if flow.verdict == sensor_common::net::VERDICT_FORWARDED {
-        let family = if flow.source.is_ipv4() { "IPv4" } else { "IPv6" };
-        for flag in flows::reported_tcp_flags(flow) {
-            metrics.tcp_flags.get_or_create(&TcpFlagLabels { flag, family }).inc();
-        }
-        if !flow.is_reply {
-            let port = if flows::has_ports(flow.protocol) { flow.destination_port } else { 0 };
-            metrics.ports.get_or_create(&PortLabels { protocol, port }).inc();
-        }
-    }
-    if flow.endpoint_id != 0 {
-        metrics
-            .policy_verdicts
-            .get_or_create(&VerdictLabels {
-                direction: flows::direction_name(flow),
-                r#match: flows::match_name(flow.match_type),
-                action: match flow.verdict {
-                    sensor_common::net::VERDICT_DROPPED => "dropped",
-                    sensor_common::net::VERDICT_AUDIT => "audit",
-                    _ => "forwarded",
-                },
-            })
-            .inc();
     }
 }

@@ -73,6 +73,12 @@ pub struct RunArgs {
     /// labels and the node's host_ips. Watched like --policy-dir.
     #[arg(long, value_name = "FILE")]
     pub endpoints_file: Option<PathBuf>,
+
+    /// Hubble metrics to export, space-separated, in Hubble's syntax
+    /// (`flow:sourceContext=namespace;destinationContext=namespace drop tcp`)
+    /// [default: flow drop tcp port-distribution policy].
+    #[arg(long, value_name = "METRICS", value_delimiter = ' ')]
+    pub hubble_metrics: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]

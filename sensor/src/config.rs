@@ -31,6 +31,10 @@ pub struct FileConfig {
     pub policy_dir: Option<PathBuf>,
     pub endpoints_file: Option<PathBuf>,
     pub conntrack: Option<ConntrackConfig>,
+    /// Hubble metrics in Hubble's syntax, e.g. `flow:sourceContext=namespace`.
+    pub hubble_metrics: Option<Vec<String>>,
+    /// Seconds after a pod is gone before its metric series are removed.
+    pub hubble_metrics_stale_pod_seconds: Option<u64>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -46,6 +50,8 @@ pub struct Config {
     /// YAML file of endpoints (local and remote pods), watched.
     pub endpoints_file: Option<PathBuf>,
     pub conntrack: ConntrackConfig,
+    pub hubble_metrics: Vec<String>,
+    pub hubble_metrics_stale_pod_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +108,18 @@ impl Config {
         conntrack
             .validate()
             .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
+        let hubble_metrics = args
+            .hubble_metrics
+            .clone()
+            .or(file.hubble_metrics)
+            .unwrap_or_else(crate::hubble_metrics::default_metrics);
+        let hubble_origin = origin(args.hubble_metrics.is_some());
+        crate::hubble_metrics::HubbleMetrics::new(&hubble_metrics, std::time::Duration::ZERO)
+            .map_err(|message| ConfigError::Invalid { origin: hubble_origin, message })?;
         Ok(Self {
             conntrack,
+            hubble_metrics,
+            hubble_metrics_stale_pod_seconds: file.hubble_metrics_stale_pod_seconds.unwrap_or(60),
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces,
             metrics_addr: args
@@ -256,6 +272,16 @@ mod tests {
         assert!(
             ConntrackConfig { max_entries: 10, ..ConntrackConfig::default() }.validate().is_err()
         );
+    }
+
+    #[test]
+    fn hubble_metrics_are_validated_with_their_index() {
+        let args = RunArgs {
+            hubble_metrics: Some(vec!["flow".into(), "drop:sourceContext=workload".into()]),
+            ..RunArgs::default()
+        };
+        let err = Config::resolve(&args).expect_err("unsupported context");
+        assert!(err.to_string().contains("hubble_metrics[1]"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod features;
 pub mod flows;
 pub mod http;
+pub mod hubble_metrics;
 pub mod interfaces;
 pub mod loader;
 pub mod logging;

@@ -40,56 +40,13 @@ struct BuildLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FlowLabels {
-    pub protocol: &'static str,
-    pub r#type: &'static str,
-    pub subtype: &'static str,
-    pub verdict: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    pub reason: &'static str,
-    pub protocol: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerdictLabels {
-    pub direction: &'static str,
-    pub r#match: &'static str,
-    pub action: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpFlagLabels {
-    pub flag: &'static str,
-    pub family: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PortLabels {
-    pub protocol: &'static str,
-    pub port: u16,
 }
 
 /// The metrics the agent updates as it runs.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    /// `hubble_flows_processed_total{protocol,type,subtype,verdict}`.
-    pub flows: Family<FlowLabels, Counter>,
-    /// `hubble_drop_total{reason,protocol}`.
-    pub drops: Family<DropLabels, Counter>,
-    /// `hubble_policy_verdicts_total{direction,match,action}`.
-    pub policy_verdicts: Family<VerdictLabels, Counter>,
-    /// `hubble_tcp_flags_total{flag,family}`: SYN, SYN-ACK, FIN, RST of forwarded flows.
-    pub tcp_flags: Family<TcpFlagLabels, Counter>,
-    /// `hubble_port_distribution_total{protocol,port}`: destination ports of forwarded flows.
-    pub ports: Family<PortLabels, Counter>,
     /// `sensor_policy_reloads_total{outcome}`: policy loads applied or rejected.
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
@@ -113,8 +70,10 @@ impl Metrics {
         loss: PerCpuArray<MapData, u64>,
         net_counters: PerCpuArray<MapData, u64>,
         verdicts: PerCpuHashMap<MapData, VerdictKey, IfaceCounters>,
+        hubble: &crate::hubble_metrics::HubbleMetrics,
     ) -> Registry {
         let mut registry = Registry::default();
+        hubble.register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -146,21 +105,6 @@ impl Metrics {
         );
         registry.register("sensor_ready", "1 once all programs are attached", self.ready.clone());
         registry.register(
-            "hubble_flows_processed",
-            "Flow events processed, by protocol, event type and verdict",
-            self.flows.clone(),
-        );
-        registry.register(
-            "hubble_drop",
-            "Dropped packets, by reason and protocol",
-            self.drops.clone(),
-        );
-        registry.register(
-            "hubble_policy_verdicts",
-            "Policy verdicts of new flows at policy endpoints, by direction, match and action",
-            self.policy_verdicts.clone(),
-        );
-        registry.register(
             "sensor_policy_reloads",
             "Policy loads, by outcome (applied, rejected)",
             self.policy_reloads.clone(),
@@ -169,16 +113,6 @@ impl Metrics {
             "sensor_policy_revision",
             "Revision of the policy set in force",
             self.policy_revision.clone(),
-        );
-        registry.register(
-            "hubble_tcp_flags",
-            "TCP flags of forwarded flows, by flag and family",
-            self.tcp_flags.clone(),
-        );
-        registry.register(
-            "hubble_port_distribution",
-            "Destination ports of forwarded flows, by protocol and port",
-            self.ports.clone(),
         );
         registry.register(
             "sensor_conntrack_entries",

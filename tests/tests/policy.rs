@@ -624,3 +624,37 @@ fn idle_flows_are_garbage_collected_and_decided_again() {
         (new_flow_records() == 2).then_some(())
     });
 }
+
+#[test]
+fn hubble_metrics_take_context_options_and_forget_vanished_pods() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(110);
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let config = format!(
+        "mode: enforce\npolicy_dir: {}\nendpoints_file: {}\nhubble_metrics_stale_pod_seconds: 1\n\
+         hubble_metrics:\n- flow:sourceContext=namespace;destinationContext=pod\n\
+         - drop:labelsContext=source_pod,destination_namespace\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start(&pods.node, &config, &[]);
+    assert_eq!(pods.udp_delivered(9090, 4), 0);
+    let drop_labels =
+        [("source_pod", "client"), ("destination_namespace", "shop"), ("reason", "POLICY_DENIED")];
+    sensor.wait_metric("hubble_drop_total", &drop_labels, |v| v == Some(4.0));
+    let m = sensor.metrics();
+    let flow = [("source", "shop"), ("destination", "shop/server"), ("verdict", "DROPPED")];
+    assert_eq!(m.get("hubble_flows_processed_total", &flow), Some(4.0), "{}", m.text);
+    // Only the configured metrics exist.
+    assert!(!m.text.contains("hubble_tcp_flags"), "{}", m.text);
+    assert!(!m.text.contains("hubble_policy_verdicts"), "{}", m.text);
+
+    // The pods leave: their series go after the configured delay.
+    fs::write(pods.dir.join("endpoints.yaml"), "endpoints: []\n").expect("endpoints");
+    sensor.wait_metric("hubble_drop_total", &[("source_pod", "client")], |v| v.is_none());
+    sensor.wait_metric("hubble_flows_processed_total", &[("destination", "shop/server")], |v| {
+        v.is_none()
+    });
+}
