@@ -89,7 +89,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     tracing::info!(kernel = %features.kernel, "kernel features: {}", features.summary());
     features.require_baseline()?;
 
-    let mut ebpf = loader::load_object(config.conntrack.max_entries)?;
+    let mut ebpf =
+        loader::load_object(config.conntrack.max_entries, config.policy_map_max_entries)?;
     start_ebpf_logger(&mut ebpf);
 
     let table = Arc::new(Mutex::new(InterfaceTable::new(take_map::<PerCpuHashMap<_, _, _>>(
@@ -106,6 +107,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         take_map(&mut ebpf, net::IPCACHE_MAP)?,
         take_map(&mut ebpf, net::POLICY_ALLOW_MAP)?,
         take_map(&mut ebpf, net::POLICY_DENY_MAP)?,
+        config.policy_map_max_entries,
     );
 
     let metrics = Metrics::default();
@@ -130,7 +132,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let mut conntrack = Conntrack::new(
         take_map(&mut ebpf, net::CONNTRACK_MAP)?,
         config.conntrack,
-        metrics.conntrack.clone(),
+        crate::conntrack::ConntrackMetrics {
+            pressure: metrics.map_pressure.clone(),
+            ..metrics.conntrack.clone()
+        },
     );
     let mut gc = tokio::spawn(async move {
         loop {

@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub hubble_metrics: Option<Vec<String>>,
     /// Seconds after a pod is gone before its metric series are removed.
     pub hubble_metrics_stale_pod_seconds: Option<u64>,
+    /// Entries of each policy map (allow, deny); a policy set needing more is rejected whole.
+    pub policy_map_max_entries: Option<u32>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -52,6 +54,7 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     pub hubble_metrics: Vec<String>,
     pub hubble_metrics_stale_pod_seconds: u64,
+    pub policy_map_max_entries: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,10 @@ impl Config {
             conntrack,
             hubble_metrics,
             hubble_metrics_stale_pod_seconds: file.hubble_metrics_stale_pod_seconds.unwrap_or(60),
+            policy_map_max_entries: file
+                .policy_map_max_entries
+                .unwrap_or(sensor_common::net::POLICY_MAX_ENTRIES / 2)
+                .max(1),
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces,
             metrics_addr: args

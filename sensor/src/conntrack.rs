@@ -74,6 +74,7 @@ pub struct ConntrackMetrics {
     pub deleted: Counter,
     /// `sensor_conntrack_gc_runs_total`.
     pub runs: Counter,
+    pub pressure: crate::metrics::MapPressure,
 }
 
 pub struct Conntrack {
@@ -117,6 +118,11 @@ impl Conntrack {
         self.metrics.deleted.inc_by(expired.len() as u64);
         self.metrics.entries.set(alive);
         self.metrics.runs.inc();
+        let ratio = alive as f64 / f64::from(self.config.max_entries.max(1));
+        self.metrics
+            .pressure
+            .get_or_create(&crate::metrics::MapLabels { map_name: "conntrack" })
+            .set(ratio);
     }
 }
 

@@ -23,12 +23,17 @@ pub enum LoadError {
 }
 
 /// Creates the maps and relocates the programs; the verifier runs per program on `load()`.
-pub fn load_object(conntrack_entries: u32) -> Result<Ebpf, LoadError> {
+/// `policy_entries` is per generation: the policy maps hold two during an update.
+pub fn load_object(conntrack_entries: u32, policy_entries: u32) -> Result<Ebpf, LoadError> {
+    use sensor_common::net::{CONNTRACK_MAP, POLICY_ALLOW_MAP, POLICY_DENY_MAP};
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
+    let policy_map_size = policy_entries.saturating_mul(2);
     Ok(EbpfLoader::new()
-        .map_max_entries(sensor_common::net::CONNTRACK_MAP, conntrack_entries)
+        .map_max_entries(CONNTRACK_MAP, conntrack_entries)
+        .map_max_entries(POLICY_ALLOW_MAP, policy_map_size)
+        .map_max_entries(POLICY_DENY_MAP, policy_map_size)
         .load(EBPF_OBJECT)?)
 }
 

@@ -44,6 +44,14 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map_name: &'static str,
+}
+
+/// `cilium_bpf_map_pressure{map_name}`: fill ratio (0..1) of the sensor's bounded maps.
+pub type MapPressure = Family<MapLabels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
 /// The metrics the agent updates as it runs.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
@@ -51,6 +59,7 @@ pub struct Metrics {
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
     pub policy_revision: Gauge,
+    pub map_pressure: MapPressure,
     /// Conntrack garbage collection: entries, deletions, runs.
     pub conntrack: crate::conntrack::ConntrackMetrics,
     /// `sensor_events_total{type}`: events decoded and written out.
@@ -113,6 +122,11 @@ impl Metrics {
             "sensor_policy_revision",
             "Revision of the policy set in force",
             self.policy_revision.clone(),
+        );
+        registry.register(
+            "cilium_bpf_map_pressure",
+            "Fill ratio of the sensor's BPF maps (policy maps after each apply, conntrack after each sweep)",
+            self.map_pressure.clone(),
         );
         registry.register(
             "sensor_conntrack_entries",

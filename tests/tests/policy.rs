@@ -658,3 +658,43 @@ fn hubble_metrics_take_context_options_and_forget_vanished_pods() {
         v.is_none()
     });
 }
+
+#[test]
+fn a_policy_too_large_for_its_map_is_rejected_whole_and_the_previous_set_stays() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(110);
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let config = format!(
+        "mode: enforce\npolicy_dir: {}\nendpoints_file: {}\npolicy_map_max_entries: 8\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start(&pods.node, &config, &[]);
+    let pressure = sensor
+        .metrics()
+        .get("cilium_bpf_map_pressure", &[("map_name", "policy_allow")])
+        .expect("policy_allow pressure exported");
+    assert!(pressure > 0.0 && pressure <= 1.0, "pressure {pressure}");
+    assert!(pods.tcp_roundtrip(8080), "8080 allowed by the first policy");
+
+    // Twenty ports need twenty allow entries: more than the map holds per generation.
+    let ports: Vec<String> =
+        (9000..9020).map(|p| format!("{{port: \"{p}\", protocol: TCP}}")).collect();
+    let large = SERVER_POLICY.replace(
+        "{port: \"8080\", protocol: TCP}",
+        &format!("{{port: \"8080\", protocol: TCP}}, {}", ports.join(", ")),
+    );
+    pods.write_policy("server.yaml", &large);
+    sensor
+        .wait_metric("sensor_policy_reloads_total", &[("outcome", "rejected")], |v| v >= Some(1.0));
+    assert!(
+        sensor.log().contains("policy_map_max_entries"),
+        "the error must say which bound to raise:\n{}",
+        sensor.log()
+    );
+    // Nothing of the large policy applied, the small one still in force.
+    assert!(!pods.tcp_roundtrip(9000), "a rejected policy was half applied");
+    assert!(pods.tcp_roundtrip(8080), "previous policy not in force after a rejection");
+}

@@ -9,7 +9,7 @@ use aya::maps::{
 use sensor_common::net::{
     ENDPOINTS_MAX_ENTRIES, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ENFORCE_EGRESS,
     EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey, IPCACHE_MAX_ENTRIES, IpCacheKey, NetConfig,
-    POLICY_MAX_ENTRIES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
+    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
 };
 
 use super::compile::{Compiled, EntryMeta, PolicyEntry};
@@ -17,7 +17,7 @@ use super::compile::{Compiled, EntryMeta, PolicyEntry};
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(
-        "policy needs {needed} entries in map {map}, which holds {capacity} per generation; \
+        "policy needs {needed} entries in map {map}, which holds {capacity} per generation (raise policy_map_max_entries); \
          nothing was applied"
     )]
     TooLarge { map: &'static str, needed: usize, capacity: u32 },
@@ -33,6 +33,8 @@ pub struct PolicyMaps {
     pub deny: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// The live generation and revision, as last written to `config`.
     state: NetConfig,
+    /// Entries one generation of POLICY_ALLOW / POLICY_DENY may hold.
+    policy_capacity: u32,
 }
 
 /// What an apply wrote.
@@ -52,9 +54,22 @@ impl PolicyMaps {
         ipcache: LpmTrie<MapData, IpCacheKey, u32>,
         allow: LpmTrie<MapData, PolicyKey, PolicyValue>,
         deny: LpmTrie<MapData, PolicyKey, PolicyValue>,
+        policy_capacity: u32,
     ) -> Self {
         let state = config.get(&0, 0).unwrap_or_default();
-        Self { config, endpoints, ipcache, allow, deny, state }
+        Self { config, endpoints, ipcache, allow, deny, state, policy_capacity }
+    }
+
+    /// Fill ratio of each map for what `applied` wrote, as `cilium_bpf_map_pressure` reports.
+    /// Policy maps count against one generation's share, the bound a policy must fit in.
+    pub fn pressure(&self, applied: &Applied) -> [(&'static str, f64); 4] {
+        let ratio = |used: usize, capacity: u32| used as f64 / f64::from(capacity.max(1));
+        [
+            ("endpoints", ratio(applied.endpoints, ENDPOINTS_MAX_ENTRIES)),
+            ("ipcache", ratio(applied.ipcache, IPCACHE_MAX_ENTRIES)),
+            ("policy_allow", ratio(applied.allow, self.policy_capacity)),
+            ("policy_deny", ratio(applied.deny, self.policy_capacity)),
+        ]
     }
 
     /// Applies `compiled`; `ifindex_of` resolves interface names (endpoints whose interface
@@ -68,8 +83,8 @@ impl PolicyMaps {
         let half = |max: u32| max / 2;
         check("ENDPOINTS", compiled.local.len(), half(ENDPOINTS_MAX_ENTRIES))?;
         check("IPCACHE", compiled.ipcache.len(), half(IPCACHE_MAX_ENTRIES))?;
-        check("POLICY_ALLOW", compiled.allow.len(), half(POLICY_MAX_ENTRIES))?;
-        check("POLICY_DENY", compiled.deny.len(), half(POLICY_MAX_ENTRIES))?;
+        check("POLICY_ALLOW", compiled.allow.len(), self.policy_capacity)?;
+        check("POLICY_DENY", compiled.deny.len(), self.policy_capacity)?;
 
         let next = 1 - self.state.generation;
         // Leftovers of an apply that failed half-way are not live: clear them first.

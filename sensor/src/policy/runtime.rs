@@ -66,7 +66,7 @@ impl PolicyRuntime {
         }
         let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
         *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
-        self.metrics.policy_revision.set(i64::from(applied.revision));
+        self.record(&applied);
         Ok(applied)
     }
 
@@ -75,8 +75,18 @@ impl PolicyRuntime {
         let compiled =
             self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
-        self.metrics.policy_revision.set(i64::from(applied.revision));
+        self.record(&applied);
         Ok(applied)
+    }
+
+    fn record(&self, applied: &Applied) {
+        self.metrics.policy_revision.set(i64::from(applied.revision));
+        for (map_name, ratio) in self.maps.pressure(applied) {
+            self.metrics
+                .map_pressure
+                .get_or_create(&crate::metrics::MapLabels { map_name })
+                .set(ratio);
+        }
     }
 
     pub fn is_endpoint_interface(&self, name: &str) -> bool {
