@@ -1,14 +1,50 @@
-//! Host events: process execution, sent through a ring buffer.
+//! Host events (exec, exit, file, socket, syscall) and the maps host policies compile into.
+//!
+//! Scoping: every watched cgroup has a policy mask in [`HOST_SCOPES_MAP`]; a rule's value holds
+//! the masks of the policies that name it. A hook acts only when both masks share a bit of the
+//! live generation, so an unwatched process costs one hash lookup.
 
-/// Ring buffer carrying [`ExecEvent`] records.
+/// Ring buffer carrying host event records.
 pub const HOST_EVENTS_MAP: &str = "HOST_EVENTS";
 /// Default size of [`HOST_EVENTS_MAP`] in bytes (power of two, multiple of the page size).
 pub const HOST_EVENTS_BYTES: u32 = 1 << 22;
 /// Per-CPU array of u64, indexed by [`LossCounter`]: events the kernel could not hand over.
 pub const EVENT_LOSS_MAP: &str = "EVENT_LOSS";
+/// Array with one [`HostConfig`].
+pub const HOST_CONFIG_MAP: &str = "HOST_CONFIG";
+/// Hash of cgroup id (u64) → policy mask (u64).
+pub const HOST_SCOPES_MAP: &str = "HOST_SCOPES";
+/// LPM tries of [`PathKey`] → [`RuleMasks`] (executables) and [`FileMasks`] (files).
+pub const EXEC_RULES_MAP: &str = "EXEC_RULES";
+pub const FILE_RULES_MAP: &str = "FILE_RULES";
+/// Hash of [`BindKey`] → [`RuleMasks`].
+pub const BIND_RULES_MAP: &str = "BIND_RULES";
+/// Hash of syscall number (u32) → [`RuleMasks`].
+pub const SYSCALL_RULES_MAP: &str = "SYSCALL_RULES";
+/// Per-thread scratch between a syscall's entry and exit: tid (u32) → [`OpenArgs`].
+pub const OPEN_ARGS_MAP: &str = "OPEN_ARGS";
 
-/// Bytes of executable path kept per event; longer paths are truncated and flagged.
+pub const HOST_SCOPES_MAX_ENTRIES: u32 = 16 * 1024;
+pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
+pub const BIND_RULES_MAX_ENTRIES: u32 = 2 * 65_536;
+pub const SYSCALL_RULES_MAX_ENTRIES: u32 = 1024;
+
+/// Host policies per generation: each owns one bit of a 32-bit half of the masks.
+pub const MAX_HOST_POLICIES: usize = 32;
+
+/// Bytes of a path kept per event; longer paths are cut and flagged.
 pub const MAX_PATH_LEN: usize = 512;
+/// Room for one more path component after [`MAX_PATH_LEN`]: lets the kernel write a
+/// component at any offset below [`MAX_PATH_LEN`] without a per-byte bound check.
+pub const PATH_SLOT_LEN: usize = MAX_PATH_LEN + MAX_COMPONENT_LEN;
+/// Bytes of one path component copied; longer names are cut and flagged.
+pub const MAX_COMPONENT_LEN: usize = 128;
+/// Path components walked up from a dentry; deeper paths are cut (flagged) at the top.
+pub const MAX_PATH_DEPTH: u32 = 32;
+/// Bytes of the NUL-separated argument list kept per exec.
+pub const MAX_ARGS_LEN: usize = 1024;
+/// Bytes of a path an LPM rule key holds (the kernel's LPM limit is 256 bytes of data).
+pub const PATH_KEY_LEN: usize = 252;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
 
@@ -18,9 +54,11 @@ pub const COMM_LEN: usize = 16;
 pub enum LossCounter {
     /// `bpf_ringbuf_reserve` failed on the host events ring buffer (it was full).
     HostRingbufFull = 0,
+    /// The per-thread open scratch map was full: an open in a watched cgroup went unchecked.
+    OpenArgsFull = 1,
 }
 
-pub const LOSS_COUNTERS: u32 = 1;
+pub const LOSS_COUNTERS: u32 = 2;
 
 /// Record kinds, the first field of every ring buffer record.
 #[repr(u32)]
@@ -29,42 +67,273 @@ pub enum EventKind {
     Exec = 1,
     /// A [`crate::net::FlowEvent`] on the network ring buffer.
     Flow = 2,
+    Exit = 3,
+    File = 4,
+    Sock = 5,
+    Syscall = 6,
 }
 
-/// Bit set in [`ExecEvent::flags`] when `filename` was cut at [`MAX_PATH_LEN`].
-pub const EXEC_FLAG_PATH_TRUNCATED: u32 = 1;
+/// What the kernel did about a host event ([`EventHeader::action`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Reported because it happened (exec, exit), no policy involved.
+    Observed = 0,
+    /// A policy with action Audit matched.
+    Audit = 1,
+    /// A Block policy matched in detect mode: reported, the operation went ahead.
+    WouldBlock = 2,
+    /// A Block policy matched in enforce mode: the operation failed or the process was killed.
+    Blocked = 3,
+}
 
-/// One `sched_process_exec`: a process image was replaced.
+/// [`EventHeader::flags`] bits.
+pub const FLAG_PATH_TRUNCATED: u32 = 1;
+pub const FLAG_PATH2_TRUNCATED: u32 = 1 << 1;
+pub const FLAG_ARGS_TRUNCATED: u32 = 1 << 2;
+pub const FLAG_CWD_TRUNCATED: u32 = 1 << 3;
+/// The event was cut short: the kernel could not read some of its fields.
+pub const FLAG_INCOMPLETE: u32 = 1 << 4;
+
+/// Access kinds of file rules, the index into [`FileMasks`] arrays.
+pub const ACCESS_READ: usize = 0;
+pub const ACCESS_WRITE: usize = 1;
+pub const ACCESS_CREATE: usize = 2;
+pub const ACCESS_DELETE: usize = 3;
+pub const ACCESS_RENAME: usize = 4;
+pub const ACCESS_KINDS: usize = 5;
+
+/// [`FileEvent::op`].
+pub const FILE_OP_OPEN: u32 = 1;
+pub const FILE_OP_UNLINK: u32 = 2;
+pub const FILE_OP_RENAME: u32 = 3;
+
+/// [`SockEvent::op`].
+pub const SOCK_OP_BIND: u32 = 1;
+pub const SOCK_OP_CONNECT: u32 = 2;
+
+/// Who did it: the first part of every host record.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ExecEvent {
-    /// Always [`EventKind::Exec`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`].
     pub kind: u32,
+    /// `FLAG_*` bits.
     pub flags: u32,
-    /// `bpf_ktime_get_boot_ns()` at the hook: nanoseconds since boot, suspend included.
+    /// `bpf_ktime_get_boot_ns()` at the hook.
     pub boot_ns: u64,
     /// cgroup v2 id of the task (the inode number of its cgroup directory).
     pub cgroup_id: u64,
-    /// Thread group id (the pid users see).
+    /// Thread group id (the pid users see) and thread id.
     pub pid: u32,
-    /// Thread id that called execve.
     pub tid: u32,
+    /// Thread group id of the real parent.
+    pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Bytes of `filename` in use, without the terminating NUL.
-    pub filename_len: u32,
+    /// An [`Action`].
+    pub action: u32,
+    /// 1 + the index of the deciding policy's bit (0: none).
+    pub policy: u32,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
-    /// The path passed to execve (as the kernel resolved it for the binary handler).
+}
+
+/// A process image was replaced (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Bytes in use of each buffer (no terminating NUL).
+    pub exe_len: u32,
+    pub cwd_len: u32,
+    pub filename_len: u32,
+    pub args_len: u32,
+    /// The executable's canonical path (symlinks and `..` resolved), from the task's mm.
+    pub exe: [u8; PATH_SLOT_LEN],
+    /// The working directory at exec, canonical.
+    pub cwd: [u8; PATH_SLOT_LEN],
+    /// The path as passed to execve.
     pub filename: [u8; MAX_PATH_LEN],
+    /// Arguments, NUL-separated, from the new process's memory.
+    pub args: [u8; MAX_ARGS_LEN],
+}
+
+/// A thread group ended (`sched_process_exit` of its leader).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
+/// An open, unlink or rename that a file rule matched.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    /// `FILE_OP_*`.
+    pub op: u32,
+    /// Bit `1 << ACCESS_*` per access kind the operation asked for.
+    pub access: u32,
+    pub path_len: u32,
+    pub path2_len: u32,
+    /// For opens: canonical (resolved from the opened file). For unlink and rename: the
+    /// working directory joined with the path given, not normalised by the kernel.
+    pub path: [u8; PATH_SLOT_LEN],
+    /// Rename's new path.
+    pub path2: [u8; PATH_SLOT_LEN],
+}
+
+/// A bind or connect from a watched cgroup (`cgroup/bind4|6`, `cgroup/connect4|6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEvent {
+    pub header: EventHeader,
+    /// `SOCK_OP_*`.
+    pub op: u32,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u32,
+    /// Host byte order.
+    pub port: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// A syscall a syscall rule names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// Agent-written settings, including kernel structure offsets read from the running kernel's
+/// BTF (the programs walk `task_struct` → `fs_struct`/`mm_struct`/`files_struct` → dentries).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Generation (0 or 1) of the policy mask half hooks must use.
+    pub generation: u32,
+    /// 1 in enforce mode: Block policies block. 0: they report would-block.
+    pub enforce: u32,
+    /// The agent's own thread group id: never reported or blocked.
+    pub self_tgid: u32,
+    /// 1 once the offsets below are filled in; path walks are skipped until then.
+    pub offsets_valid: u32,
+    /// Policies (mask bits) forbidding uid 0 at exec, per action.
+    pub noroot_audit: u64,
+    pub noroot_block: u64,
+    pub offsets: KernelOffsets,
+}
+
+/// Byte offsets of the kernel structure fields the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_fs: u32,
+    pub task_mm: u32,
+    pub task_files: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name_len: u32,
+    pub dentry_name_ptr: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub file_path: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub _pad: u32,
+}
+
+/// Which policies audit and which block; both halves of the generation split are kept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleMasks {
+    pub audit: u64,
+    pub block: u64,
+}
+
+/// [`RuleMasks`] per access kind (`ACCESS_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileMasks {
+    pub audit: [u64; ACCESS_KINDS],
+    pub block: [u64; ACCESS_KINDS],
+}
+
+/// Data of an LPM key over a path: prefix rules use the path's length in bits; exact rules
+/// include the terminating NUL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    pub path: [u8; PATH_KEY_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u16,
+    /// Host byte order.
+    pub port: u16,
+}
+
+/// What sys_enter_openat saw, for sys_exit_openat.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenArgs {
+    /// The watched cgroup's policy mask.
+    pub scope: u64,
+    /// `1 << ACCESS_*` bits from the open flags.
+    pub access: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, every field is an integer or byte array, no padding (checked below).
     unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExitEvent {}
+    unsafe impl aya::Pod for super::FileEvent {}
+    unsafe impl aya::Pod for super::SockEvent {}
+    unsafe impl aya::Pod for super::SyscallEvent {}
+    unsafe impl aya::Pod for super::HostConfig {}
+    unsafe impl aya::Pod for super::RuleMasks {}
+    unsafe impl aya::Pod for super::FileMasks {}
+    unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::BindKey {}
+    unsafe impl aya::Pod for super::OpenArgs {}
 }
 
-// The layout has no implicit padding: the sum of the fields equals the size.
+// No implicit padding: each size equals the sum of its fields.
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 4 * 2 + 8 * 2 + 4 * 8 + COMM_LEN);
+const _: () = assert!(
+    core::mem::size_of::<ExecEvent>()
+        == core::mem::size_of::<EventHeader>()
+            + 16
+            + 2 * PATH_SLOT_LEN
+            + MAX_PATH_LEN
+            + MAX_ARGS_LEN
+);
+const _: () = assert!(
+    core::mem::size_of::<FileEvent>()
+        == core::mem::size_of::<EventHeader>() + 16 + 2 * PATH_SLOT_LEN
+);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 4 * 2 + 8 * 2 + 4 * 6 + COMM_LEN + MAX_PATH_LEN);
+    assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 32 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<PathKey>() == PATH_KEY_LEN);

@@ -33,7 +33,7 @@ use crate::{
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
     metrics::{EventLabels, Metrics, ReasonLabels},
-    output::{ExecRecord, JsonLines},
+    output::JsonLines,
     policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
 };
@@ -158,6 +158,24 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         config.endpoints_file.clone(),
         metrics.clone(),
     );
+    let cgroup_root = crate::host::cgroups::cgroup2_root()
+        .map_err(|e| AgentError::Io("finding the cgroup v2 mount", e))?;
+    let offsets =
+        crate::host::offsets::read(std::path::Path::new(crate::host::offsets::VMLINUX_BTF))
+            .map_err(|e| AgentError::Io("reading kernel BTF", std::io::Error::other(e)))?;
+    let mut host_maps = crate::host::apply::HostMaps::new(
+        take_map(&mut ebpf, host::HOST_CONFIG_MAP)?,
+        take_map(&mut ebpf, host::HOST_SCOPES_MAP)?,
+        take_map(&mut ebpf, host::EXEC_RULES_MAP)?,
+        take_map(&mut ebpf, host::FILE_RULES_MAP)?,
+        take_map(&mut ebpf, host::BIND_RULES_MAP)?,
+        take_map(&mut ebpf, host::SYSCALL_RULES_MAP)?,
+    );
+    host_maps
+        .init(config.mode == Mode::Enforce, std::process::id(), offsets)
+        .map_err(|e| AgentError::Io("writing the host config map", std::io::Error::other(e)))?;
+    policy.host = Some(crate::host::HostRuntime::new(host_maps, cgroup_root.clone()));
+    let host_view = policy.host.as_ref().map(|h| Arc::clone(&h.view)).unwrap_or_default();
     let applied = policy.reload()?;
     tracing::info!(?applied, "policy applied");
     let (_watcher, mut policy_changes) = policy.watch()?;
@@ -170,7 +188,11 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         tokio::spawn(http::serve(listener, http::State { registry, ready: Arc::clone(&ready) }));
 
     let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone())?;
-    loader::attach_exec(&mut ebpf)?;
+    loader::attach_host(&mut ebpf, &cgroup_root)?;
+    tracing::info!(
+        cgroup_root = %cgroup_root.display(),
+        "host hooks attached: sched_process_exec/exit tracepoints, raw sys_enter/sys_exit, cgroup bind/connect"
+    );
     let clock = sys::BootClock::now().map_err(|e| AgentError::Io("reading clocks", e))?;
     let (lines_tx, lines_rx) = mpsc::channel::<String>(4096);
     let mut writer = tokio::spawn(write_lines(lines_rx));
@@ -185,20 +207,21 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     };
     let mut reader = tokio::spawn(read_events(
         ring,
-        config.node_name.clone(),
-        clock,
         metrics.clone(),
         lines_tx.clone(),
-        None,
+        Formatters::Host(crate::host::record::HostFormatter {
+            node_name: config.node_name.clone(),
+            clock,
+            view: host_view,
+            processes: crate::host::process::ProcessTable::default(),
+        }),
         Arc::clone(&hubble),
     ));
     let mut net_reader = tokio::spawn(read_events(
         net_ring,
-        config.node_name.clone(),
-        clock,
         metrics.clone(),
         lines_tx,
-        Some(formatter),
+        Formatters::Flow(formatter),
         Arc::clone(&hubble),
     ));
     let mut pod_sweep = tokio::time::interval(Duration::from_secs(1));
@@ -229,6 +252,14 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 }
             }
             _ = pod_sweep.tick() => {
+                if let Some(host) = &mut policy.host {
+                    match host.rescan() {
+                        Ok(watched) => {
+                            metrics.host_watched_cgroups.set(watched as i64);
+                        }
+                        Err(err) => tracing::error!("host policy scope update: {err}"),
+                    }
+                }
                 let live: BTreeSet<(String, String)> = policy
                     .compiled
                     .read()
@@ -339,14 +370,18 @@ async fn write_lines(mut lines: mpsc::Receiver<String>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How a ring buffer's records become JSON: flows (network ring) or host events (host ring).
+enum Formatters {
+    Flow(FlowFormatter),
+    Host(crate::host::record::HostFormatter),
+}
+
 /// Drains one ring buffer: decode each record, count it, hand its JSON line to the writer.
 async fn read_events(
     ring: RingBuf<MapData>,
-    node_name: String,
-    clock: sys::BootClock,
     metrics: Metrics,
     lines: mpsc::Sender<String>,
-    flows: Option<FlowFormatter>,
+    mut formatter: Formatters,
     hubble: Arc<HubbleMetrics>,
 ) -> std::io::Result<()> {
     let mut ring = readable(ring)?;
@@ -362,18 +397,33 @@ async fn read_events(
             guard.clear_ready();
         }
         for event in batch.drain(..) {
-            let line = match event {
-                Ok(HostEvent::Exec(exec)) => {
-                    metrics.events.get_or_create(&EventLabels { r#type: "exec" }).inc();
-                    serde_json::to_string(&ExecRecord::new(&exec, &node_name, clock))
-                }
-                Ok(HostEvent::Flow(flow)) => {
-                    let Some(formatter) = &flows else { continue };
+            let line = match (event, &mut formatter) {
+                (Ok(HostEvent::Flow(flow)), Formatters::Flow(formatter)) => {
                     let record = formatter.record(&flow);
                     hubble.observe(&flow, &record.flow);
                     serde_json::to_string(&record)
                 }
-                Err(err) => {
+                (Ok(HostEvent::Flow(_)), Formatters::Host(_)) => continue,
+                (Ok(event), Formatters::Host(formatter)) => {
+                    let Some((kind, record)) = formatter.record(event) else { continue };
+                    let body = record.event.values().next();
+                    let action = body.map_or("observed", |b| b.action);
+                    let r#type = match kind {
+                        "process_exec" => "exec",
+                        "process_exit" => "exit",
+                        "process_file" => "file",
+                        "process_socket" => "socket",
+                        _ => "syscall",
+                    };
+                    metrics.events.get_or_create(&EventLabels { r#type }).inc();
+                    metrics
+                        .host_events
+                        .get_or_create(&crate::metrics::HostEventLabels { r#type, action })
+                        .inc();
+                    serde_json::to_string(&record)
+                }
+                (Ok(_), Formatters::Flow(_)) => continue,
+                (Err(err), _) => {
                     tracing::warn!("dropping record: {err}");
                     metrics
                         .decode_errors

@@ -6,25 +6,78 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv6Addr};
 
 use sensor_common::{
-    host::{EXEC_FLAG_PATH_TRUNCATED, EventKind, ExecEvent, MAX_PATH_LEN},
+    host::{
+        Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_OPEN, FILE_OP_RENAME,
+        FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND,
+        SockEvent, SyscallEvent,
+    },
     net::{FAMILY_IPV4, FlowEvent},
 };
 
-/// A process started (execve succeeded).
+/// Who did it, common to every host event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exec {
+pub struct Header {
     pub boot_ns: u64,
     pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
+    /// 0 when the kernel could not read it.
+    pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// The executable path as passed to execve.
-    pub binary: String,
-    /// True when `binary` was cut at the kernel-side limit.
-    pub binary_truncated: bool,
-    /// The task's comm (its name, up to 15 bytes) after exec.
+    /// `observed`, `audit`, `would_block` or `blocked`.
+    pub action: &'static str,
+    /// 1 + the deciding policy's mask bit; 0 for none.
+    pub policy: u32,
+    /// The task's comm (its name, up to 15 bytes).
     pub comm: String,
+}
+
+/// A process started (execve succeeded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub header: Header,
+    /// The executable's canonical path (the path as passed when the kernel could not tell).
+    pub binary: String,
+    /// The path as passed to execve.
+    pub filename: String,
+    pub binary_truncated: bool,
+    pub cwd: String,
+    pub cwd_truncated: bool,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+}
+
+/// A file operation a file rule matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOp {
+    pub header: Header,
+    /// `open`, `unlink` or `rename`.
+    pub operation: &'static str,
+    /// Access kinds asked for: read, write, create, delete, rename.
+    pub access: Vec<&'static str>,
+    /// Absolute; canonical for opens, lexically normalised for unlink and rename.
+    pub path: String,
+    pub new_path: Option<String>,
+    pub path_truncated: bool,
+}
+
+/// A bind or connect from a watched cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SockOp {
+    pub header: Header,
+    /// `bind` or `connect`.
+    pub operation: &'static str,
+    pub protocol: &'static str,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// A syscall a syscall rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallOp {
+    pub header: Header,
+    pub nr: u32,
 }
 
 /// A flow's first packet (or a dropped packet) with the verdict the kernel reached.
@@ -57,6 +110,10 @@ pub struct Flow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEvent {
     Exec(Exec),
+    Exit(Header),
+    File(FileOp),
+    Sock(SockOp),
+    Syscall(SyscallOp),
     Flow(Flow),
 }
 
@@ -89,30 +146,135 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
     let kind = u32::from_ne_bytes(kind_bytes);
     match kind {
         k if k == EventKind::Exec as u32 => decode_exec(record).map(HostEvent::Exec),
+        k if k == EventKind::Exit as u32 => {
+            read::<ExitEvent>(record, "exit").map(|raw| HostEvent::Exit(header(&raw.header)))
+        }
+        k if k == EventKind::File as u32 => decode_file(record).map(HostEvent::File),
+        k if k == EventKind::Sock as u32 => decode_sock(record).map(HostEvent::Sock),
+        k if k == EventKind::Syscall as u32 => read::<SyscallEvent>(record, "syscall")
+            .map(|raw| HostEvent::Syscall(SyscallOp { header: header(&raw.header), nr: raw.nr })),
         k if k == EventKind::Flow as u32 => decode_flow(record).map(HostEvent::Flow),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
-fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
-    let expected = size_of::<ExecEvent>();
+/// Copies a record of exactly `size_of::<T>()` bytes out of the ring buffer.
+fn read<T: aya::Pod>(record: &[u8], kind: &'static str) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
     if record.len() != expected {
-        return Err(DecodeError::BadSize { kind: "exec", got: record.len(), expected });
+        return Err(DecodeError::BadSize { kind, got: record.len(), expected });
     }
-    // SAFETY: the length was checked; ExecEvent is plain old data valid for any bytes, and
+    // SAFETY: the length was checked; T is plain old data valid for any bytes, and
     // read_unaligned copes with the ring buffer's 8-byte alignment.
-    let raw: ExecEvent = unsafe { record.as_ptr().cast::<ExecEvent>().read_unaligned() };
-    let path_len = (raw.filename_len as usize).min(MAX_PATH_LEN);
-    Ok(Exec {
+    Ok(unsafe { record.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn header(raw: &EventHeader) -> Header {
+    let action = match raw.action {
+        a if a == Action::Audit as u32 => "audit",
+        a if a == Action::WouldBlock as u32 => "would_block",
+        a if a == Action::Blocked as u32 => "blocked",
+        _ => "observed",
+    };
+    Header {
         boot_ns: raw.boot_ns,
         cgroup_id: raw.cgroup_id,
         pid: raw.pid,
         tid: raw.tid,
+        ppid: raw.ppid,
         uid: raw.uid,
         gid: raw.gid,
-        binary: String::from_utf8_lossy(until_nul(&raw.filename[..path_len])).into_owned(),
-        binary_truncated: raw.flags & EXEC_FLAG_PATH_TRUNCATED != 0,
-        comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
+        action,
+        policy: raw.policy,
+        comm: text(&raw.comm, raw.comm.len()),
+    }
+}
+
+/// The first `len` bytes (up to a NUL) as text; invalid UTF-8 is replaced, not dropped.
+fn text(bytes: &[u8], len: usize) -> String {
+    String::from_utf8_lossy(until_nul(&bytes[..len.min(bytes.len())])).into_owned()
+}
+
+fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
+    let raw: ExecEvent = read(record, "exec")?;
+    let filename = text(&raw.filename, raw.filename_len as usize);
+    let exe = text(&raw.exe, raw.exe_len as usize);
+    let args_bytes = &raw.args[..(raw.args_len as usize).min(raw.args.len())];
+    let args = args_bytes
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Ok(Exec {
+        header: header(&raw.header),
+        binary: if exe.is_empty() { filename.clone() } else { exe },
+        filename,
+        binary_truncated: raw.header.flags & FLAG_PATH_TRUNCATED != 0,
+        cwd: text(&raw.cwd, raw.cwd_len as usize),
+        cwd_truncated: raw.header.flags & FLAG_CWD_TRUNCATED != 0,
+        args,
+        args_truncated: raw.header.flags & FLAG_ARGS_TRUNCATED != 0,
+    })
+}
+
+fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
+    use sensor_common::host::ACCESS_KINDS;
+    const NAMES: [&str; ACCESS_KINDS] = ["read", "write", "create", "delete", "rename"];
+    let raw: FileEvent = read(record, "file")?;
+    let operation = match raw.op {
+        FILE_OP_OPEN => "open",
+        FILE_OP_RENAME => "rename",
+        _ => "unlink",
+    };
+    let path = text(&raw.path, raw.path_len as usize);
+    let new_path =
+        (raw.op == FILE_OP_RENAME).then(|| normalize(&text(&raw.path2, raw.path2_len as usize)));
+    Ok(FileOp {
+        header: header(&raw.header),
+        operation,
+        access: (0..ACCESS_KINDS)
+            .filter(|k| raw.access & (1 << k) != 0)
+            .map(|k| NAMES[k])
+            .collect(),
+        // Opens come canonical from the kernel; unlink and rename paths as given.
+        path: if raw.op == FILE_OP_OPEN { path } else { normalize(&path) },
+        new_path,
+        path_truncated: raw.header.flags & FLAG_PATH_TRUNCATED != 0,
+    })
+}
+
+/// Removes `.`, `..` and repeated slashes from an absolute path, lexically.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn decode_sock(record: &[u8]) -> Result<SockOp, DecodeError> {
+    let raw: SockEvent = read(record, "socket")?;
+    let address = if raw.family == libc::AF_INET as u32 {
+        IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
+    } else {
+        IpAddr::from(raw.addr)
+    };
+    Ok(SockOp {
+        header: header(&raw.header),
+        operation: if raw.op == SOCK_OP_BIND { "bind" } else { "connect" },
+        protocol: match raw.protocol {
+            6 => "TCP",
+            17 => "UDP",
+            _ => "other",
+        },
+        address,
+        port: raw.port as u16,
     })
 }
 
@@ -159,27 +321,29 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    use sensor_common::host::COMM_LEN;
-
     use super::*;
 
     fn raw_exec(path: &[u8], flags: u32) -> Vec<u8> {
-        let mut event = ExecEvent {
+        // SAFETY: all-zero bytes are a valid ExecEvent (plain integers and arrays).
+        let mut event: ExecEvent = unsafe { std::mem::zeroed() };
+        event.header = EventHeader {
             kind: EventKind::Exec as u32,
             flags,
             boot_ns: 42,
             cgroup_id: 7,
             pid: 100,
             tid: 101,
+            ppid: 99,
             uid: 1000,
             gid: 1001,
-            filename_len: u32::try_from(path.len()).expect("short"),
-            _pad: 0,
-            comm: [0; COMM_LEN],
-            filename: [0; MAX_PATH_LEN],
+            ..EventHeader::default()
         };
-        event.comm[..4].copy_from_slice(b"true");
+        event.header.comm[..4].copy_from_slice(b"true");
         event.filename[..path.len()].copy_from_slice(path);
+        event.filename_len = u32::try_from(path.len()).expect("short");
+        let args = b"true\0--version\0";
+        event.args[..args.len()].copy_from_slice(args);
+        event.args_len = args.len() as u32;
         // SAFETY: ExecEvent is repr(C) plain data without padding.
         unsafe {
             std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<ExecEvent>())
@@ -192,21 +356,29 @@ mod tests {
         let Ok(HostEvent::Exec(exec)) = decode_host(&raw_exec(b"/usr/bin/true", 0)) else {
             panic!("not an exec")
         };
-        assert_eq!(exec.binary, "/usr/bin/true");
-        assert_eq!(exec.comm, "true");
-        assert_eq!((exec.pid, exec.tid, exec.uid, exec.gid), (100, 101, 1000, 1001));
-        assert_eq!(exec.cgroup_id, 7);
+        assert_eq!(exec.binary, "/usr/bin/true", "falls back to the filename");
+        assert_eq!(exec.header.comm, "true");
+        let h = &exec.header;
+        assert_eq!((h.pid, h.tid, h.ppid, h.uid, h.gid), (100, 101, 99, 1000, 1001));
+        assert_eq!(h.cgroup_id, 7);
+        assert_eq!(exec.args, ["true", "--version"]);
         assert!(!exec.binary_truncated);
     }
 
     #[test]
     fn marks_truncation() {
-        let Ok(HostEvent::Exec(exec)) =
-            decode_host(&raw_exec(b"/very/long", EXEC_FLAG_PATH_TRUNCATED))
+        let Ok(HostEvent::Exec(exec)) = decode_host(&raw_exec(b"/very/long", FLAG_PATH_TRUNCATED))
         else {
             panic!("not an exec")
         };
         assert!(exec.binary_truncated);
+    }
+
+    #[test]
+    fn normalizes_lexically() {
+        assert_eq!(normalize("/etc/../etc//./shadow"), "/etc/shadow");
+        assert_eq!(normalize("/../x"), "/x");
+        assert_eq!(normalize("/"), "/");
     }
 
     #[test]

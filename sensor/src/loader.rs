@@ -1,6 +1,9 @@
 //! The embedded eBPF object: loading it and attaching the host (tracepoint) programs.
 
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+};
 
 /// Built by `sensor/build.rs` from `sensor-ebpf`; empty when bpf-linker was missing at build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -37,19 +40,54 @@ pub fn load_object(conntrack_entries: u32, policy_entries: u32) -> Result<Ebpf, 
         .load(EBPF_OBJECT)?)
 }
 
-/// Loads and attaches the `sched/sched_process_exec` tracepoint program.
-pub fn attach_exec(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(EXEC_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(LoadError::MissingProgram(EXEC_PROGRAM))?;
-    let fail = |what: &str| {
-        let what = what.to_owned();
-        move |source| LoadError::Program { what, source }
-    };
-    program.load().map_err(fail("loading sched_process_exec"))?;
-    program
-        .attach("sched", "sched_process_exec")
-        .map_err(fail("attaching tracepoint sched/sched_process_exec"))?;
+fn fail(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
+    let what = what.to_owned();
+    move |source| LoadError::Program { what, source }
+}
+
+/// Loads and attaches the host programs: exec/exit tracepoints, raw `sys_enter`/`sys_exit`
+/// for file rules and denied syscalls, and the socket hooks on the cgroup v2 root. Links live
+/// as long as the object: dropping it detaches everything.
+pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(), LoadError> {
+    for name in ["sched_process_exec", "sched_process_exit"] {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram(if name == EXEC_PROGRAM {
+                EXEC_PROGRAM
+            } else {
+                "sched_process_exit"
+            }))?;
+        program.load().map_err(fail(&format!("loading {name}")))?;
+        program
+            .attach("sched", name)
+            .map_err(fail(&format!("attaching tracepoint sched/{name}")))?;
+    }
+    for name in ["sys_enter", "sys_exit"] {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram(if name == "sys_enter" {
+                "sys_enter"
+            } else {
+                "sys_exit"
+            }))?;
+        program.load().map_err(fail(&format!("loading {name}")))?;
+        program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
+    }
+    let cgroup = std::fs::File::open(cgroup_root).map_err(|e| LoadError::Program {
+        what: format!("opening cgroup {}", cgroup_root.display()),
+        source: aya::programs::ProgramError::IOError(e),
+    })?;
+    for name in ["bind4", "bind6", "connect4", "connect6"] {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram("cgroup sock_addr"))?;
+        program.load().map_err(fail(&format!("loading {name}")))?;
+        program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(fail(&format!("attaching cgroup/{name} to {}", cgroup_root.display())))?;
+    }
     Ok(())
 }

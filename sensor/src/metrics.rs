@@ -68,6 +68,16 @@ pub struct Metrics {
     pub decode_errors: Family<ReasonLabels, Counter>,
     /// `sensor_ready`: 1 once every program is attached.
     pub ready: Gauge,
+    /// `sensor_host_events_total{type,action}`: host events written out.
+    pub host_events: Family<HostEventLabels, Counter>,
+    /// `sensor_host_watched_cgroups`: cgroups at least one host policy selects.
+    pub host_watched_cgroups: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostEventLabels {
+    pub r#type: &'static str,
+    pub action: &'static str,
 }
 
 impl Metrics {
@@ -113,6 +123,16 @@ impl Metrics {
             self.decode_errors.clone(),
         );
         registry.register("sensor_ready", "1 once all programs are attached", self.ready.clone());
+        registry.register(
+            "sensor_host_events",
+            "Host events written out, by type and action (observed, audit, would_block, blocked)",
+            self.host_events.clone(),
+        );
+        registry.register(
+            "sensor_host_watched_cgroups",
+            "cgroups selected by at least one host policy",
+            self.host_watched_cgroups.clone(),
+        );
         registry.register(
             "sensor_policy_reloads",
             "Policy loads, by outcome (applied, rejected)",
@@ -233,18 +253,22 @@ struct LossLabels {
 impl Collector for LossCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let full = map
-            .get(&(LossCounter::HostRingbufFull as u32), 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
         let mut family = encoder.encode_descriptor(
             "sensor_lost_events",
             "Events lost before reaching userspace, by ring buffer and reason",
             None,
             MetricType::Counter,
         )?;
-        family
-            .encode_family(&LossLabels { ring: "host", reason: "ringbuf_full" })?
-            .encode_counter::<NoLabelSet, _, u64>(&full, None)?;
+        for (counter, reason) in [
+            (LossCounter::HostRingbufFull, "ringbuf_full"),
+            (LossCounter::OpenArgsFull, "open_scratch_full"),
+        ] {
+            let total =
+                map.get(&(counter as u32), 0).map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+            family
+                .encode_family(&LossLabels { ring: "host", reason })?
+                .encode_counter::<NoLabelSet, _, u64>(&total, None)?;
+        }
         Ok(())
     }
 }

@@ -12,13 +12,25 @@ use crate::{unique, wait_until};
 
 pub struct Cgroup {
     pub path: PathBuf,
+    /// A parent directory this guard made for a named leaf, removed after it.
+    parent: Option<PathBuf>,
 }
 
 impl Cgroup {
     pub fn new() -> Self {
         let path = cgroup2_root().join(unique("se2e-cg-"));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
+        Self { path, parent: None }
+    }
+
+    /// A cgroup whose last component is `leaf` (e.g. `cri-containerd-<id>.scope`, as a
+    /// container runtime names it), under a fresh parent of its own.
+    pub fn named(leaf: &str) -> Self {
+        let parent = cgroup2_root().join(unique("se2e-pods-"));
+        fs::create_dir(&parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+        let path = parent.join(leaf);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path, parent: Some(parent) }
     }
 
     /// The id the kernel reports for tasks in this cgroup (`bpf_get_current_cgroup_id`).
@@ -67,6 +79,9 @@ impl Drop for Cgroup {
         });
         if removed.is_err() {
             eprintln!("warning: could not remove {}", self.path.display());
+        }
+        if let Some(parent) = &self.parent {
+            let _ = fs::remove_dir(parent);
         }
     }
 }

@@ -23,7 +23,18 @@ fn exec_in_a_cgroup_is_reported_with_path_pid_and_cgroup_id() {
         v["process_exec"]["process"]["cgroup_id"] == cgroup_id
     });
     let process = &event["process_exec"]["process"];
-    assert_eq!(process["binary"], "/bin/true", "{event}");
+    // The canonical path: /bin is a symlink to /usr/bin on current distributions.
+    let canonical = std::fs::canonicalize("/bin/true").expect("canonical /bin/true");
+    assert_eq!(process["binary"], canonical.to_str().expect("utf8"), "{event}");
+    assert_eq!(process["arguments"], "hello", "{event}");
+    assert_eq!(process["ppid"], std::process::id(), "{event}");
+    assert_eq!(
+        event["process_exec"]["parent"]["binary"],
+        std::env::current_exe().expect("exe").to_str().expect("utf8"),
+        "{event}"
+    );
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(process["cwd"], cwd.to_str().expect("utf8"), "{event}");
     assert_eq!(process["pid"], pid, "{event}");
     assert_eq!(process["comm"], "true", "{event}");
     assert_eq!(process["uid"], 0, "{event}");

@@ -6,7 +6,18 @@ use std::{collections::BTreeSet, time::Duration};
 use aya::programs::links::LinkType;
 use sensor_e2e::{Netns, Sensor, Veth, privileged, run, unique, wait_until};
 
-const OUR_PROGRAMS: [&str; 3] = ["tc_ingress", "tc_egress", "sched_process_e"];
+/// Program names as the kernel keeps them (15 bytes: both sched_process_* share a prefix).
+const OUR_PROGRAMS: [&str; 9] = [
+    "tc_ingress",
+    "tc_egress",
+    "sched_process_e",
+    "sys_enter",
+    "sys_exit",
+    "bind4",
+    "bind6",
+    "connect4",
+    "connect6",
+];
 
 fn loaded_program_ids() -> BTreeSet<(u32, String)> {
     aya::programs::loaded_programs()
@@ -42,9 +53,11 @@ fn sigterm_leaves_no_filter_link_or_program_behind() {
         .filter(|(_, name)| OUR_PROGRAMS.contains(&name.as_str()))
         .map(|(id, _)| *id)
         .collect();
-    assert_eq!(ours.len(), 3, "expected our 3 programs loaded, got {ours:?}");
+    assert_eq!(ours.len(), 10, "expected our 10 programs loaded, got {ours:?}");
     assert_eq!(links_of(&ours, Some(LinkType::Tcx)), 2, "expected tcx ingress and egress links");
-    assert_eq!(links_of(&ours, Some(LinkType::PerfEvent)), 1, "expected the exec tracepoint link");
+    assert_eq!(links_of(&ours, Some(LinkType::PerfEvent)), 2, "expected exec and exit tracepoints");
+    assert_eq!(links_of(&ours, Some(LinkType::RawTracePoint)), 2, "expected sys_enter/sys_exit");
+    assert_eq!(links_of(&ours, Some(LinkType::Cgroup)), 4, "expected bind and connect hooks");
 
     let status = sensor.terminate();
     assert!(status.success(), "sensor exit status {status}:\n{}", sensor.log());

@@ -399,6 +399,7 @@ spec:
                 labels: [("app".to_owned(), "api".to_owned())].into(),
                 ips: vec![format!("10.77.9.{i}").parse().expect("ip")],
                 interface: None,
+                containers: vec![],
             });
         }
         let c = compile(&[], &eps);

@@ -36,6 +36,10 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
     /// Host-side interface of a local endpoint; absent for pods on other nodes.
     pub interface: Option<String>,
+    /// Ids of the pod's containers (as in `containerStatuses[].containerID`, with or without
+    /// the `containerd://` style prefix): host events and host policies find the pod by them.
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

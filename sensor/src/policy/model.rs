@@ -133,8 +133,21 @@ pub fn parse_file(path: &Path, text: &str) -> Result<(Vec<Policy>, Vec<Warning>)
     Ok((policies, warnings))
 }
 
+/// Line (1-based) of the first occurrence of `key:` in a document's text; 1 if absent.
+pub fn line_of_key(text: &str, key: &str) -> usize {
+    let needle = format!("{key}:");
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches("- ");
+            l.starts_with(&needle)
+                || l.contains(&format!(" {needle}"))
+                || l.contains(&format!("{{{needle}"))
+        })
+        .map_or(1, |i| i + 1)
+}
+
 /// Splits on `---` lines; yields (first line number, text) per document.
-fn split_documents(text: &str) -> Vec<(usize, String)> {
+pub fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = vec![(1, String::new())];
     for (i, line) in text.lines().enumerate() {
         if line.trim_end() == "---" || line.starts_with("--- ") {
@@ -335,18 +348,7 @@ impl DocContext<'_> {
 
     /// Line of the first occurrence of `key:` in the document (the document start if absent).
     fn line_of(&self, key: &str) -> Origin {
-        let needle = format!("{key}:");
-        let line = self
-            .text
-            .lines()
-            .position(|l| {
-                let l = l.trim_start().trim_start_matches("- ");
-                l.starts_with(&needle)
-                    || l.contains(&format!(" {needle}"))
-                    || l.contains(&format!("{{{needle}"))
-            })
-            .map_or(1, |i| i + 1);
-        self.origin_at(line)
+        self.origin_at(line_of_key(&self.text, key))
     }
 
     fn error(&self, key: &str, message: impl Into<String>) -> ParseError {
@@ -370,6 +372,9 @@ impl DocContext<'_> {
 
     fn parse(&mut self) -> Result<Vec<Policy>, ParseError> {
         let doc: Document = serde_yaml_ng::from_str(&self.text).map_err(|e| self.yaml_error(&e))?;
+        if (doc.api_version.as_str(), doc.kind.as_str()) == crate::host::policy::API_KIND {
+            return Ok(Vec::new()); // a host policy: the host module reads it
+        }
         let kind = match (doc.api_version.as_str(), doc.kind.as_str()) {
             ("cilium.io/v2", "CiliumNetworkPolicy") => Kind::CiliumNetworkPolicy,
             ("cilium.io/v2", "CiliumClusterwideNetworkPolicy") => {
@@ -381,7 +386,8 @@ impl DocContext<'_> {
                     "kind",
                     format!(
                         "unsupported kind {api}/{kind}: expected cilium.io/v2 CiliumNetworkPolicy or \
-                         CiliumClusterwideNetworkPolicy, or networking.k8s.io/v1 NetworkPolicy"
+                         CiliumClusterwideNetworkPolicy, networking.k8s.io/v1 NetworkPolicy, or \
+                         sensor.dev/v1alpha1 HostPolicy"
                     ),
                 ));
             }

@@ -20,6 +20,8 @@ pub enum ReloadError {
     Load(#[from] PolicyError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    HostApply(#[from] crate::host::apply::HostApplyError),
 }
 
 pub struct PolicyRuntime {
@@ -30,6 +32,8 @@ pub struct PolicyRuntime {
     policy_dir: Option<PathBuf>,
     endpoints_file: Option<PathBuf>,
     metrics: Metrics,
+    /// Host policies live in the same files and change with the same reload.
+    pub host: Option<crate::host::HostRuntime>,
 }
 
 impl PolicyRuntime {
@@ -47,6 +51,7 @@ impl PolicyRuntime {
             policy_dir,
             endpoints_file,
             metrics,
+            host: None,
         }
     }
 
@@ -64,7 +69,26 @@ impl PolicyRuntime {
         for warning in &warnings {
             tracing::warn!("{warning}");
         }
+        // Parse everything before applying anything: a bad host policy rejects the whole set.
+        let host_policies = match &self.policy_dir {
+            Some(dir) if self.host.is_some() => crate::host::policy::load(dir)?,
+            _ => Vec::new(),
+        };
+        let endpoints = match &self.endpoints_file {
+            Some(file) => super::Endpoints::load(file).map_err(PolicyError::from)?,
+            None => super::Endpoints::default(),
+        };
         let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
+        if let Some(host) = &mut self.host {
+            let count = host_policies.len();
+            host.apply(host_policies, endpoints)?;
+            tracing::info!(
+                policies = count,
+                watched_cgroups = host.watched_cgroups(),
+                "host policies applied"
+            );
+            self.metrics.host_watched_cgroups.set(host.watched_cgroups() as i64);
+        }
         *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
         self.record(&applied);
         Ok(applied)

@@ -1,0 +1,150 @@
+//! Host hooks: process exec and exit, file opens, unlinks and renames, binds and connects,
+//! and denied syscalls, each scoped by the cgroup's policy mask before any other work.
+
+mod path;
+mod process;
+mod sock;
+mod syscalls;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated::bpf_send_signal,
+    },
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use sensor_common::host::{
+    Action, BIND_RULES_MAX_ENTRIES, BindKey, EventHeader, FileMasks, HOST_EVENTS_BYTES,
+    HOST_SCOPES_MAX_ENTRIES, HostConfig, LOSS_COUNTERS, LossCounter, OpenArgs,
+    PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks, SYSCALL_RULES_MAX_ENTRIES,
+};
+
+#[map]
+static HOST_EVENTS: RingBuf = RingBuf::with_byte_size(HOST_EVENTS_BYTES, 0);
+
+#[map]
+static EVENT_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+#[map]
+static HOST_CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static HOST_SCOPES: HashMap<u64, u64> = HashMap::with_max_entries(HOST_SCOPES_MAX_ENTRIES, 0);
+
+#[map]
+static EXEC_RULES: LpmTrie<PathKey, RuleMasks> =
+    LpmTrie::with_max_entries(PATH_RULES_MAX_ENTRIES, 0);
+
+#[map]
+static FILE_RULES: LpmTrie<PathKey, FileMasks> =
+    LpmTrie::with_max_entries(PATH_RULES_MAX_ENTRIES, 0);
+
+#[map]
+static BIND_RULES: HashMap<BindKey, RuleMasks> =
+    HashMap::with_max_entries(BIND_RULES_MAX_ENTRIES, 0);
+
+#[map]
+static SYSCALL_RULES: HashMap<u32, RuleMasks> =
+    HashMap::with_max_entries(SYSCALL_RULES_MAX_ENTRIES, 0);
+
+#[map]
+static OPEN_ARGS: HashMap<u32, OpenArgs> = HashMap::with_max_entries(8192, 0);
+
+const SIGKILL: u32 = 9;
+
+#[inline(always)]
+fn config() -> Option<&'static HostConfig> {
+    HOST_CONFIG.get(0)
+}
+
+/// The live generation's half of a policy mask.
+#[inline(always)]
+fn generation_mask(config: &HostConfig) -> u64 {
+    if config.generation == 0 { 0xffff_ffff } else { 0xffff_ffff << 32 }
+}
+
+/// The policies watching the current task, or None when none do (or it is the agent).
+#[inline(always)]
+fn current_scope(config: &HostConfig) -> Option<u64> {
+    // SAFETY: the helper has no preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is a plain u64 copied out at once.
+    let scope = unsafe { HOST_SCOPES.get(&cgroup_id) }.copied()? & generation_mask(config);
+    if scope == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == config.self_tgid {
+        return None;
+    }
+    Some(scope)
+}
+
+/// A matched rule's outcome for a task with `scope`: the action and 1 + the policy bit.
+#[inline(always)]
+fn decide(config: &HostConfig, scope: u64, audit: u64, block: u64) -> Option<(Action, u32)> {
+    let block = block & scope;
+    let audit = audit & scope;
+    if block != 0 {
+        let action = if config.enforce == 1 { Action::Blocked } else { Action::WouldBlock };
+        Some((action, lowest_bit(block)))
+    } else if audit != 0 {
+        Some((Action::Audit, lowest_bit(audit)))
+    } else {
+        None
+    }
+}
+
+/// 1 + index of the lowest set bit (the mask is non-zero).
+#[inline(always)]
+fn lowest_bit(mask: u64) -> u32 {
+    let mut i = 0;
+    while i < 64 {
+        if mask & (1 << i) != 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Fills the fields of `header` every host record shares.
+#[inline(always)]
+fn fill_header(header: &mut EventHeader, kind: u32, action: Action, policy: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    header.kind = kind;
+    header.flags = 0;
+    // SAFETY: the helpers have no preconditions.
+    (header.boot_ns, header.cgroup_id) =
+        unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    header.pid = (pid_tgid >> 32) as u32;
+    header.tid = pid_tgid as u32;
+    header.ppid = 0;
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    header.action = action as u32;
+    header.policy = policy;
+    header._pad = 0;
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Kills the current process (before it returns to user space) for a Blocked action.
+#[inline(always)]
+fn kill_current() {
+    // SAFETY: the helper takes a signal number and acts on the current task only.
+    unsafe { bpf_send_signal(SIGKILL) };
+}
+
+/// Copies `record` into the ring buffer, counting a loss when it is full.
+#[inline(always)]
+fn emit<T>(record: &T) {
+    if HOST_EVENTS.output(record, 0).is_err() {
+        count_loss(LossCounter::HostRingbufFull);
+    }
+}
+
+#[inline(always)]
+fn count_loss(counter: LossCounter) {
+    if let Some(slot) = EVENT_LOSS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}

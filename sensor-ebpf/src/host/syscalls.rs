@@ -1,0 +1,191 @@
+//! Raw `sys_enter` / `sys_exit`: denied syscalls, and opens file rules name. x86_64 syscall
+//! numbers and `pt_regs` layout. (Unlink and rename are not hooked yet: the path walk for
+//! them exceeds the verifier's budget inside this program.)
+//!
+//! Opens are decided at exit, from the opened file itself, so the path is canonical (relative
+//! paths, `..` and symlinks resolved by the kernel); a Blocked open kills the process before
+//! it returns to user space, so it never reads or writes through the descriptor.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
+};
+use sensor_common::host::{
+    ACCESS_CREATE, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind, FILE_OP_OPEN,
+    FLAG_PATH_TRUNCATED, FileEvent, FileMasks, LossCounter, OpenArgs, SyscallEvent,
+};
+
+use super::{
+    FILE_RULES, OPEN_ARGS, SYSCALL_RULES, config, count_loss, current_scope, decide, emit,
+    fill_header, kill_current,
+    path::{KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path},
+};
+
+const SYS_OPEN: u32 = 2;
+const SYS_CREAT: u32 = 85;
+const SYS_OPENAT: u32 = 257;
+const SYS_OPENAT2: u32 = 437;
+
+/// `struct pt_regs` offsets (x86_64): the syscall's argument registers and number.
+const REG_SI: u32 = 104;
+const REG_DX: u32 = 96;
+const REG_ORIG_AX: u32 = 120;
+
+const O_ACCMODE: u64 = 3;
+const O_WRONLY: u64 = 1;
+const O_RDWR: u64 = 2;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+
+#[map]
+static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn reg(regs: *const u8, offset: u32) -> u64 {
+    field_u64(regs, offset).unwrap_or(0)
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(config) = config() else {
+        return 0;
+    };
+    let Some(scope) = current_scope(config) else {
+        return 0;
+    };
+    let regs: *const u8 = ctx.arg::<u64>(0) as *const u8;
+    let id = ctx.arg::<u64>(1) as u32;
+
+    // SAFETY: the value is copied out at once.
+    if let Some(masks) = unsafe { SYSCALL_RULES.get(&id) }.copied()
+        && let Some((action, policy)) = decide(config, scope, masks.audit, masks.block)
+    {
+        let mut event = SyscallEvent { header: Default::default(), nr: id, _pad: 0 };
+        fill_header(&mut event.header, EventKind::Syscall as u32, action, policy);
+        emit(&event);
+        if action == Action::Blocked {
+            kill_current();
+            return 0;
+        }
+    }
+
+    let arg = |offset| reg(regs, offset);
+    match id {
+        SYS_OPENAT => remember_open(scope, access_of(arg(REG_DX))),
+        SYS_OPEN => remember_open(scope, access_of(arg(REG_SI))),
+        SYS_CREAT => remember_open(scope, access_of(O_WRONLY | O_CREAT | O_TRUNC)),
+        SYS_OPENAT2 => {
+            // struct open_how starts with the u64 flags (user memory).
+            // SAFETY: checked read of user memory.
+            let flags =
+                unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(REG_DX) as *const u64) }
+                    .unwrap_or(0);
+            remember_open(scope, access_of(flags));
+        }
+        _ => {}
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg::<u64>(0) as *const u8;
+    let id = reg(regs, REG_ORIG_AX) as u32;
+    if !matches!(id, SYS_OPENAT | SYS_OPEN | SYS_CREAT | SYS_OPENAT2) {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(open) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = OPEN_ARGS.remove(&tid);
+    let fd = ctx.arg::<u64>(1) as i64;
+    if fd < 0 {
+        return 0;
+    }
+    let Some(config) = config() else {
+        return 0;
+    };
+    if config.offsets_valid != 1 {
+        return 0;
+    }
+    let Some(event) = FILE_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, used by this program only until it returns.
+    let event = unsafe { &mut *event };
+    let o = &config.offsets;
+    let file = current_file(o, fd as u32);
+    if file.is_null() {
+        return 0;
+    }
+    let (root, _) = task_root_and_pwd(o);
+    let target = KPath::at(o, file.wrapping_add(o.file_path as usize));
+    let (len, cut) = write_path(o, target, root, &mut event.path);
+    let Some(masks) = lookup_key(event.path.as_ptr(), len).and_then(|key| FILE_RULES.get(key))
+    else {
+        return 0;
+    };
+    let (audit, block) = masks_for(masks, open.access);
+    let Some((action, policy)) = decide(config, open.scope, audit, block) else {
+        return 0;
+    };
+    fill_header(&mut event.header, EventKind::File as u32, action, policy);
+    if cut {
+        event.header.flags |= FLAG_PATH_TRUNCATED;
+    }
+    event.op = FILE_OP_OPEN;
+    event.access = open.access;
+    event.path_len = len;
+    event.path2_len = 0;
+    event.path2[0] = 0;
+    emit(event);
+    if action == Action::Blocked {
+        kill_current();
+    }
+    0
+}
+
+#[inline(always)]
+fn remember_open(scope: u64, access: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let args = OpenArgs { scope, access, _pad: 0 };
+    if OPEN_ARGS.insert(&tid, &args, 0).is_err() {
+        count_loss(LossCounter::OpenArgsFull);
+    }
+}
+
+/// `1 << ACCESS_*` bits for open flags.
+#[inline(always)]
+fn access_of(flags: u64) -> u32 {
+    let mut access = match flags & O_ACCMODE {
+        O_WRONLY => 1 << ACCESS_WRITE,
+        O_RDWR => (1 << ACCESS_READ) | (1 << ACCESS_WRITE),
+        _ => 1 << ACCESS_READ,
+    };
+    if flags & O_CREAT != 0 {
+        access |= 1 << ACCESS_CREATE;
+    }
+    if flags & O_TRUNC != 0 {
+        access |= 1 << ACCESS_WRITE;
+    }
+    access
+}
+
+/// The audit and block masks of the access kinds in `access`.
+#[inline(always)]
+fn masks_for(masks: &FileMasks, access: u32) -> (u64, u64) {
+    let (mut audit, mut block) = (0, 0);
+    let mut kind = 0;
+    while kind < ACCESS_KINDS {
+        if access & (1 << kind) != 0 {
+            audit |= masks.audit[kind];
+            block |= masks.block[kind];
+        }
+        kind += 1;
+    }
+    (audit, block)
+}

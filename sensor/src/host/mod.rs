@@ -1,0 +1,106 @@
+//! Host security: process, file and socket events with container and pod attribution, and
+//! HostPolicy enforcement compiled into the kernel maps.
+
+pub mod apply;
+pub mod cgroups;
+pub mod compile;
+pub mod offsets;
+pub mod policy;
+pub mod process;
+pub mod record;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use self::{
+    apply::{HostApplyError, HostMaps},
+    cgroups::Inventory,
+    policy::HostPolicy,
+};
+use crate::policy::Endpoints;
+
+/// What event enrichment reads: the node's cgroups, the endpoints, and policy names by bit.
+#[derive(Debug, Default)]
+pub struct HostView {
+    pub inventory: Inventory,
+    pub endpoints: Endpoints,
+    /// Policy names of generation 0 (bits 0..32) and 1 (bits 32..64).
+    pub names: [Vec<String>; 2],
+}
+
+impl HostView {
+    /// Name of the policy behind `policy` (1 + mask bit) in an event.
+    pub fn policy_name(&self, policy: u32) -> Option<&str> {
+        let bit = policy.checked_sub(1)? as usize;
+        self.names[bit / 32].get(bit % 32).map(String::as_str)
+    }
+}
+
+pub struct HostRuntime {
+    maps: HostMaps,
+    policies: Vec<HostPolicy>,
+    cgroup_root: PathBuf,
+    pub view: Arc<RwLock<HostView>>,
+}
+
+impl HostRuntime {
+    pub fn new(maps: HostMaps, cgroup_root: PathBuf) -> Self {
+        Self { maps, policies: Vec::new(), cgroup_root, view: Arc::default() }
+    }
+
+    /// Compiles `policies` against the node's cgroups now and applies them as one change.
+    pub fn apply(
+        &mut self,
+        policies: Vec<HostPolicy>,
+        endpoints: Endpoints,
+    ) -> Result<(), HostApplyError> {
+        for policy in &policies {
+            for rule in &policy.files {
+                if rule
+                    .access
+                    .iter()
+                    .any(|a| matches!(a, policy::Access::Delete | policy::Access::Rename))
+                {
+                    tracing::warn!(
+                        "{}: host policy {}: file access `delete` and `rename` are not enforced yet (no unlink/rename hook); read, write and create are",
+                        policy.origin,
+                        policy.name
+                    );
+                }
+            }
+        }
+        let inventory = Inventory::scan(&self.cgroup_root);
+        let generation = self.maps.next_generation();
+        let compiled = compile::compile(&policies, &endpoints, &inventory, generation);
+        let names = compiled.names.clone();
+        self.maps.apply(compiled)?;
+        self.policies = policies;
+        let mut view = self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.inventory = inventory;
+        view.endpoints = endpoints;
+        view.names[generation as usize] = names;
+        Ok(())
+    }
+
+    /// Scans the cgroups again (containers start and stop) and updates which are watched.
+    /// Returns the number of watched cgroups.
+    pub fn rescan(&mut self) -> Result<usize, HostApplyError> {
+        let inventory = Inventory::scan(&self.cgroup_root);
+        let endpoints =
+            self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).endpoints.clone();
+        let compiled =
+            compile::compile(&self.policies, &endpoints, &inventory, self.maps.live_generation());
+        let watched = compiled.scopes.len();
+        if compiled.scopes != self.maps.live().scopes {
+            self.maps.update_scopes(compiled.scopes)?;
+        }
+        self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner).inventory = inventory;
+        Ok(watched)
+    }
+
+    pub fn watched_cgroups(&self) -> usize {
+        self.maps.live().scopes.len()
+    }
+}
