@@ -24,7 +24,13 @@ pub struct Tuple {
     /// Conntrack ports: L4 ports, or the ICMP echo id on the requester's side.
     pub sport: u16,
     pub dport: u16,
-    /// The destination port policy matches on (0 for ICMP).
+    /// Conntrack ICMP types (see `CtKey::icmp_types`).
+    pub icmp_types: [u8; 2],
+    /// An ICMP echo reply: it may only pass as the reply of a tracked request, and never
+    /// starts a conntrack entry of its own (one would let a later request in the opposite
+    /// direction pass as its "reply" without a policy check).
+    pub reply_only: bool,
+    /// The destination port policy matches on; the message type for ICMP and ICMPv6.
     pub policy_port: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -51,6 +57,8 @@ pub fn parse(ctx: &TcContext) -> Result<Tuple, NetCounter> {
         icmp_code: 0,
         sport: 0,
         dport: 0,
+        icmp_types: [0; 2],
+        reply_only: false,
         policy_port: 0,
         saddr: [0; 16],
         daddr: [0; 16],
@@ -145,15 +153,20 @@ fn parse_l4(ctx: &TcContext, l4: usize, t: &mut Tuple) -> Result<(), NetCounter>
             let hdr = load::<[u8; 2]>(ctx, l4, NetCounter::TruncatedL4)?;
             t.icmp_type = hdr[0];
             t.icmp_code = hdr[1];
+            // Policy matches the type, like Cilium's `icmps` rules.
+            t.policy_port = u16::from(hdr[0]);
+            t.icmp_types = [hdr[0], 0];
             let (request, reply) = if t.protocol == PROTO_ICMP { (8, 0) } else { (128, 129) };
-            // Echo id as a port, mirrored between request and reply, so replies find the
-            // request's conntrack entry and nothing else does.
+            // Echo id as a port and the request type, mirrored between request and reply,
+            // so replies find the request's conntrack entry and nothing else does.
             if t.icmp_type == request || t.icmp_type == reply {
                 let id = load_be16(ctx, l4 + 4, NetCounter::TruncatedL4)?;
                 if t.icmp_type == request {
                     t.sport = id;
                 } else {
                     t.dport = id;
+                    t.icmp_types = [0, request];
+                    t.reply_only = true;
                 }
             }
         }
