@@ -10,7 +10,7 @@ use sensor_common::net::{
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// IPv6 extension headers followed before giving up (counted as `Ipv6ExtLimit`).
+/// IPv6 extension headers followed; a longer chain is counted as `Ipv6ExtLimit`.
 const MAX_IPV6_EXT: usize = 6;
 
 /// The flow a packet belongs to, in the packet's own direction.
@@ -63,23 +63,46 @@ pub fn parse(ctx: &TcContext) -> Result<Tuple, NetCounter> {
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    let l4 = match ethertype {
+    let (l4, end) = match ethertype {
         ETH_P_IP => parse_ipv4(ctx, &mut t)?,
         ETH_P_IPV6 => parse_ipv6(ctx, &mut t)?,
         _ => return Err(NetCounter::NonIp),
     };
-    parse_l4(ctx, l4, &mut t)?;
+    parse_l4(ctx, l4, end, &mut t)?;
     Ok(t)
 }
 
-/// Fills addresses (as IPv4-mapped IPv6) and protocol; returns the L4 offset.
+/// The end of the IP packet: `ETH_HLEN + header + payload` from the IP length field, which
+/// must fit in the frame. A length of 0 (IPv4 and IPv6 BIG TCP / jumbograms) means "the frame".
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
+fn ip_end(ctx: &TcContext, length: usize) -> Result<usize, NetCounter> {
+    let frame = ctx.len() as usize;
+    if length == 0 {
+        return Ok(frame);
+    }
+    let end = ETH_HLEN + length;
+    if end > frame {
+        return Err(NetCounter::TruncatedL3);
+    }
+    Ok(end)
+}
+
+/// Fills addresses (as IPv4-mapped IPv6) and protocol; returns the L4 offset and the end of
+/// the IP packet.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, t: &mut Tuple) -> Result<(usize, usize), NetCounter> {
     let version_ihl = load::<u8>(ctx, ETH_HLEN, NetCounter::TruncatedL3)?;
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(NetCounter::BadIpHeader);
     }
+    let total = usize::from(load_be16(ctx, ETH_HLEN + 2, NetCounter::TruncatedL3)?);
+    if total != 0 && total < ihl {
+        return Err(NetCounter::BadIpHeader);
+    }
+    // The whole header, options included, must be in the frame.
+    let _ = load::<u8>(ctx, ETH_HLEN + ihl - 1, NetCounter::TruncatedL3)?;
+    let end = ip_end(ctx, total)?;
     let frag = load_be16(ctx, ETH_HLEN + 6, NetCounter::TruncatedL3)?;
     let src = load::<[u8; 4]>(ctx, ETH_HLEN + 12, NetCounter::TruncatedL3)?;
     let dst = load::<[u8; 4]>(ctx, ETH_HLEN + 16, NetCounter::TruncatedL3)?;
@@ -91,21 +114,24 @@ fn parse_ipv4(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
     if frag & 0x1fff != 0 {
         return Err(NetCounter::Fragment);
     }
-    Ok(ETH_HLEN + ihl)
+    Ok((ETH_HLEN + ihl, end))
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
+fn parse_ipv6(ctx: &TcContext, t: &mut Tuple) -> Result<(usize, usize), NetCounter> {
     let version = load::<u8>(ctx, ETH_HLEN, NetCounter::TruncatedL3)?;
     if version >> 4 != 6 {
         return Err(NetCounter::BadIpHeader);
     }
+    let payload = usize::from(load_be16(ctx, ETH_HLEN + 4, NetCounter::TruncatedL3)?);
     let mut next = load::<u8>(ctx, ETH_HLEN + 6, NetCounter::TruncatedL3)?;
     t.family = FAMILY_IPV6;
     t.saddr = load::<[u8; 16]>(ctx, ETH_HLEN + 8, NetCounter::TruncatedL3)?;
     t.daddr = load::<[u8; 16]>(ctx, ETH_HLEN + 24, NetCounter::TruncatedL3)?;
+    let end = ip_end(ctx, if payload == 0 { 0 } else { 40 + payload })?;
     let mut offset = ETH_HLEN + 40;
-    for _ in 0..MAX_IPV6_EXT {
+    // One more round than headers followed: the last one finds the upper-layer protocol.
+    for _ in 0..=MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
             0 | 43 | 60 => {
@@ -131,15 +157,34 @@ fn parse_ipv6(ctx: &TcContext, t: &mut Tuple) -> Result<usize, NetCounter> {
             }
             _ => {
                 t.protocol = next;
-                return Ok(offset);
+                return Ok((offset, end));
             }
         }
     }
     Err(NetCounter::Ipv6ExtLimit)
 }
 
+/// Minimum L4 header lengths: TCP without options, UDP, SCTP's common header, ICMP/ICMPv6
+/// type, code, checksum and the 4-byte field every message has.
+const fn l4_header_len(protocol: u8) -> usize {
+    match protocol {
+        PROTO_TCP => 20,
+        PROTO_SCTP => 12,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
+        _ => 0,
+    }
+}
+
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, l4: usize, t: &mut Tuple) -> Result<(), NetCounter> {
+fn parse_l4(ctx: &TcContext, l4: usize, end: usize, t: &mut Tuple) -> Result<(), NetCounter> {
+    // The whole minimal header must lie inside the IP packet (not just in the frame, which
+    // may carry padding), else no L4 flow is attributed.
+    let need = l4_header_len(t.protocol);
+    if need > 0
+        && (l4 + need > end || load::<u8>(ctx, l4 + need - 1, NetCounter::TruncatedL4).is_err())
+    {
+        return Err(NetCounter::TruncatedL4);
+    }
     match t.protocol {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             t.sport = load_be16(ctx, l4, NetCounter::TruncatedL4)?;
