@@ -173,7 +173,8 @@ pub struct PolicyKey {
     pub identity: u32,
     pub direction: u8,
     pub protocol: u8,
-    /// Big-endian, so prefixes cover port ranges.
+    /// Big-endian, so prefixes cover port ranges. For ICMP and ICMPv6, the message type
+    /// (Cilium's `icmps` rules).
     pub port: [u8; 2],
 }
 
@@ -199,7 +200,11 @@ pub struct CtKey {
     pub ifindex: u32,
     pub protocol: u8,
     pub family: u8,
-    pub _pad: u16,
+    /// ICMP and ICMPv6 message types, swapped with ports and addresses in a reversed key:
+    /// an echo request is `[request type, 0]` and its reply `[0, request type]`, so a reply
+    /// finds its request and nothing else does; other types are `[type, 0]`, so allowing one
+    /// type never lets another through conntrack. Zero for other protocols.
+    pub icmp_types: [u8; 2],
     pub sport: u16,
     pub dport: u16,
     pub saddr: [u8; 16],

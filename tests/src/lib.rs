@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod metrics;
 pub mod netns;
+pub mod packet;
 pub mod sensor;
 
 use std::{

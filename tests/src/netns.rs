@@ -66,6 +66,8 @@ pub struct Veth {
     pub host_if: String,
     pub node_ip: Ipv4Addr,
     pub pod_ip: Ipv4Addr,
+    pub node_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
 }
 
 impl Veth {
@@ -119,7 +121,13 @@ impl Veth {
         );
         run("ip", &["-n", n, "link", "set", host_if, "up"]);
         run("ip", &["-n", p, "link", "set", "eth0", "up"]);
-        Self { host_if: host_if.to_owned(), node_ip, pod_ip }
+        Self {
+            host_if: host_if.to_owned(),
+            node_ip,
+            pod_ip,
+            node_mac: [0x02, 0x77, subnet, 0, 0, 1],
+            pod_mac: [0x02, 0x77, subnet, 0, 0, 2],
+        }
     }
 
     /// Lets the pod reach other test pods (10.77.0.0/16) through the node namespace, which

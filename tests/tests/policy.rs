@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use sensor_e2e::{Netns, Sensor, Veth, privileged, sensor::sensor_bin, unique};
+use sensor_e2e::{Netns, Sensor, Veth, packet::IcmpSocket, privileged, sensor::sensor_bin, unique};
 
 struct Pods {
     node: Netns,
@@ -697,4 +697,97 @@ fn a_policy_too_large_for_its_map_is_rejected_whole_and_the_previous_set_stays()
     // Nothing of the large policy applied, the small one still in force.
     assert!(!pods.tcp_roundtrip(9000), "a rejected policy was half applied");
     assert!(pods.tcp_roundtrip(8080), "previous policy not in force after a rejection");
+}
+
+/// A DROPPED or FORWARDED ICMPv4 record of `icmp_type` in `direction`.
+fn icmp_flow(
+    verdict: &'static str,
+    direction: &'static str,
+    icmp_type: u8,
+) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| {
+        v["flow"]["verdict"] == verdict
+            && v["flow"]["traffic_direction"] == direction
+            && v["flow"]["l4"]["ICMPv4"]["type"] == icmp_type
+    }
+}
+
+#[test]
+fn icmps_rules_allow_echo_requests_by_type_and_replies_pass_through_conntrack() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(120);
+    // Only TCP 8080 from the client: once a rule has L4 parts, ICMP is not allowed.
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let sensor = pods.start("enforce");
+    let (server_ip, client_ip) = (pods.server_veth.pod_ip, pods.client_veth.pod_ip);
+    let client = pods.client.enter(IcmpSocket::new).expect("raw ICMP socket in the client");
+    // Echo id 0: a request in the opposite direction then has the very ports a reply has, so
+    // only the ICMP types in the conntrack key tell them apart (GHSA-c66w-hq56-4q97).
+    let id = 0;
+
+    let replies = (0..3).filter(|seq| client.request(server_ip, 8, 0, id, *seq)).count();
+    assert_eq!(replies, 0, "ping passed a policy without an icmps rule");
+    sensor.wait_metric(
+        "hubble_drop_total",
+        &[("reason", "POLICY_DENIED"), ("protocol", "ICMPv4")],
+        |v| v == Some(3.0),
+    );
+    let dropped = sensor.wait_event("dropped echo request", icmp_flow("DROPPED", "INGRESS", 8));
+    assert_eq!(dropped["flow"]["drop_reason_desc"], "POLICY_DENIED", "{dropped}");
+    assert_eq!(dropped["flow"]["destination"]["pod_name"], "server", "{dropped}");
+    let records = sensor.events().iter().filter(|v| icmp_flow("DROPPED", "INGRESS", 8)(v)).count();
+    assert_eq!(records, 3, "one record per dropped echo request");
+
+    // Allow echo requests from the client by type: as a number for IPv4 and by Cilium's name
+    // for IPv6, in a rule of their own (icmps and toPorts do not share a rule).
+    let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY.replace(
+            "  egress: [{}]",
+            "  - fromEndpoints: [{matchLabels: {app: client}}]
+    icmps: [{fields: [{type: 8, family: IPv4}, {type: EchoRequest, family: IPv6}]}]
+  egress: [{}]",
+        ),
+    );
+    sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+    assert!(
+        sensor.log().lines().all(|l| !l.contains("icmps")),
+        "icmps must not be reported as unenforced:\n{}",
+        sensor.log()
+    );
+    // The server's egress is default-deny: its echo replies pass only through conntrack.
+    let replies = (3..6).filter(|seq| client.request(server_ip, 8, 0, id, *seq)).count();
+    assert_eq!(
+        replies,
+        3,
+        "allowed echo requests or their replies were dropped:\n{}",
+        sensor.log()
+    );
+    let allowed = sensor.wait_event("forwarded echo request", icmp_flow("FORWARDED", "INGRESS", 8));
+    let f = &allowed["flow"];
+    assert_eq!(f["policy_match_type"], 2, "L3-L4 match: {allowed}");
+    assert_eq!(f["ingress_allowed_by"][0]["name"], "server-ingress", "{allowed}");
+    assert_eq!(f["source"]["pod_name"], "client", "{allowed}");
+    assert!(
+        sensor.events().iter().all(|v| !icmp_flow("DROPPED", "EGRESS", 0)(v)),
+        "an echo reply was dropped"
+    );
+
+    // The rule names one type: other ICMP types and other protocols stay denied (an icmps rule
+    // read as L3-only would let them through).
+    assert!(!client.request(server_ip, 13, 14, id, 0), "timestamp request passed");
+    let other = sensor.wait_event("dropped timestamp request", icmp_flow("DROPPED", "INGRESS", 13));
+    assert_eq!(other["flow"]["drop_reason_desc"], "POLICY_DENIED", "{other}");
+    assert!(!pods.tcp_roundtrip(9000), "an icmps rule allowed TCP");
+
+    // The client's tracked echo exchange must not let an echo request in the opposite
+    // direction (same id) pass as a reply: the server's egress denies it, and its own
+    // conntrack entry is found by its replies only.
+    let server = pods.server.enter(IcmpSocket::new).expect("raw ICMP socket in the server");
+    assert!(!server.request(client_ip, 8, 0, id, 0), "the server's echo request passed");
+    let reverse = sensor.wait_event("server echo request drop", icmp_flow("DROPPED", "EGRESS", 8));
+    assert_eq!(reverse["flow"]["source"]["pod_name"], "server", "{reverse}");
 }

@@ -166,6 +166,10 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
         // No conntrack entry for a dropped flow: every retry is decided (and reported) again.
         return (TC_ACT_SHOT, decision.drop_reason);
     }
+    if tuple.reply_only {
+        // An echo reply without a request: decided per packet, never tracked.
+        return (TC_ACT_UNSPEC, 0);
+    }
     let entry = CtEntry {
         first_ns: now,
         last_ns: now,
@@ -238,12 +242,21 @@ unsafe fn maybe_report(entry: *mut CtEntry, ifindex: u32, tuple: &Tuple, now: u6
 
 #[inline(always)]
 fn ct_key(ifindex: u32, t: &Tuple, reversed: bool) -> CtKey {
-    let (saddr, daddr, sport, dport) = if reversed {
-        (t.daddr, t.saddr, t.dport, t.sport)
+    let (saddr, daddr, sport, dport, icmp_types) = if reversed {
+        (t.daddr, t.saddr, t.dport, t.sport, [t.icmp_types[1], t.icmp_types[0]])
     } else {
-        (t.saddr, t.daddr, t.sport, t.dport)
+        (t.saddr, t.daddr, t.sport, t.dport, t.icmp_types)
     };
-    CtKey { ifindex, protocol: t.protocol, family: t.family, _pad: 0, sport, dport, saddr, daddr }
+    CtKey {
+        ifindex,
+        protocol: t.protocol,
+        family: t.family,
+        icmp_types,
+        sport,
+        dport,
+        saddr,
+        daddr,
+    }
 }
 
 #[inline(always)]

@@ -328,6 +328,8 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
 mod tests {
     use std::path::Path;
 
+    use sensor_common::net::{PROTO_ICMP, PROTO_ICMPV6};
+
     use super::*;
     use crate::policy::model::parse_file;
 
@@ -387,6 +389,38 @@ spec:
         assert!(deny[0].identity >= FIRST_CIDR_IDENTITY);
         assert_eq!(c.ipcache[&Cidr::parse("192.0.2.0/24").expect("cidr")], deny[0].identity);
         assert_eq!(c.ipcache[&Cidr::parse("10.77.0.1").expect("host")], IDENTITY_HOST);
+    }
+
+    #[test]
+    fn icmps_compile_to_icmp_entries_keyed_by_type() {
+        let (policies, _) = parse_file(
+            Path::new("p.yaml"),
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ping, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    icmps: [{fields: [{type: 8}, {type: EchoRequest, family: IPv6}]}]
+",
+        )
+        .expect("policy");
+        let c = compile(&policies, &endpoints());
+        let db = c.local.iter().find(|e| e.name == "db").expect("db");
+        let keys: Vec<_> = c
+            .allow
+            .iter()
+            .filter(|(e, _)| e.endpoint_id == db.id)
+            .map(|(e, m)| (e.protocol, e.port, m.match_type))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Some(PROTO_ICMP), Some((8, 16)), MATCH_L3_L4),
+                (Some(PROTO_ICMPV6), Some((128, 16)), MATCH_L3_L4),
+            ]
+        );
     }
 
     #[test]

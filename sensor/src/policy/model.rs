@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use sensor_common::net::{PROTO_ICMP, PROTO_ICMPV6};
+
 use super::{cidr::Cidr, selector::Selector};
 
 /// Where a document starts, for messages.
@@ -64,7 +66,8 @@ pub enum Peer {
     Entity(Entity),
 }
 
-/// An inclusive port range on one protocol (`None` = TCP, UDP and SCTP).
+/// An inclusive port range on one protocol (`None` = TCP, UDP and SCTP). For ICMP and ICMPv6
+/// (from `icmps`) the "port" is the message type, as in Cilium's policy map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
     pub protocol: Option<u8>,
@@ -238,7 +241,7 @@ struct CiliumEntry {
     to_entities: Option<Vec<String>>,
     #[serde(rename = "toPorts")]
     to_ports: Option<Vec<CiliumPortRule>>,
-    icmps: Option<Value>,
+    icmps: Option<Vec<IcmpRule>>,
     #[serde(rename = "toFQDNs")]
     to_fqdns: Option<Value>,
     #[serde(rename = "toServices")]
@@ -281,6 +284,72 @@ struct CiliumPortRule {
     #[serde(rename = "terminatingTLS")]
     terminating_tls: Option<Value>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpRule {
+    #[serde(default)]
+    fields: Vec<IcmpField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpField {
+    /// `IPv4` (default) or `IPv6`.
+    family: Option<String>,
+    #[serde(rename = "type")]
+    icmp_type: IntOrString,
+}
+
+/// Cilium's limit on `fields` per ICMP rule (`maxICMPFields`).
+const MAX_ICMP_FIELDS: usize = 40;
+
+/// Cilium's ICMP type names (pkg/policy/api/icmp.go), per family.
+const ICMPV4_TYPES: &[(&str, u8)] = &[
+    ("EchoReply", 0),
+    ("DestinationUnreachable", 3),
+    ("Redirect", 5),
+    ("Echo", 8),
+    ("EchoRequest", 8),
+    ("RouterAdvertisement", 9),
+    ("RouterSelection", 10),
+    ("TimeExceeded", 11),
+    ("ParameterProblem", 12),
+    ("Timestamp", 13),
+    ("TimestampReply", 14),
+    ("Photuris", 40),
+    ("ExtendedEchoRequest", 42),
+    ("ExtendedEchoReply", 43),
+];
+const ICMPV6_TYPES: &[(&str, u8)] = &[
+    ("DestinationUnreachable", 1),
+    ("PacketTooBig", 2),
+    ("TimeExceeded", 3),
+    ("ParameterProblem", 4),
+    ("EchoRequest", 128),
+    ("EchoReply", 129),
+    ("MulticastListenerQuery", 130),
+    ("MulticastListenerReport", 131),
+    ("MulticastListenerDone", 132),
+    ("RouterSolicitation", 133),
+    ("RouterAdvertisement", 134),
+    ("NeighborSolicitation", 135),
+    ("NeighborAdvertisement", 136),
+    ("RedirectMessage", 137),
+    ("RouterRenumbering", 138),
+    ("ICMPNodeInformationQuery", 139),
+    ("ICMPNodeInformationResponse", 140),
+    ("InverseNeighborDiscoverySolicitation", 141),
+    ("InverseNeighborDiscoveryAdvertisement", 142),
+    ("HomeAgentAddressDiscoveryRequest", 144),
+    ("HomeAgentAddressDiscoveryReply", 145),
+    ("MobilePrefixSolicitation", 146),
+    ("MobilePrefixAdvertisement", 147),
+    ("DuplicateAddressRequestCodeSuffix", 157),
+    ("DuplicateAddressConfirmationCodeSuffix", 158),
+    ("ExtendedEchoRequest", 160),
+    ("ExtendedEchoReply", 161),
+];
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -518,7 +587,6 @@ impl DocContext<'_> {
                 ),
             ));
         }
-        self.warn_unenforced(e.icmps.is_some(), "icmps", "ICMP type rules");
         self.warn_unenforced(e.to_fqdns.is_some(), "toFQDNs", "DNS-based rules need an L7 proxy");
         self.warn_unenforced(e.to_services.is_some(), "toServices", "service selectors");
         self.warn_unenforced(
@@ -601,6 +669,27 @@ impl DocContext<'_> {
                 }
             }
         }
+        if let Some(icmps) = e.icmps.filter(|rules| !rules.is_empty()) {
+            if has_l4 {
+                return Err(self.error(
+                    "icmps",
+                    "the ICMPs block may only be present without toPorts; define a separate \
+                     rule to use toPorts",
+                ));
+            }
+            has_l4 = true;
+            for rule in icmps {
+                if rule.fields.len() > MAX_ICMP_FIELDS {
+                    return Err(self.error(
+                        "icmps",
+                        format!("more than {MAX_ICMP_FIELDS} ICMP fields in one rule"),
+                    ));
+                }
+                for field in &rule.fields {
+                    ports.push(self.icmp_field(field)?);
+                }
+            }
+        }
         if !has_l3 && !has_l4 {
             return Ok(None); // `{}`: matches nothing, but still makes the direction default-deny
         }
@@ -624,6 +713,35 @@ impl DocContext<'_> {
             })
             .collect::<Result<_, _>>()?;
         Ok(Peer::Cidr { net, except })
+    }
+
+    /// One `icmps` field: the type (number or Cilium's name for the family) as the port of an
+    /// ICMP or ICMPv6 entry.
+    fn icmp_field(&self, field: &IcmpField) -> Result<PortRange, ParseError> {
+        let (protocol, names) = match field.family.as_deref().unwrap_or("IPv4") {
+            "IPv4" => (PROTO_ICMP, ICMPV4_TYPES),
+            "IPv6" => (PROTO_ICMPV6, ICMPV6_TYPES),
+            other => {
+                return Err(
+                    self.error("family", format!("unknown ICMP family {other:?} (IPv4 or IPv6)"))
+                );
+            }
+        };
+        let family = if protocol == PROTO_ICMP { "IPv4" } else { "IPv6" };
+        let icmp_type = match &field.icmp_type {
+            IntOrString::Int(n) => u8::try_from(*n)
+                .map_err(|_| self.error("type", format!("ICMP type {n} out of range (0-255)")))?,
+            IntOrString::Str(s) => match s.parse::<u8>() {
+                Ok(n) => n,
+                Err(_) => {
+                    names.iter().find(|(name, _)| name == s).map(|(_, n)| *n).ok_or_else(|| {
+                        self.error("type", format!("ICMP type {s:?} not found in {family}"))
+                    })?
+                }
+            },
+        };
+        let port = u16::from(icmp_type);
+        Ok(PortRange { protocol: Some(protocol), first: port, last: port })
     }
 
     /// A port entry; `None` (with a warning) for a named port.
@@ -854,6 +972,56 @@ spec:
         let err = parse("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: b}\nspec:\n  endpointSelector: {}\n  ingres: []\n")
             .expect_err("unknown field");
         assert!(err.message.contains("ingres"), "{err}");
+    }
+
+    #[test]
+    fn icmps_become_icmp_type_ports_by_number_or_name() {
+        let (p, w) = parse(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ping, namespace: shop}
+spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{}]
+    icmps: [{fields: [{type: 8, family: IPv4}, {type: EchoRequest, family: IPv6}, {type: \"13\"}]}]
+  egressDeny:
+  - icmps: [{fields: [{type: TimeExceeded}]}]
+",
+        )
+        .expect("valid");
+        assert!(w.is_empty(), "icmps must not warn: {w:?}");
+        let icmp = |protocol, t| PortRange { protocol: Some(protocol), first: t, last: t };
+        assert_eq!(
+            p[0].ingress[0].ports,
+            vec![icmp(PROTO_ICMP, 8), icmp(PROTO_ICMPV6, 128), icmp(PROTO_ICMP, 13)]
+        );
+        assert!(p[0].ingress[0].peers.is_some());
+        assert_eq!(p[0].egress_deny[0].ports, vec![icmp(PROTO_ICMP, 11)]);
+        assert!(p[0].egress_deny[0].peers.is_none());
+    }
+
+    #[test]
+    fn bad_icmps_are_errors_with_line() {
+        let doc = |rule: &str| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  endpointSelector: {{}}\n  ingress:\n  - fromEntities: [world]\n{rule}"
+            )
+        };
+        let err = parse(&doc("    icmps: [{fields: [{type: Echo, family: IPv6}]}]\n"))
+            .expect_err("IPv4 name in IPv6");
+        assert!(err.message.contains("\"Echo\" not found in IPv6"), "{err}");
+        assert_eq!(err.origin.line, 8, "{err}");
+        let err = parse(&doc("    icmps: [{fields: [{type: 256}]}]\n")).expect_err("range");
+        assert!(err.message.contains("out of range"), "{err}");
+        let err =
+            parse(&doc("    icmps: [{fields: [{type: 8, family: IPv5}]}]\n")).expect_err("family");
+        assert!(err.message.contains("IPv5"), "{err}");
+        let err = parse(&doc(
+            "    toPorts: [{ports: [{port: \"80\"}]}]\n    icmps: [{fields: [{type: 8}]}]\n",
+        ))
+        .expect_err("icmps with toPorts");
+        assert!(err.message.contains("without toPorts"), "{err}");
     }
 
     #[test]
