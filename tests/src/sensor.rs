@@ -30,7 +30,8 @@ pub fn sensor_bin() -> PathBuf {
 pub struct Sensor {
     child: Option<Child>,
     netns: PathBuf,
-    config: PathBuf,
+    /// Config file written by [`Sensor::start`], removed on drop.
+    config: Option<PathBuf>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -41,15 +42,28 @@ impl Sensor {
     pub fn start(node: &Netns, config_yaml: &str, args: &[&str]) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", unique("se2e-cfg-")));
         fs::write(&config, config_yaml).expect("write config");
+        let mut argv: Vec<String> = vec!["run".into(), "--config".into()];
+        argv.push(config.display().to_string());
+        argv.extend(["--metrics-addr".into(), format!("127.0.0.1:{PORT}")]);
+        argv.extend(["--node-name".into(), "e2e-node".into()]);
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        Self::launch(node, &[], &argv, Some(config))
+    }
+
+    /// Starts `WRAPPER... sensor ARGV...` in `node` with exactly these arguments (nothing is
+    /// added; the HTTP server must listen on [`PORT`]), and waits until `/readyz` answers 200.
+    /// `wrapper` is a command that execs the rest, e.g. `setpriv ... --`.
+    pub fn start_argv(node: &Netns, wrapper: &[String], argv: &[String]) -> Self {
+        Self::launch(node, wrapper, argv, None)
+    }
+
+    fn launch(node: &Netns, wrapper: &[String], argv: &[String], config: Option<PathBuf>) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", node.path().display()))
             .arg("--")
+            .args(wrapper)
             .arg(sensor_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(["--metrics-addr", &format!("127.0.0.1:{PORT}"), "--node-name", "e2e-node"])
-            .args(args)
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -174,7 +188,9 @@ impl Drop for Sensor {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = fs::remove_file(&self.config);
+        if let Some(config) = &self.config {
+            let _ = fs::remove_file(config);
+        }
         if std::thread::panicking() {
             eprintln!("--- sensor log ---\n{}", self.log());
         }

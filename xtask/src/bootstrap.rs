@@ -87,14 +87,65 @@ fn ensure_bpf_linker(tools_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Debian packages the end-to-end tests drive: ip/tc (iproute2), nsenter (util-linux), curl.
+/// Python packages of the deploy/ tests, pinned: `kubernetes-validate` checks manifests
+/// against the Kubernetes schemas it ships (offline), `jsonschema` and `PyYAML` check the
+/// example host policies against the CRD's schema.
+const PYTHON_PACKAGES: [&str; 3] =
+    ["kubernetes-validate==1.37.0", "jsonschema==4.26.0", "PyYAML==6.0.3"];
+
+/// Debian packages the end-to-end tests drive: ip/tc (iproute2), nsenter (util-linux), curl,
+/// python3 with pip; the Python packages above; and a check that kubectl (for `kubectl kustomize`) is there.
 pub fn ensure_test_packages() -> anyhow::Result<()> {
+    ensure_debian_packages()?;
+    ensure_python_packages()?;
+    if !on_path("kubectl") {
+        bail!(
+            "kubectl is missing: the deploy/ tests render the manifests with `kubectl kustomize` \
+             (kubectl >= 1.27; Debian's kubernetes-client is too old), see \
+             https://kubernetes.io/docs/tasks/tools/"
+        );
+    }
+    Ok(())
+}
+
+fn ensure_python_packages() -> anyhow::Result<()> {
+    let versions = |program: &str| -> Option<String> {
+        let out = Command::new("python3")
+            .args(["-c", program])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let installed = versions(
+        "import importlib.metadata as m; \
+         print(' '.join(p + '==' + m.version(p) for p in \
+         ['kubernetes-validate', 'jsonschema', 'PyYAML']))",
+    );
+    if installed.as_deref() == Some(PYTHON_PACKAGES.join(" ").as_str())
+        && on_path("kubernetes-validate")
+    {
+        return Ok(());
+    }
+    // PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses pip installs without it; pip
+    // versions that predate it ignore it.
+    status(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES)
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1"),
+    )
+}
+
+fn ensure_debian_packages() -> anyhow::Result<()> {
     let needed: Vec<&str> = [
         ("ip", "iproute2"),
         ("tc", "iproute2"),
         ("nsenter", "util-linux"),
         ("setpriv", "util-linux"),
         ("curl", "curl"),
+        ("python3", "python3"),
+        ("pip3", "python3-pip"),
     ]
     .into_iter()
     .filter(|(tool, _)| !on_path(tool))
