@@ -138,7 +138,7 @@ fn ensure_python_packages() -> anyhow::Result<()> {
 }
 
 fn ensure_debian_packages() -> anyhow::Result<()> {
-    let needed: Vec<&str> = [
+    install_missing(&[
         ("ip", "iproute2"),
         ("tc", "iproute2"),
         ("nsenter", "util-linux"),
@@ -146,19 +146,39 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
         ("curl", "curl"),
         ("python3", "python3"),
         ("pip3", "python3-pip"),
-    ]
-    .into_iter()
-    .filter(|(tool, _)| !on_path(tool))
-    .map(|(_, package)| package)
-    .collect();
+    ])
+}
+
+/// The test tools plus what `cargo xtask bench` drives: iperf3, nft, bpftool (program and map
+/// names), ss.
+pub fn ensure_bench_packages() -> anyhow::Result<()> {
+    ensure_test_packages()?;
+    install_missing(&[
+        ("iperf3", "iperf3"),
+        ("nft", "nftables"),
+        ("bpftool", "bpftool"),
+        ("ss", "iproute2"),
+    ])
+}
+
+/// Installs the Debian package of each (tool, package) whose tool is not on PATH.
+fn install_missing(tools: &[(&str, &'static str)]) -> anyhow::Result<()> {
+    let mut needed: Vec<&str> =
+        tools.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| *package).collect();
+    needed.dedup();
     if needed.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing test tools; install the Debian packages: {}", needed.join(" "));
+        bail!("missing tools; install the Debian packages: {}", needed.join(" "));
     }
     status(Command::new("apt-get").arg("update").arg("-q"))?;
-    status(Command::new("apt-get").args(["install", "-y", "-q"]).args(&needed))
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&needed)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn on_path(tool: &str) -> bool {

@@ -5,7 +5,10 @@
 //! - `build`: the release `sensor` binary with its eBPF object embedded.
 //! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root).
 //! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests.
+//! - `bench [--quick]`: datapath, agent and policy-update figures as ratios to baselines
+//!   measured in the same run (root; namespaces it creates only).
 
+mod bench;
 mod bootstrap;
 
 use std::{
@@ -29,13 +32,21 @@ fn main() -> anyhow::Result<()> {
         "build" => build(&root).map(drop),
         "run" => run(&root, &rest),
         "test" => test(&root),
+        "bench" => {
+            let (_, sensor) = build(&root)?;
+            bootstrap::ensure_bench_packages()?;
+            bench::bench(&root, &sensor, &rest)
+        }
+        // The bench's own client/server processes, run inside its namespaces.
+        "__bench-helper" => bench::helper_main(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test>\n\n\
+                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]>\n\n\
                  bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
                  build      build target/release/sensor with its eBPF programs\n\
                  run        build, then run `sensor run ARGS...` (root)\n\
-                 test       fmt, clippy, unit tests and privileged end-to-end tests (root)"
+                 test       fmt, clippy, unit tests and privileged end-to-end tests (root)\n\
+                 bench      benchmarks against same-run baselines (root); writes target/bench/"
             );
             if command.is_empty() || command == "help" || command == "--help" {
                 Ok(())

@@ -1,0 +1,281 @@
+//! Datapath family: TCP throughput (iperf3), request/response with 1 and 16 streams and
+//! connection rate through client ns → node ns → server ns, in five configurations: no sensor
+//! (baseline), sensor in detect mode, enforce with a small allow policy, enforce with 10,000
+//! CIDR rules and 100 endpoints, and nftables with the equivalent 10,000 rules. With the
+//! sensor: its RSS and CPU idle and under each load, BPF map memory, and the per-packet cost
+//! of each tc program from kernel.bpf_stats_enabled minus the stats floor.
+
+use std::{collections::BTreeMap, fs, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    Ctx, add,
+    bpf::{self, EmptyProg},
+    env::{self, IPERF_PORT, Proc, RR_PORT, Sensor, SysctlGuard, check_interrupted},
+    load,
+    report::{Figure, Target},
+    scenario,
+};
+
+const FAMILY: &str = "datapath";
+const AGENT: &str = "agent";
+pub const BASELINE: &str = "no-sensor";
+const DETECT: &str = "detect";
+const ENFORCE: &str = "enforce";
+const ENFORCE_10K: &str = "enforce-10k-cidr";
+const NFT_10K: &str = "nftables-10k";
+const CONFIGS: [&str; 5] = [BASELINE, DETECT, ENFORCE, ENFORCE_10K, NFT_10K];
+const RULES: usize = 10_000;
+
+/// The nftables table of the nftables configuration, deleted on drop.
+struct NftTable<'a> {
+    ctx: &'a Ctx<'a>,
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        let _ = self.ctx.topo.node.run(&["nft", "delete", "table", "inet", "sbench"]);
+    }
+}
+
+fn setup<'a>(
+    ctx: &'a Ctx<'a>,
+    config: &str,
+) -> anyhow::Result<(Option<Sensor>, Option<NftTable<'a>>)> {
+    let t = ctx.topo;
+    let dir = ctx.dir.join(config);
+    let policies = dir.join("policies");
+    fs::create_dir_all(&policies)?;
+    let sensor = |mode: &str, endpoints: String, policy: String| -> anyhow::Result<Sensor> {
+        fs::write(dir.join("endpoints.yaml"), endpoints)?;
+        fs::write(policies.join("bench.yaml"), policy)?;
+        let yaml = format!(
+            "mode: {mode}\npolicy_dir: {}\nendpoints_file: {}\n",
+            policies.display(),
+            dir.join("endpoints.yaml").display()
+        );
+        Sensor::start(ctx.sensor_bin, &t.node, &dir, config, &yaml)
+    };
+    Ok(match config {
+        DETECT => {
+            (Some(sensor("detect", scenario::endpoints_small(t), scenario::policy_small())?), None)
+        }
+        ENFORCE => {
+            (Some(sensor("enforce", scenario::endpoints_small(t), scenario::policy_small())?), None)
+        }
+        ENFORCE_10K => (
+            Some(sensor(
+                "enforce",
+                scenario::endpoints_100(t),
+                scenario::policy_cidr(RULES, true),
+            )?),
+            None,
+        ),
+        NFT_10K => {
+            let file = dir.join("rules.nft");
+            fs::write(&file, scenario::nft_rules(RULES, t.server_ip))?;
+            let guard = NftTable { ctx };
+            t.node.run(&["nft", "-f", &file.display().to_string()])?;
+            (None, Some(guard))
+        }
+        _ => (None, None),
+    })
+}
+
+/// The loads, each returning one rate sample.
+const LOADS: [(&str, &str); 4] = [
+    ("tcp_stream", "Gbit/s"),
+    ("tcp_rr_1", "tx/s"),
+    ("tcp_rr_16", "tx/s"),
+    ("tcp_crr_4", "conn/s"),
+];
+
+fn run_load(ctx: &Ctx, load: &str) -> anyhow::Result<f64> {
+    let t = ctx.topo;
+    let rr_addr = format!("{}:{RR_PORT}", t.server_ip);
+    let crr_addr = format!("{}:{}", t.server_ip, RR_PORT + 1);
+    let secs = ctx.opts.secs.to_string();
+    match load {
+        "tcp_stream" => {
+            let out = env::output(t.client.pinned("iperf3").args([
+                "-c",
+                &t.server_ip.to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+                "-t",
+                &ctx.opts.iperf_secs.to_string(),
+                "-J",
+            ]))?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+            v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .map(|b| b / 1e9)
+                .context("no end.sum_received.bits_per_second in iperf3 output")
+        }
+        "tcp_rr_1" => load::rate(&load::run_helper(&t.client, &["rr", &rr_addr, "1", &secs])?),
+        "tcp_rr_16" => load::rate(&load::run_helper(&t.client, &["rr", &rr_addr, "16", &secs])?),
+        "tcp_crr_4" => load::rate(&load::run_helper(&t.client, &["crr", &crr_addr, "4", &secs])?),
+        _ => bail!("unknown load {load}"),
+    }
+}
+
+pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>, floor: &EmptyProg) -> anyhow::Result<()> {
+    let t = ctx.topo;
+    let _server = load::start_server(&t.server, t.server_ip, RR_PORT)?;
+    let _iperf = Proc::spawn(
+        t.server
+            .pinned("iperf3")
+            .args(["-s", "-B", &t.server_ip.to_string(), "-p"])
+            .arg(IPERF_PORT.to_string())
+            .stdout(std::process::Stdio::null()),
+        "iperf3 server",
+    )?;
+    env::sleep(std::time::Duration::from_millis(300))?;
+    for config in CONFIGS {
+        check_interrupted()?;
+        eprintln!("bench: datapath, {config}");
+        let (mut sensor, _nft) = setup(ctx, config)?;
+        // Warm-up, and proof that the allowed traffic passes in this configuration.
+        run_load(ctx, "tcp_rr_1")
+            .with_context(|| format!("traffic does not pass with {config}"))?;
+        if let Some(s) = &sensor {
+            idle(ctx, s.pid(), config, figs)?;
+        }
+        for _ in 0..ctx.opts.runs {
+            for (load, unit) in LOADS {
+                check_interrupted()?;
+                let before = sensor
+                    .as_ref()
+                    .map(|s| (s.pid(), Instant::now(), scenario::cpu_seconds(s.pid())));
+                let rate = run_load(ctx, load).with_context(|| format!("{load} with {config}"))?;
+                let mut f = Figure::new(FAMILY, load, config, unit).baseline(BASELINE);
+                if load.starts_with("tcp_rr") && matches!(config, ENFORCE | ENFORCE_10K) {
+                    f = f.target(Target::RatioAtLeastAndAbove(0.95, NFT_10K));
+                }
+                add(figs, f, rate);
+                if let Some((pid, start, Ok(cpu0))) = before {
+                    let cpu = (scenario::cpu_seconds(pid)? - cpu0) / start.elapsed().as_secs_f64();
+                    add(figs, agent_fig(&format!("cpu_{load}"), config, "% CPU"), cpu * 100.0);
+                    add(figs, rss_fig(&format!("rss_{load}"), config), scenario::rss_mib(pid)?);
+                }
+            }
+        }
+        if let Some(s) = &mut sensor {
+            s.check_alive()?;
+            program_cost(ctx, s.pid(), config, figs, floor)?;
+            for _ in 0..ctx.opts.runs {
+                map_memory(s.pid(), config, figs)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn agent_fig(name: &str, config: &str, unit: &'static str) -> Figure {
+    Figure::new(AGENT, name, config, unit).baseline(DETECT)
+}
+
+fn rss_fig(name: &str, config: &str) -> Figure {
+    let f = agent_fig(name, config, "MiB");
+    if config == ENFORCE_10K {
+        f.target(Target::AtMost(64.0)).note("100 endpoints, 10,000 rules")
+    } else {
+        f
+    }
+}
+
+/// RSS and CPU with no traffic, after a short settle.
+fn idle(ctx: &Ctx, pid: u32, config: &str, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
+    env::sleep(std::time::Duration::from_secs(1))?;
+    for _ in 0..ctx.opts.runs {
+        let (t0, c0) = (Instant::now(), scenario::cpu_seconds(pid)?);
+        env::sleep(std::time::Duration::from_millis(400))?;
+        let cpu = (scenario::cpu_seconds(pid)? - c0) / t0.elapsed().as_secs_f64();
+        add(figs, agent_fig("cpu_idle", config, "% CPU"), cpu * 100.0);
+        add(figs, rss_fig("rss_idle", config), scenario::rss_mib(pid)?);
+    }
+    Ok(())
+}
+
+/// Per-packet cost of each of the sensor's tc programs: Δrun_time_ns / Δrun_cnt over a
+/// 16-stream request/response run with kernel.bpf_stats_enabled=1, minus the stats floor
+/// (the same reading for an empty tc program, measured in between).
+fn program_cost(
+    ctx: &Ctx,
+    pid: u32,
+    config: &str,
+    figs: &mut Vec<Figure>,
+    floor: &EmptyProg,
+) -> anyhow::Result<()> {
+    let names = bpf::names("prog");
+    let rr_addr = format!("{}:{RR_PORT}", ctx.topo.server_ip);
+    let secs = ctx.opts.prog_secs.to_string();
+    let _stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1")?;
+    for _ in 0..ctx.opts.runs {
+        let f0 = floor.stats()?;
+        floor.test_run(200_000)?;
+        let f1 = floor.stats()?;
+        let floor_ns =
+            (f1.run_time_ns - f0.run_time_ns) as f64 / (f1.run_cnt - f0.run_cnt).max(1) as f64;
+        add(
+            figs,
+            Figure::new("program", "stats_floor", "empty-program", "ns")
+                .note("empty tc program, BPF_PROG_TEST_RUN"),
+            floor_ns,
+        );
+        let before = bpf::process_objects(pid)?.0;
+        load::run_helper(&ctx.topo.client, &["rr", &rr_addr, "16", &secs])?;
+        let after = bpf::process_objects(pid)?.0;
+        for (id, a) in &after {
+            let Some(b) = before.get(id) else { continue };
+            let (name, ty) =
+                names.get(id).cloned().unwrap_or_else(|| (format!("prog{id}"), String::new()));
+            let runs = a.run_cnt - b.run_cnt;
+            if runs < 1000 || !(ty.is_empty() || ty == "sched_cls") {
+                continue;
+            }
+            let raw = (a.run_time_ns - b.run_time_ns) as f64 / runs as f64;
+            let mut f =
+                Figure::new("program", &format!("{name}_net"), config, "ns").baseline(DETECT);
+            if config == ENFORCE_10K {
+                f = f.target(Target::AtMost(100.0));
+            }
+            add(figs, f, raw - floor_ns);
+            add(
+                figs,
+                Figure::new("program", &format!("{name}_raw"), config, "ns").baseline(DETECT),
+                raw,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sum of memlock over the maps the sensor holds (the kernel's accounting of map memory),
+/// read once per run like the other figures.
+fn map_memory(pid: u32, config: &str, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let maps = bpf::process_objects(pid)?.1;
+    let names = bpf::names("map");
+    let total: u64 = maps.values().sum();
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    for (id, bytes) in &maps {
+        let name = names.get(id).map_or_else(|| format!("map{id}"), |n| n.0.clone());
+        *by_name.entry(name).or_default() += bytes;
+    }
+    let mut largest: Vec<(String, u64)> = by_name.into_iter().collect();
+    largest.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let note = largest
+        .iter()
+        .take(4)
+        .map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    add(
+        figs,
+        agent_fig("bpf_map_memlock", config, "MiB")
+            .note(format!("{} maps; largest: {note}", maps.len())),
+        total as f64 / 1048576.0,
+    );
+    Ok(())
+}
