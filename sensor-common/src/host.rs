@@ -83,8 +83,12 @@ pub enum Action {
     Audit = 1,
     /// A Block policy matched in detect mode: reported, the operation went ahead.
     WouldBlock = 2,
-    /// A Block policy matched in enforce mode: the operation failed or the process was killed.
+    /// A Block policy matched in enforce mode: the operation did not happen (the bind failed,
+    /// or the process was killed before it could use what it asked for).
     Blocked = 3,
+    /// A Block policy matched in enforce mode at syscall entry: the process was killed, but
+    /// the kernel may still complete that one call (unlink, rename, denied syscalls).
+    Killed = 4,
 }
 
 /// [`EventHeader::flags`] bits.

@@ -25,7 +25,7 @@ pub struct Header {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// `observed`, `audit`, `would_block` or `blocked`.
+    /// `observed`, `audit`, `would_block`, `blocked` or `killed`.
     pub action: &'static str,
     /// 1 + the deciding policy's mask bit; 0 for none.
     pub policy: u32,
@@ -174,6 +174,7 @@ fn header(raw: &EventHeader) -> Header {
         a if a == Action::Audit as u32 => "audit",
         a if a == Action::WouldBlock as u32 => "would_block",
         a if a == Action::Blocked as u32 => "blocked",
+        a if a == Action::Killed as u32 => "killed",
         _ => "observed",
     };
     Header {
@@ -227,8 +228,11 @@ fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
         _ => "unlink",
     };
     let path = text(&raw.path, raw.path_len as usize);
-    let new_path =
-        (raw.op == FILE_OP_RENAME).then(|| normalize(&text(&raw.path2, raw.path2_len as usize)));
+    // A rename's destination comes as given; relative ones are resolved by the formatter.
+    let new_path = (raw.op == FILE_OP_RENAME).then(|| {
+        let p = text(&raw.path2, raw.path2_len as usize);
+        if p.starts_with('/') { normalize(&p) } else { p }
+    });
     Ok(FileOp {
         header: header(&raw.header),
         operation,

@@ -63,6 +63,26 @@ pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(),
             .attach("sched", name)
             .map_err(fail(&format!("attaching tracepoint sched/{name}")))?;
     }
+    // Unlink and rename: one small program per syscall.
+    for (name, tracepoints) in [
+        ("sys_enter_unlinkat", &["sys_enter_unlinkat"][..]),
+        ("sys_enter_unlink", &["sys_enter_unlink"][..]),
+        ("sys_enter_rmdir", &["sys_enter_rmdir"][..]),
+        ("sys_enter_rename", &["sys_enter_rename"][..]),
+        ("sys_enter_renameat", &["sys_enter_renameat"][..]),
+        ("sys_enter_renameat2", &["sys_enter_renameat2"][..]),
+    ] {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram("unlink/rename tracepoint"))?;
+        program.load().map_err(fail(&format!("loading {name}")))?;
+        for tracepoint in tracepoints {
+            program
+                .attach("syscalls", tracepoint)
+                .map_err(fail(&format!("attaching tracepoint syscalls/{tracepoint}")))?;
+        }
+    }
     for name in ["sys_enter", "sys_exit"] {
         let program: &mut RawTracePoint = ebpf
             .program_mut(name)

@@ -270,3 +270,69 @@ fn opens_outside_watched_prefixes_produce_no_events_and_root_can_be_forbidden() 
     );
     assert_eq!(files.len(), 1, "{files:?}");
 }
+
+#[test]
+fn unlink_rename_connect_and_denied_syscalls() {
+    if !privileged() {
+        return;
+    }
+    let pod = pod();
+    let data = pod.data();
+    fs::write(format!("{data}/secret/old"), "x").expect("old");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let policy = format!(
+        "apiVersion: sensor.dev/v1alpha1
+kind: HostPolicy
+metadata: {{name: no-tampering}}
+spec:
+  selector: {{podSelector: {{matchLabels: {{app: web}}}}}}
+  action: Block
+  files: [{{prefix: {data}/secret/, access: [delete, rename]}}]
+  syscalls: [{{names: [unshare]}}]
+"
+    );
+    let sensor = pod.start("enforce", &policy);
+
+    // Relative unlink from inside the directory: decided on cwd + name, the caller is killed
+    // at syscall entry ("killed": the kernel may still complete that one unlink).
+    let (status, _) = pod.sh(&format!("cd {data}/secret && exec rm -f token"));
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{status:?}\n{}\n{:?}",
+        sensor.log(),
+        sensor.events().iter().filter(|v| v.get("process_exec").is_none()).collect::<Vec<_>>()
+    );
+    let event = sensor.wait_event("blocked unlink", |v| {
+        v["process_file"]["operation"] == "unlink" && v["process_file"]["action"] == "killed"
+    });
+    assert_eq!(event["process_file"]["path"], format!("{data}/secret/token"), "{event}");
+    assert_eq!(event["process_file"]["access"], serde_json::json!(["delete"]), "{event}");
+
+    let (status, _) = pod.sh(&format!("exec mv {data}/secret/old {data}/moved"));
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let event = sensor.wait_event("blocked rename", |v| {
+        v["process_file"]["operation"] == "rename" && v["process_file"]["action"] == "killed"
+    });
+    assert_eq!(event["process_file"]["new_path"], format!("{data}/moved"), "{event}");
+
+    // A denied syscall kills the caller.
+    let (status, _) = pod.sh("exec unshare -U true");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    sensor.wait_event("blocked syscall", |v| {
+        v["process_syscall"]["syscall"] == "unshare" && v["process_syscall"]["action"] == "killed"
+    });
+
+    // Connects from the pod are reported.
+    let mut child = pod.cgroup.spawn(Command::new(env!("CARGO_BIN_EXE_host-probe")).args([
+        "connect",
+        "tcp",
+        &port.to_string(),
+    ]));
+    assert!(child.wait().expect("wait").success());
+    sensor.wait_event("observed connect", |v| {
+        v["process_socket"]["operation"] == "connect" && v["process_socket"]["port"] == port
+    });
+    drop(listener);
+}

@@ -7,7 +7,10 @@ use aya::programs::links::LinkType;
 use sensor_e2e::{Netns, Sensor, Veth, privileged, run, unique, wait_until};
 
 /// Program names as the kernel keeps them (15 bytes: both sched_process_* share a prefix).
-const OUR_PROGRAMS: [&str; 9] = [
+const OUR_PROGRAMS: [&str; 12] = [
+    "sys_enter_unlin",
+    "sys_enter_rmdir",
+    "sys_enter_renam",
     "tc_ingress",
     "tc_egress",
     "sched_process_e",
@@ -53,9 +56,13 @@ fn sigterm_leaves_no_filter_link_or_program_behind() {
         .filter(|(_, name)| OUR_PROGRAMS.contains(&name.as_str()))
         .map(|(id, _)| *id)
         .collect();
-    assert_eq!(ours.len(), 10, "expected our 10 programs loaded, got {ours:?}");
+    assert_eq!(ours.len(), 16, "expected our 16 programs loaded, got {ours:?}");
     assert_eq!(links_of(&ours, Some(LinkType::Tcx)), 2, "expected tcx ingress and egress links");
-    assert_eq!(links_of(&ours, Some(LinkType::PerfEvent)), 2, "expected exec and exit tracepoints");
+    assert_eq!(
+        links_of(&ours, Some(LinkType::PerfEvent)),
+        8,
+        "expected exec, exit and six unlink/rename tracepoints"
+    );
     assert_eq!(links_of(&ours, Some(LinkType::RawTracePoint)), 2, "expected sys_enter/sys_exit");
     assert_eq!(links_of(&ours, Some(LinkType::Cgroup)), 4, "expected bind and connect hooks");
 

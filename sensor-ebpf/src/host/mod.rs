@@ -5,6 +5,7 @@ mod path;
 mod process;
 mod sock;
 mod syscalls;
+mod unlink;
 
 use aya_ebpf::{
     helpers::{
@@ -133,12 +134,14 @@ fn kill_current() {
     unsafe { bpf_send_signal(SIGKILL) };
 }
 
-/// Copies `record` into the ring buffer, counting a loss when it is full.
+/// Copies `record` into the ring buffer, counting a loss when it is full; false then.
 #[inline(always)]
-fn emit<T>(record: &T) {
+fn emit<T>(record: &T) -> bool {
     if HOST_EVENTS.output(record, 0).is_err() {
         count_loss(LossCounter::HostRingbufFull);
+        return false;
     }
+    true
 }
 
 #[inline(always)]

@@ -6,7 +6,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_probe_read_kernel as read_kernel_raw},
+        generated::{
+            bpf_get_current_task, bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user,
+            bpf_probe_read_user_str,
+        },
     },
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
@@ -20,6 +23,7 @@ use sensor_common::host::{
 /// component always stays inside.
 const SCRATCH_LEN: usize = 1024 + MAX_COMPONENT_LEN;
 const SCRATCH_MASK: u32 = 1023;
+const AT_FDCWD: i64 = -100;
 
 #[map]
 static KEY_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);
@@ -211,6 +215,64 @@ pub fn write_path(
     out[len as usize & (MAX_PATH_LEN - 1)] = 0;
     // SAFETY: as above.
     (len, unsafe { core::ptr::read_volatile(truncated_ptr) } != 0)
+}
+
+/// Writes the path a syscall named (user memory): absolute as given, or relative to the
+/// directory descriptor `dfd` (`AT_FDCWD`: the working directory). `..` is not resolved here
+/// (userspace normalises what it reports). Returns its length and whether it was cut.
+#[inline(always)]
+pub fn write_user_path(
+    o: &KernelOffsets,
+    dfd: i64,
+    user_path: *const u8,
+    out: &mut [u8; PATH_SLOT_LEN],
+) -> (u32, bool) {
+    let mut first = 0_u8;
+    // SAFETY: reads one byte of user memory through the checked helper.
+    unsafe {
+        bpf_probe_read_user((&raw mut first).cast::<c_void>(), 1, user_path.cast::<c_void>())
+    };
+    if first == b'/' {
+        // SAFETY: the helper writes at most MAX_PATH_LEN bytes into `out`.
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                out.as_mut_ptr().cast::<c_void>(),
+                MAX_PATH_LEN as u32,
+                user_path.cast::<c_void>(),
+            )
+        };
+        if n <= 0 {
+            return (0, true);
+        }
+        let len = n as u32 - 1;
+        return (len, len + 1 >= MAX_PATH_LEN as u32);
+    }
+    let (root, pwd) = task_root_and_pwd(o);
+    let base = if dfd == AT_FDCWD || dfd < 0 {
+        pwd
+    } else {
+        let file = current_file(o, dfd as u32);
+        KPath::at(o, file.wrapping_add(o.file_path as usize))
+    };
+    let (mut len, truncated) = write_path(o, base, root, out);
+    if len > 1 {
+        out[len as usize & (MAX_PATH_LEN - 1)] = b'/';
+        len += 1;
+    }
+    let at = len as usize & (MAX_PATH_LEN - 1);
+    // SAFETY: `at` < MAX_PATH_LEN and the copy is at most one component: inside the slot.
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            out.as_mut_ptr().add(at).cast::<c_void>(),
+            MAX_COMPONENT_LEN as u32,
+            user_path.cast::<c_void>(),
+        )
+    };
+    if n <= 0 {
+        return (len, true);
+    }
+    let added = n as u32 - 1;
+    ((len + added) & (MAX_PATH_LEN as u32 - 1), truncated || added + 1 >= MAX_COMPONENT_LEN as u32)
 }
 
 /// The LPM lookup key for a NUL-terminated path of `len` bytes in `path`: matches prefix

@@ -11,6 +11,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use sensor_common::host::{
     Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED,
     FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
@@ -111,7 +112,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the thread group's end matters to the agent's process table.
     if (pid_tgid >> 32) as u32 != pid_tgid as u32 {
@@ -125,7 +126,11 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let mut event = ExitEvent { header: Default::default() };
     fill_header(&mut event.header, EventKind::Exit as u32, Action::Observed, 0);
-    emit(&event);
+    if !emit(&event) {
+        // Counted in EVENT_LOSS; the log line tells an operator why host events have gaps.
+        // (Logged here: the exec program is near the verifier's budget.)
+        warn!(&ctx, "host event ring buffer full: events lost");
+    }
     0
 }
 

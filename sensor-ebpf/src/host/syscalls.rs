@@ -40,7 +40,7 @@ const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 
 #[map]
-static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn reg(regs: *const u8, offset: u32) -> u64 {
@@ -62,10 +62,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Some(masks) = unsafe { SYSCALL_RULES.get(&id) }.copied()
         && let Some((action, policy)) = decide(config, scope, masks.audit, masks.block)
     {
+        let action = if action == Action::Blocked { Action::Killed } else { action };
         let mut event = SyscallEvent { header: Default::default(), nr: id, _pad: 0 };
         fill_header(&mut event.header, EventKind::Syscall as u32, action, policy);
         emit(&event);
-        if action == Action::Blocked {
+        if action == Action::Killed {
             kill_current();
             return 0;
         }

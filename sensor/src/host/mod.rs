@@ -56,21 +56,6 @@ impl HostRuntime {
         policies: Vec<HostPolicy>,
         endpoints: Endpoints,
     ) -> Result<(), HostApplyError> {
-        for policy in &policies {
-            for rule in &policy.files {
-                if rule
-                    .access
-                    .iter()
-                    .any(|a| matches!(a, policy::Access::Delete | policy::Access::Rename))
-                {
-                    tracing::warn!(
-                        "{}: host policy {}: file access `delete` and `rename` are not enforced yet (no unlink/rename hook); read, write and create are",
-                        policy.origin,
-                        policy.name
-                    );
-                }
-            }
-        }
         let inventory = Inventory::scan(&self.cgroup_root);
         let generation = self.maps.next_generation();
         let compiled = compile::compile(&policies, &endpoints, &inventory, generation);

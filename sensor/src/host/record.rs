@@ -131,7 +131,15 @@ impl HostFormatter {
                 let mut body = self.body(&op.header, &info);
                 body.operation = Some(op.operation);
                 body.path = Some(op.path);
-                body.new_path = op.new_path;
+                // The kernel sends a rename's destination as given: resolve a relative one
+                // against the process's working directory (as of its exec).
+                body.new_path = op.new_path.map(|p| {
+                    if p.starts_with('/') || info.cwd.is_empty() {
+                        p
+                    } else {
+                        crate::decode::normalize(&format!("{}/{p}", info.cwd))
+                    }
+                });
                 body.access = Some(op.access);
                 ("process_file", op.header, info, body)
             }
