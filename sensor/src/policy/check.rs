@@ -10,6 +10,10 @@ use crate::{cli::PolicyCheckArgs, flows::match_name};
 /// Returns the report, or the first error (file and line) as `Err`.
 pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
     let (policies, warnings) = load_policies(&args.paths)?;
+    let mut host_policies = Vec::new();
+    for path in &args.paths {
+        host_policies.extend(crate::host::policy::load(path)?);
+    }
     let endpoints = match &args.endpoints_file {
         Some(file) => Endpoints::load(file)?,
         None => Endpoints::default(),
@@ -21,6 +25,29 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
     for p in &policies {
         let ns = p.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
         let _ = writeln!(out, "ok: {} {ns}{} ({})", p.kind.as_str(), p.name, p.origin);
+    }
+    for h in &host_policies {
+        let scope = if h.scope.host {
+            "host processes".to_owned()
+        } else {
+            let ns = if h.scope.namespaces.is_empty() {
+                "all namespaces".to_owned()
+            } else {
+                h.scope.namespaces.join(",")
+            };
+            format!("pods in {ns} matching {:?}", h.scope.pod_selector.match_labels)
+        };
+        let _ = writeln!(
+            out,
+            "ok: HostPolicy {} ({}): {scope}; {} executable, {} file, {} bind, {} syscall rules{}",
+            h.name,
+            h.origin,
+            h.executables.len(),
+            h.files.len(),
+            h.binds.len(),
+            h.syscalls.len(),
+            if h.no_root.is_some() { ", noRoot" } else { "" },
+        );
     }
     if args.endpoints_file.is_none() {
         return Ok(out);
