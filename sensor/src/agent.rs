@@ -33,7 +33,7 @@ use crate::{
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
     metrics::{EventLabels, Metrics, ReasonLabels},
-    output::JsonLines,
+    outputs::{EventKind, OutputLine, Outputs},
     policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
 };
@@ -194,8 +194,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         "host hooks attached: sched_process_exec/exit tracepoints, raw sys_enter/sys_exit, cgroup bind/connect"
     );
     let clock = sys::BootClock::now().map_err(|e| AgentError::Io("reading clocks", e))?;
-    let (lines_tx, lines_rx) = mpsc::channel::<String>(4096);
-    let mut writer = tokio::spawn(write_lines(lines_rx));
+    let outputs = Outputs::start(&config.outputs, &config.node_name, &metrics.outputs)
+        .map_err(|e| AgentError::Io("starting outputs", e))?;
+    let (lines_tx, lines_rx) = mpsc::channel::<OutputLine>(4096);
+    let mut writer = tokio::spawn(outputs.run(lines_rx));
     let table_for_names = Arc::clone(&table);
     let formatter = FlowFormatter {
         node_name: config.node_name.clone(),
@@ -278,7 +280,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             }
             res = &mut gc => break Err(AgentError::Io("conntrack gc", flatten(res))),
             res = &mut net_reader => break Err(AgentError::Io("flow event reader", flatten(res))),
-            res = &mut writer => break Err(AgentError::Io("output writer", flatten(res))),
+            res = &mut writer => break Err(AgentError::Io("output fan-out", flatten(res))),
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             res = &mut watcher => break Err(match res {
@@ -358,18 +360,6 @@ fn flatten(res: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io:
     }
 }
 
-/// The single writer of stdout: whole lines from every reader, never interleaved.
-async fn write_lines(mut lines: mpsc::Receiver<String>) -> std::io::Result<()> {
-    let mut out = JsonLines::new(tokio::io::stdout());
-    while let Some(line) = lines.recv().await {
-        out.write_raw(&line).await?;
-        if lines.is_empty() {
-            out.flush().await?;
-        }
-    }
-    Ok(())
-}
-
 /// How a ring buffer's records become JSON: flows (network ring) or host events (host ring).
 enum Formatters {
     Flow(FlowFormatter),
@@ -380,7 +370,7 @@ enum Formatters {
 async fn read_events(
     ring: RingBuf<MapData>,
     metrics: Metrics,
-    lines: mpsc::Sender<String>,
+    lines: mpsc::Sender<OutputLine>,
     mut formatter: Formatters,
     hubble: Arc<HubbleMetrics>,
 ) -> std::io::Result<()> {
@@ -432,9 +422,13 @@ async fn read_events(
                     continue;
                 }
             };
-            let line = line.map_err(std::io::Error::other)?;
+            let kind = match formatter {
+                Formatters::Flow(_) => EventKind::Flow,
+                Formatters::Host(_) => EventKind::Host,
+            };
+            let line = OutputLine::new(kind, line.map_err(std::io::Error::other)?);
             if lines.send(line).await.is_err() {
-                return Ok(()); // the writer stopped: shutting down
+                return Ok(()); // the fan-out stopped: shutting down
             }
         }
     }

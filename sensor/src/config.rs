@@ -37,6 +37,9 @@ pub struct FileConfig {
     pub hubble_metrics_stale_pod_seconds: Option<u64>,
     /// Entries of each policy map (allow, deny); a policy set needing more is rejected whole.
     pub policy_map_max_entries: Option<u32>,
+    /// Where event lines go; default: stdout only.
+    #[serde(default, deserialize_with = "crate::outputs::deserialize_list")]
+    pub outputs: Option<Vec<crate::outputs::OutputConfig>>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -55,6 +58,7 @@ pub struct Config {
     pub hubble_metrics: Vec<String>,
     pub hubble_metrics_stale_pod_seconds: u64,
     pub policy_map_max_entries: u32,
+    pub outputs: Vec<crate::outputs::OutputConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +123,11 @@ impl Config {
         let hubble_origin = origin(args.hubble_metrics.is_some());
         crate::hubble_metrics::HubbleMetrics::new(&hubble_metrics, std::time::Duration::ZERO)
             .map_err(|message| ConfigError::Invalid { origin: hubble_origin, message })?;
+        let outputs = file.outputs.unwrap_or_else(crate::outputs::default_outputs);
+        crate::outputs::resolve_names(&outputs)
+            .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
         Ok(Self {
+            outputs,
             conntrack,
             hubble_metrics,
             hubble_metrics_stale_pod_seconds: file.hubble_metrics_stale_pod_seconds.unwrap_or(60),
@@ -289,6 +297,20 @@ mod tests {
         };
         let err = Config::resolve(&args).expect_err("unsupported context");
         assert!(err.to_string().contains("hubble_metrics[1]"), "{err}");
+    }
+
+    #[test]
+    fn outputs_default_to_stdout_and_typos_name_the_line() {
+        assert!(parse("mode: detect\n").expect("valid").outputs.is_none());
+        assert_eq!(crate::outputs::default_outputs().len(), 1);
+        let cfg = parse("outputs:\n- stdout: {}\n- file: {path: /tmp/e.json, max_files: 2}\n")
+            .expect("valid");
+        assert_eq!(cfg.outputs.map(|o| o.len()), Some(2));
+        let err = parse("outputs:\n- stdout: {}\n- syslog:\n    adress: udp://h:514\n")
+            .expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/sensor.yaml:4:"), "{msg}");
+        assert!(msg.contains("adress"), "{msg}");
     }
 
     #[test]

@@ -19,5 +19,6 @@ pub mod loader;
 pub mod logging;
 pub mod metrics;
 pub mod output;
+pub mod outputs;
 pub mod policy;
 pub mod sys;

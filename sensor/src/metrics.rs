@@ -72,6 +72,8 @@ pub struct Metrics {
     pub host_events: Family<HostEventLabels, Counter>,
     /// `sensor_host_watched_cgroups`: cgroups at least one host policy selects.
     pub host_watched_cgroups: Gauge,
+    /// `sensor_output_{sent,dropped,errors,retries}_total{output}`.
+    pub outputs: crate::outputs::OutputMetrics,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +165,7 @@ impl Metrics {
             "Conntrack garbage collection passes",
             self.conntrack.runs.clone(),
         );
+        self.outputs.register(&mut registry);
         registry.register_collector(Box::new(NetCollector { map: Mutex::new(net_counters) }));
         registry.register_collector(Box::new(VerdictCollector { map: Mutex::new(verdicts) }));
         registry.register_collector(Box::new(InterfaceCollector { table: interfaces }));

@@ -144,6 +144,8 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
         ("nsenter", "util-linux"),
         ("setpriv", "util-linux"),
         ("curl", "curl"),
+        ("rsyslogd", "rsyslog"),
+        ("openssl", "openssl"),
         ("python3", "python3"),
         ("pip3", "python3-pip"),
     ])
