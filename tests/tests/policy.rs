@@ -350,6 +350,33 @@ fn policy_check_reports_endpoints_and_rejects_bad_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("bad.yaml:7") && stderr.contains("QUIC"), "{stderr}");
+
+    // Host policies are checked by the same command.
+    fs::remove_file(dir.join("bad.yaml")).expect("rm");
+    fs::write(dir.join("host.yaml"), "apiVersion: sensor.dev/v1alpha1\nkind: HostPolicy\nmetadata: {name: web}\nspec:\n  selector: {namespaces: [shop]}\n  files: [{prefix: /etc/, access: [write]}]\n  noRoot: {}\n").expect("host");
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(dir.join("p.yaml"))
+        .arg(dir.join("host.yaml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("ok: HostPolicy web")
+            && stdout.contains("1 file")
+            && stdout.contains("noRoot"),
+        "{stdout}"
+    );
+    fs::write(dir.join("host.yaml"), "apiVersion: sensor.dev/v1alpha1\nkind: HostPolicy\nmetadata: {name: web}\nspec:\n  binds: [{port: 90, endPort: 80}]\n").expect("host");
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(dir.join("host.yaml"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("host.yaml:5") && stderr.contains("endPort"), "{stderr}");
     let _ = fs::remove_dir_all(&dir);
 }
 
