@@ -20,4 +20,5 @@ pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod policy;
+pub mod rules;
 pub mod sys;
