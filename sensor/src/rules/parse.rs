@@ -208,7 +208,9 @@ impl Definitions {
                     .map_err(|e| item.error(format!("macro `{name}` after append: {e}")))?;
             }
             (None, Some(_)) => {
-                return Err(item.error(format!("macro `{name}` to override is not defined earlier")));
+                return Err(
+                    item.error(format!("macro `{name}` to override is not defined earlier"))
+                );
             }
             (existing, _) => {
                 let condition =
@@ -430,8 +432,9 @@ impl Item {
                             )));
                         }
                         None => {
-                            return Err(self
-                                .error(format!("override of `{key}`: expected append or replace")));
+                            return Err(self.error(format!(
+                                "override of `{key}`: expected append or replace"
+                            )));
                         }
                     };
                     if !self.has(&key) {
