@@ -190,8 +190,11 @@ fn bad_rules_file_on_reload_keeps_the_previous_rules_and_a_good_one_applies() {
         .expect("bad rules");
     sensor
         .wait_metric("sensor_rules_reloads_total", &[("outcome", "rejected")], |v| v >= Some(1.0));
-    let log = sensor.log();
-    assert!(log.contains("test_rules.yaml:1: rule `broken`: condition:"), "{log}");
+    // The metric counts the rejection before the agent logs it: wait for the line.
+    sensor_e2e::wait_until("the rejection in the log", std::time::Duration::from_secs(10), || {
+        sensor.log().contains("test_rules.yaml:1: rule `broken`: condition:").then_some(())
+    });
+    assert!(sensor.log().contains("previous rules stay"), "{}", sensor.log());
     // The previous rules still fire.
     s.sh("true e2e-marker");
     sensor.wait_event("shell alert after a rejected reload", |v| {
