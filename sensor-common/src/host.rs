@@ -29,8 +29,12 @@ pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const BIND_RULES_MAX_ENTRIES: u32 = 2 * 65_536;
 pub const SYSCALL_RULES_MAX_ENTRIES: u32 = 1024;
 
-/// Host policies per generation: each owns one bit of a 32-bit half of the masks.
-pub const MAX_HOST_POLICIES: usize = 32;
+/// Host policies per generation: each owns one bit of a 32-bit half of the masks; the last
+/// bit of each half ([`RULES_BIT_INDEX`]) is reserved for the rules engine.
+pub const MAX_HOST_POLICIES: usize = 31;
+/// Bit (within a generation's half) meaning "the loaded rules want this": set in the scope
+/// of cgroups the rules watch and in [`FileMasks::observe`] of path prefixes they name.
+pub const RULES_BIT_INDEX: usize = 31;
 
 /// Bytes of a path kept per event; longer paths are cut and flagged.
 pub const MAX_PATH_LEN: usize = 512;
@@ -277,6 +281,9 @@ pub struct RuleMasks {
 pub struct FileMasks {
     pub audit: [u64; ACCESS_KINDS],
     pub block: [u64; ACCESS_KINDS],
+    /// Rules-engine interest (any access): reported as `Action::Observed` when no policy
+    /// audits or blocks the open.
+    pub observe: u64,
 }
 
 /// Data of an LPM key over a path: prefix rules use the path's length in bits; exact rules

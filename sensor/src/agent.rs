@@ -63,6 +63,8 @@ pub enum AgentError {
     Policy(#[from] crate::policy::runtime::ReloadError),
     #[error("watching policy files: {0}")]
     Watch(#[from] notify::Error),
+    #[error("rules: {0}")]
+    Rules(#[from] crate::rules::RulesError),
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -179,6 +181,31 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let applied = policy.reload()?;
     tracing::info!(?applied, "policy applied");
     let (_watcher, mut policy_changes) = policy.watch()?;
+    // Rules: the first load must succeed too; its interest feeds the kernel filter.
+    let mut rules = crate::rules::runtime::RulesRuntime::new(
+        config.rules_files.clone(),
+        config.rules_min_priority,
+        metrics.clone(),
+    );
+    let (_rules_watcher, mut rules_changes) = if rules.is_empty() {
+        (None, mpsc::channel(1).1)
+    } else {
+        let set = rules.reload()?;
+        tracing::info!(
+            rules = set.rules.len(),
+            running = set.active(),
+            skipped = set.skipped.len(),
+            interest = ?set.interest,
+            "rules loaded"
+        );
+        if let Some(host) = &mut policy.host {
+            host.set_rules_interest(set.interest.clone()).map_err(|e| {
+                AgentError::Policy(crate::policy::runtime::ReloadError::HostApply(e))
+            })?;
+        }
+        let (watcher, changes) = rules.watch()?;
+        (Some(watcher), changes)
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(config.metrics_addr)
         .await
@@ -211,12 +238,19 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         ring,
         metrics.clone(),
         lines_tx.clone(),
-        Formatters::Host(crate::host::record::HostFormatter {
-            node_name: config.node_name.clone(),
-            clock,
-            view: host_view,
-            processes: crate::host::process::ProcessTable::default(),
-        }),
+        Formatters::Host(
+            crate::host::record::HostFormatter {
+                node_name: config.node_name.clone(),
+                clock,
+                view: host_view,
+                processes: crate::host::process::ProcessTable::default(),
+            },
+            Box::new(RulesStage {
+                set: Arc::clone(&rules.current),
+                evaluator: crate::rules::Evaluator::new(config.node_name.clone()),
+                text: config.rules_output == crate::config::RulesOutput::Text,
+            }),
+        ),
         Arc::clone(&hubble),
     ));
     let mut net_reader = tokio::spawn(read_events(
@@ -268,6 +302,21 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     .map(|c| c.pods_by_ip.values().cloned().collect())
                     .unwrap_or_default();
                 hubble.forget_stale_pods(&live, std::time::Instant::now());
+            }
+            Some(()) = rules_changes.recv() => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rules_changes.try_recv().is_ok() {}
+                match rules.reload() {
+                    Ok(set) => {
+                        tracing::info!(rules = set.rules.len(), running = set.active(), skipped = set.skipped.len(), "rules reloaded");
+                        if let Some(host) = &mut policy.host
+                            && let Err(err) = host.set_rules_interest(set.interest.clone())
+                        {
+                            tracing::error!("rules kernel filter update: {err}");
+                        }
+                    }
+                    Err(err) => tracing::error!("rules change rejected, previous rules stay: {err}"),
+                }
             }
             Some(()) = policy_changes.recv() => {
                 // Let a burst of writes (editor save, kubectl cp) settle, then load once.
@@ -360,10 +409,19 @@ fn flatten(res: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io:
     }
 }
 
-/// How a ring buffer's records become JSON: flows (network ring) or host events (host ring).
+/// How a ring buffer's records become JSON: flows (network ring) or host events (host ring,
+/// followed by the rules engine).
 enum Formatters {
     Flow(FlowFormatter),
-    Host(crate::host::record::HostFormatter),
+    Host(crate::host::record::HostFormatter, Box<RulesStage>),
+}
+
+/// The rules engine on the host reader: the live rule set and per-reader evaluation state.
+struct RulesStage {
+    set: crate::rules::runtime::Shared,
+    evaluator: crate::rules::Evaluator,
+    /// Falco's text line instead of its JSON.
+    text: bool,
 }
 
 /// Drains one ring buffer: decode each record, count it, hand its JSON line to the writer.
@@ -386,16 +444,42 @@ async fn read_events(
             }
             guard.clear_ready();
         }
+        let rules_set = match &formatter {
+            Formatters::Host(_, stage) => Some(Arc::clone(
+                &stage.set.read().unwrap_or_else(std::sync::PoisonError::into_inner),
+            )),
+            Formatters::Flow(_) => None,
+        };
         for event in batch.drain(..) {
+            let mut alert = None;
             let line = match (event, &mut formatter) {
                 (Ok(HostEvent::Flow(flow)), Formatters::Flow(formatter)) => {
                     let record = formatter.record(&flow);
                     hubble.observe(&flow, &record.flow);
                     serde_json::to_string(&record)
                 }
-                (Ok(HostEvent::Flow(_)), Formatters::Host(_)) => continue,
-                (Ok(event), Formatters::Host(formatter)) => {
-                    let Some((kind, record)) = formatter.record(event) else { continue };
+                (Ok(HostEvent::Flow(_)), Formatters::Host(..)) => continue,
+                (Ok(event), Formatters::Host(formatter, stage)) => {
+                    let Some(enriched) = formatter.enrich(event) else { continue };
+                    if let Some(set) = &rules_set
+                        && let Some(m) =
+                            stage.evaluator.evaluate(set, &enriched, &formatter.processes)
+                    {
+                        metrics.rules_matches.get_or_create(&m.rule.labels).inc();
+                        alert = Some(if stage.text { m.text } else { m.json });
+                    }
+                    let kind = enriched.kind;
+                    // Opens only the rules asked for are theirs: no Tetragon record.
+                    if kind == "process_file" && enriched.header.action == "observed" {
+                        metrics.events.get_or_create(&EventLabels { r#type: "file_rules" }).inc();
+                        if let Some(alert) = alert.take()
+                            && lines.send(OutputLine::new(EventKind::Alert, alert)).await.is_err()
+                        {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let record = formatter.record(&enriched);
                     let body = record.event.values().next();
                     let action = body.map_or("observed", |b| b.action);
                     let r#type = match kind {
@@ -424,11 +508,14 @@ async fn read_events(
             };
             let kind = match formatter {
                 Formatters::Flow(_) => EventKind::Flow,
-                Formatters::Host(_) => EventKind::Host,
+                Formatters::Host(..) => EventKind::Host,
             };
             let line = OutputLine::new(kind, line.map_err(std::io::Error::other)?);
-            if lines.send(line).await.is_err() {
-                return Ok(()); // the fan-out stopped: shutting down
+            let alert = alert.map(|a| OutputLine::new(EventKind::Alert, a));
+            for line in std::iter::once(line).chain(alert) {
+                if lines.send(line).await.is_err() {
+                    return Ok(()); // the fan-out stopped: shutting down
+                }
             }
         }
     }

@@ -25,6 +25,31 @@ pub enum Command {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Falco rule tools.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Load Falco rule files in order and list the rules loaded and skipped (with reasons).
+    /// Exits non-zero when a file does not load.
+    Check(RulesCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesCheckArgs {
+    /// Rule files or directories, in load order.
+    #[arg(required = true, value_name = "FILE")]
+    pub paths: Vec<PathBuf>,
+
+    /// Minimum priority of the rules that would run [default: debug].
+    #[arg(long, value_parser = parse_priority)]
+    pub min_priority: Option<crate::rules::Priority>,
+}
+
+fn parse_priority(s: &str) -> Result<crate::rules::Priority, String> {
+    crate::rules::Priority::parse(s).ok_or_else(|| format!("unknown priority `{s}`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +104,11 @@ pub struct RunArgs {
     /// [default: flow drop tcp port-distribution policy].
     #[arg(long, value_name = "METRICS", value_delimiter = ' ')]
     pub hubble_metrics: Option<Vec<String>>,
+
+    /// Falco rule files or directories, comma-separated, loaded in order. Watched: a change
+    /// reloads them; a file that does not load is rejected and the previous rules stay.
+    #[arg(long, value_name = "PATH,...", value_delimiter = ',')]
+    pub rules_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Args)]

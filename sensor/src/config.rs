@@ -40,6 +40,21 @@ pub struct FileConfig {
     /// Where event lines go; default: stdout only.
     #[serde(default, deserialize_with = "crate::outputs::deserialize_list")]
     pub outputs: Option<Vec<crate::outputs::OutputConfig>>,
+    /// Falco rule files or directories, loaded in order (later ones override earlier ones).
+    pub rules_files: Option<Vec<PathBuf>>,
+    /// Rules below this priority do not run (Falco's `priority`), default debug.
+    pub rules_min_priority: Option<crate::rules::Priority>,
+    /// `json` (Falco's JSON alert, default) or `text` (Falco's text line).
+    pub rules_output: Option<RulesOutput>,
+}
+
+/// How rule alerts are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesOutput {
+    #[default]
+    Json,
+    Text,
 }
 
 /// The resolved configuration the agent runs with.
@@ -59,6 +74,9 @@ pub struct Config {
     pub hubble_metrics_stale_pod_seconds: u64,
     pub policy_map_max_entries: u32,
     pub outputs: Vec<crate::outputs::OutputConfig>,
+    pub rules_files: Vec<PathBuf>,
+    pub rules_min_priority: crate::rules::Priority,
+    pub rules_output: RulesOutput,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +146,9 @@ impl Config {
             .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
         Ok(Self {
             outputs,
+            rules_files: args.rules_files.clone().or(file.rules_files).unwrap_or_default(),
+            rules_min_priority: file.rules_min_priority.unwrap_or(crate::rules::Priority::Debug),
+            rules_output: file.rules_output.unwrap_or_default(),
             conntrack,
             hubble_metrics,
             hubble_metrics_stale_pod_seconds: file.hubble_metrics_stale_pod_seconds.unwrap_or(60),

@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod output;
 pub mod outputs;
 pub mod policy;
+pub mod rules;
 pub mod sys;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use sensor::{
     agent,
-    cli::{Cli, Command, PolicyCommand},
+    cli::{Cli, Command, PolicyCommand, RulesCommand},
     config::Config,
     logging,
 };
@@ -31,6 +31,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Rules(RulesCommand::Check(args)) => match sensor::rules::check::check(&args) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("sensor: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Policy(PolicyCommand::Check(args)) => match sensor::policy::check::check(&args) {
             Ok(report) => {
                 print!("{report}");

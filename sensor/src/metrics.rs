@@ -74,6 +74,15 @@ pub struct Metrics {
     pub host_watched_cgroups: Gauge,
     /// `sensor_output_{sent,dropped,errors,retries}_total{output}`.
     pub outputs: crate::outputs::OutputMetrics,
+    /// `falcosecurity_falco_rules_matches_total{rule_name,priority,source,tag_*}` (Falco's name
+    /// and labels: priority is the 0-7 number, each tag a `tag_<tag>="true"` label).
+    pub rules_matches: Family<Vec<(String, String)>, Counter>,
+    /// `sensor_rules_loaded`: rules running (enabled, at or above the minimum priority).
+    pub rules_loaded: Gauge,
+    /// `sensor_rules_skipped`: rules skipped at load (unknown field, event type, operator).
+    pub rules_skipped: Gauge,
+    /// `sensor_rules_reloads_total{outcome}`.
+    pub rules_reloads: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,6 +143,26 @@ impl Metrics {
             "sensor_host_watched_cgroups",
             "cgroups selected by at least one host policy",
             self.host_watched_cgroups.clone(),
+        );
+        registry.register(
+            "falcosecurity_falco_rules_matches",
+            "Events that matched a rule, by rule, priority (0 Emergency .. 7 Debug), source and tags",
+            self.rules_matches.clone(),
+        );
+        registry.register(
+            "sensor_rules_loaded",
+            "Rules running: loaded, enabled, at or above the minimum priority",
+            self.rules_loaded.clone(),
+        );
+        registry.register(
+            "sensor_rules_skipped",
+            "Rules skipped at load (a field, event type or operator we do not have)",
+            self.rules_skipped.clone(),
+        );
+        registry.register(
+            "sensor_rules_reloads",
+            "Rule file loads, by outcome (applied, rejected)",
+            self.rules_reloads.clone(),
         );
         registry.register(
             "sensor_policy_reloads",

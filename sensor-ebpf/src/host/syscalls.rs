@@ -131,8 +131,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let (audit, block) = masks_for(masks, open.access);
-    let Some((action, policy)) = decide(config, open.scope, audit, block) else {
-        return 0;
+    let (action, policy) = match decide(config, open.scope, audit, block) {
+        Some(decided) => decided,
+        // No policy decides, but the rules engine watches this path in this cgroup.
+        None if masks.observe & open.scope != 0 => (Action::Observed, 0),
+        None => return 0,
     };
     fill_header(&mut event.header, EventKind::File as u32, action, policy);
     if cut {

@@ -49,6 +49,7 @@ impl Merge for FileMasks {
             self.audit[i] |= o.audit[i];
             self.block[i] |= o.block[i];
         }
+        self.observe |= o.observe;
         self
     }
 }

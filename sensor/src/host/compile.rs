@@ -3,13 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sensor_common::host::{BindKey, FileMasks, PATH_KEY_LEN, PathKey, RuleMasks};
+use sensor_common::host::{BindKey, FileMasks, PATH_KEY_LEN, PathKey, RULES_BIT_INDEX, RuleMasks};
 
 use super::{
     cgroups::{Inventory, bare_container_id},
     policy::{BindProtocol, HostPolicy, PathMatch, PolicyAction},
 };
-use crate::policy::{Endpoints, endpoints::Endpoint};
+use crate::{
+    policy::{Endpoints, endpoints::Endpoint},
+    rules::{Cgroups, Interest},
+};
 
 const IPPROTO_TCP: u16 = 6;
 const IPPROTO_UDP: u16 = 17;
@@ -75,12 +78,14 @@ fn selects(policy: &HostPolicy, pod: Option<&Endpoint>) -> bool {
     }
 }
 
-/// Compiles for `generation` (0 or 1): bit i of the policy at index i, shifted into its half.
+/// Compiles for `generation` (0 or 1): bit i of the policy at index i, shifted into its half;
+/// the rules engine's `interest` takes bit [`RULES_BIT_INDEX`].
 pub fn compile(
     policies: &[HostPolicy],
     endpoints: &Endpoints,
     inventory: &Inventory,
     generation: u32,
+    interest: &Interest,
 ) -> HostCompiled {
     let shift = if generation == 0 { 0 } else { 32 };
     let bit = |i: usize| 1_u64 << (i + shift);
@@ -89,19 +94,24 @@ pub fn compile(
         ..HostCompiled::default()
     };
     for (id, cgroup) in &inventory.by_id {
+        let rules_want = match interest.cgroups {
+            Cgroups::None => false,
+            Cgroups::Containers => cgroup.container.is_some(),
+            Cgroups::All => true,
+        };
+        let mut mask = if rules_want { bit(RULES_BIT_INDEX) } else { 0 };
         // Containers of no known pod are left alone: a policy selects pods, not guesses.
         let pod = match &cgroup.container {
-            Some(c) => match pod_of(endpoints, &c.id) {
-                Some(pod) => Some(pod),
-                None => continue,
-            },
-            None => None,
+            Some(c) => pod_of(endpoints, &c.id).map(Some),
+            None => Some(None),
         };
-        let mask = policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| selects(p, pod))
-            .fold(0, |m, (i, _)| m | bit(i));
+        if let Some(pod) = pod {
+            mask |= policies
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| selects(p, pod))
+                .fold(0, |m, (i, _)| m | bit(i));
+        }
         if mask != 0 {
             out.scopes.insert(*id, mask);
         }
@@ -147,6 +157,12 @@ pub fn compile(
             add(&mut out.noroot, action, bit(i));
         }
     }
+    if interest.cgroups != Cgroups::None {
+        for prefix in &interest.prefixes {
+            let m = FileMasks { observe: bit(RULES_BIT_INDEX), ..FileMasks::default() };
+            file_rules.push((PathPrefix { bytes: prefix.as_bytes().to_vec() }, m));
+        }
+    }
     // The kernel finds only the longest matching prefix: fold every shorter rule into it.
     for (key, _) in &exec_rules {
         let merged = exec_rules.iter().filter(|(k, _)| key.bytes.starts_with(&k.bytes)).fold(
@@ -162,6 +178,7 @@ pub fn compile(
                 merged.audit[kind] |= m.audit[kind];
                 merged.block[kind] |= m.block[kind];
             }
+            merged.observe |= m.observe;
         }
         out.file.insert(key.clone(), merged);
     }
@@ -202,7 +219,7 @@ mod tests {
     #[test]
     fn scopes_follow_pods_and_host() {
         let (p, e, i) = fixture();
-        let c = compile(&p, &e, &i, 1);
+        let c = compile(&p, &e, &i, 1, &Interest::default());
         assert_eq!(c.scopes.get(&10), Some(&(1 << 32)), "web pod: policy 0, upper half");
         assert_eq!(c.scopes.get(&11), Some(&(1 << 33)), "host cgroup: policy 1");
         assert_eq!(c.scopes.get(&12), None, "container of no known pod");
@@ -211,11 +228,31 @@ mod tests {
     #[test]
     fn longer_prefixes_carry_shorter_ones() {
         let (p, e, i) = fixture();
-        let c = compile(&p, &e, &i, 0);
+        let c = compile(&p, &e, &i, 0, &Interest::default());
         let shadow = c.file.get(&PathPrefix { bytes: b"/etc/shadow\0".to_vec() }).expect("exact");
         assert_eq!(shadow.block[sensor_common::host::ACCESS_READ], 1);
         assert_eq!(shadow.block[sensor_common::host::ACCESS_WRITE], 1, "from the /etc/ prefix");
         assert_eq!(shadow.audit[sensor_common::host::ACCESS_READ], 2, "host policy");
         assert_eq!(c.bind.len(), 4, "two ports, TCP and UDP");
+    }
+
+    #[test]
+    fn rules_interest_takes_the_reserved_bit() {
+        let (p, e, i) = fixture();
+        let interest = Interest {
+            prefixes: vec!["/etc/sh".into(), "/srv/".into()],
+            cgroups: Cgroups::Containers,
+        };
+        let c = compile(&p, &e, &i, 1, &interest);
+        let rules = 1_u64 << (32 + RULES_BIT_INDEX);
+        assert_eq!(c.scopes.get(&10), Some(&((1 << 32) | rules)), "pod: policy and rules");
+        assert_eq!(c.scopes.get(&11), Some(&(1 << 33)), "host cgroup: not a container");
+        assert_eq!(c.scopes.get(&12), Some(&rules), "container of no known pod: rules only");
+        let shadow = c.file.get(&PathPrefix { bytes: b"/etc/shadow\0".to_vec() }).expect("exact");
+        assert_eq!(shadow.observe, rules, "a longer policy path carries the rules prefix");
+        let srv = c.file.get(&PathPrefix { bytes: b"/srv/".to_vec() }).expect("rules prefix");
+        assert_eq!((srv.observe, srv.audit, srv.block), (rules, [0; 5], [0; 5]));
+        let all = compile(&p, &e, &i, 0, &Interest { prefixes: vec![], cgroups: Cgroups::All });
+        assert_eq!(all.scopes.get(&11), Some(&((1 << 1) | (1 << RULES_BIT_INDEX))));
     }
 }

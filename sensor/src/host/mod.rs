@@ -41,13 +41,21 @@ impl HostView {
 pub struct HostRuntime {
     maps: HostMaps,
     policies: Vec<HostPolicy>,
+    /// What the loaded rules need the kernel to send.
+    rules: crate::rules::Interest,
     cgroup_root: PathBuf,
     pub view: Arc<RwLock<HostView>>,
 }
 
 impl HostRuntime {
     pub fn new(maps: HostMaps, cgroup_root: PathBuf) -> Self {
-        Self { maps, policies: Vec::new(), cgroup_root, view: Arc::default() }
+        Self {
+            maps,
+            policies: Vec::new(),
+            rules: crate::rules::Interest::default(),
+            cgroup_root,
+            view: Arc::default(),
+        }
     }
 
     /// Compiles `policies` against the node's cgroups now and applies them as one change.
@@ -58,7 +66,7 @@ impl HostRuntime {
     ) -> Result<(), HostApplyError> {
         let inventory = Inventory::scan(&self.cgroup_root);
         let generation = self.maps.next_generation();
-        let compiled = compile::compile(&policies, &endpoints, &inventory, generation);
+        let compiled = compile::compile(&policies, &endpoints, &inventory, generation, &self.rules);
         let names = compiled.names.clone();
         self.maps.apply(compiled)?;
         self.policies = policies;
@@ -75,14 +83,38 @@ impl HostRuntime {
         let inventory = Inventory::scan(&self.cgroup_root);
         let endpoints =
             self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).endpoints.clone();
-        let compiled =
-            compile::compile(&self.policies, &endpoints, &inventory, self.maps.live_generation());
+        let compiled = compile::compile(
+            &self.policies,
+            &endpoints,
+            &inventory,
+            self.maps.live_generation(),
+            &self.rules,
+        );
         let watched = compiled.scopes.len();
         if compiled.scopes != self.maps.live().scopes {
             self.maps.update_scopes(compiled.scopes)?;
         }
         self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner).inventory = inventory;
         Ok(watched)
+    }
+
+    /// Feeds the rules' interest to the kernel filter (a full apply with a generation flip).
+    pub fn set_rules_interest(
+        &mut self,
+        interest: crate::rules::Interest,
+    ) -> Result<(), HostApplyError> {
+        if interest == self.rules {
+            return Ok(());
+        }
+        let previous = std::mem::replace(&mut self.rules, interest);
+        let endpoints =
+            self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).endpoints.clone();
+        let policies = self.policies.clone();
+        if let Err(err) = self.apply(policies, endpoints) {
+            self.rules = previous;
+            return Err(err);
+        }
+        Ok(())
     }
 
     pub fn watched_cgroups(&self) -> usize {

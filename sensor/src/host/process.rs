@@ -12,6 +12,8 @@ pub struct ProcessInfo {
     pub args: Vec<String>,
     pub cwd: String,
     pub ppid: u32,
+    /// The task's comm (what Falco calls `proc.name`).
+    pub comm: String,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +39,11 @@ impl ProcessTable {
             return info.clone();
         }
         from_proc(pid).unwrap_or_default()
+    }
+
+    /// A remembered process, without the /proc fallback (for ancestry walks).
+    pub fn peek(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.by_pid.get(&pid)
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +79,10 @@ fn from_proc(pid: u32) -> Option<ProcessInfo> {
             after.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0);
-    Some(ProcessInfo { binary, args, cwd, ppid })
+    let comm = std::fs::read_to_string(dir.join("comm"))
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or_default();
+    Some(ProcessInfo { binary, args, cwd, ppid, comm })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::{
     process::{ProcessInfo, ProcessTable},
 };
 use crate::{
-    decode::{Header, HostEvent},
+    decode::{FileOp, Header, HostEvent, SockOp},
     sys::BootClock,
 };
 
@@ -34,47 +34,47 @@ pub struct Pod {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Process {
+pub struct Process<'a> {
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub binary: String,
+    pub binary: &'a str,
     /// Arguments after argv[0], space-separated, as Tetragon prints them.
     pub arguments: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub arguments_truncated: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub binary_truncated: bool,
-    pub cwd: String,
-    pub comm: String,
+    pub cwd: &'a str,
+    pub comm: &'a str,
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
+    pub container: Option<&'a Container>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
+    pub pod: Option<&'a Pod>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Parent {
+pub struct Parent<'a> {
     pub pid: u32,
-    pub binary: String,
+    pub binary: &'a str,
     pub arguments: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Body {
-    pub process: Process,
-    pub parent: Parent,
+pub struct Body<'a> {
+    pub process: Process<'a>,
+    pub parent: Parent<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_path: Option<String>,
+    pub new_path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub access: Option<Vec<&'static str>>,
+    pub access: Option<&'a [&'static str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,11 +90,37 @@ pub struct Body {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Record {
+pub struct Record<'a> {
     #[serde(flatten)]
-    pub event: BTreeMap<&'static str, Body>,
-    pub node_name: String,
+    pub event: BTreeMap<&'static str, Body<'a>>,
+    pub node_name: &'a str,
     pub time: String,
+}
+
+/// What happened, beyond who did it.
+#[derive(Debug)]
+pub enum Detail {
+    Exec { binary_truncated: bool, args_truncated: bool },
+    Exit,
+    File(FileOp),
+    Sock(SockOp),
+    Syscall { nr: u32 },
+}
+
+/// A host event with everything enrichment found: the process, its parent, container and
+/// pod. Both the Tetragon record and the rules engine read this one view.
+#[derive(Debug)]
+pub struct Enriched {
+    /// `process_exec`, `process_exit`, `process_file`, `process_socket`, `process_syscall`.
+    pub kind: &'static str,
+    pub header: Header,
+    pub detail: Detail,
+    pub process: ProcessInfo,
+    pub parent: ProcessInfo,
+    pub container: Option<Container>,
+    pub pod: Option<Pod>,
+    /// Wall clock, nanoseconds since the epoch.
+    pub wall_ns: i128,
 }
 
 pub struct HostFormatter {
@@ -104,106 +130,98 @@ pub struct HostFormatter {
     pub processes: ProcessTable,
 }
 
+fn joined_args(args: &[String]) -> String {
+    let mut out = String::new();
+    for (i, a) in args.iter().skip(1).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(a);
+    }
+    out
+}
+
 impl HostFormatter {
-    /// The record for `event` and its type label; updates the process table.
-    pub fn record(&mut self, event: HostEvent) -> Option<(&'static str, Record)> {
-        let (kind, header, process_info, mut body) = match event {
+    /// Enriches `event` (None for flows); updates the process table.
+    pub fn enrich(&mut self, event: HostEvent) -> Option<Enriched> {
+        let (kind, header, process, detail) = match event {
             HostEvent::Exec(exec) => {
                 let info = ProcessInfo {
-                    binary: exec.binary.clone(),
-                    args: exec.args.clone(),
-                    cwd: exec.cwd.clone(),
+                    binary: exec.binary,
+                    args: exec.args,
+                    cwd: exec.cwd,
                     ppid: exec.header.ppid,
+                    comm: exec.header.comm.clone(),
                 };
                 self.processes.exec(exec.header.pid, info.clone());
-                let mut body = self.body(&exec.header, &info);
-                body.process.binary_truncated = exec.binary_truncated;
-                body.process.arguments_truncated = exec.args_truncated;
-                ("process_exec", exec.header, info, body)
+                let detail = Detail::Exec {
+                    binary_truncated: exec.binary_truncated,
+                    args_truncated: exec.args_truncated,
+                };
+                ("process_exec", exec.header, info, detail)
             }
             HostEvent::Exit(header) => {
                 let info = self.processes.exit(header.pid).unwrap_or_default();
-                let body = self.body(&header, &info);
-                ("process_exit", header, info, body)
+                ("process_exit", header, info, Detail::Exit)
             }
             HostEvent::File(op) => {
                 let info = self.processes.get(op.header.pid);
-                let mut body = self.body(&op.header, &info);
-                body.operation = Some(op.operation);
-                body.path = Some(op.path);
+                let mut op = op;
                 // The kernel sends a rename's destination as given: resolve a relative one
                 // against the process's working directory (as of its exec).
-                body.new_path = op.new_path.map(|p| {
+                op.new_path = op.new_path.map(|p| {
                     if p.starts_with('/') || info.cwd.is_empty() {
                         p
                     } else {
                         crate::decode::normalize(&format!("{}/{p}", info.cwd))
                     }
                 });
-                body.access = Some(op.access);
-                ("process_file", op.header, info, body)
+                let header = op.header.clone();
+                ("process_file", header, info, Detail::File(op))
             }
             HostEvent::Sock(op) => {
                 let info = self.processes.get(op.header.pid);
-                let mut body = self.body(&op.header, &info);
-                body.operation = Some(op.operation);
-                body.protocol = Some(op.protocol);
-                body.address = Some(op.address.to_string());
-                body.port = Some(op.port);
-                ("process_socket", op.header, info, body)
+                let header = op.header.clone();
+                ("process_socket", header, info, Detail::Sock(op))
             }
             HostEvent::Syscall(op) => {
                 let info = self.processes.get(op.header.pid);
-                let mut body = self.body(&op.header, &info);
-                body.syscall = Some(
-                    super::policy::syscall_name(op.nr)
-                        .map_or_else(|| op.nr.to_string(), str::to_owned),
-                );
-                ("process_syscall", op.header, info, body)
+                ("process_syscall", op.header, info, Detail::Syscall { nr: op.nr })
             }
             HostEvent::Flow(_) => return None,
         };
-        let _ = process_info;
-        body.policy_name = self
-            .view
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .policy_name(header.policy)
-            .map(str::to_owned);
-        Some((
-            kind,
-            Record {
-                event: BTreeMap::from([(kind, body)]),
-                node_name: self.node_name.clone(),
-                time: self.clock.to_wall(header.boot_ns).format(&Rfc3339).unwrap_or_default(),
-            },
-        ))
+        // Events from before the agent started carry no ppid: the process table may know it.
+        let ppid = if header.ppid != 0 { header.ppid } else { process.ppid };
+        let parent = self.processes.get(ppid);
+        let (container, pod) = self.attribution(header.cgroup_id, header.pid);
+        let wall_ns = self.clock.to_wall(header.boot_ns).unix_timestamp_nanos();
+        Some(Enriched { kind, header, detail, process, parent, container, pod, wall_ns })
     }
 
-    fn body(&mut self, header: &Header, info: &ProcessInfo) -> Body {
-        let parent_info = self.processes.get(header.ppid);
-        let (container, pod) = self.attribution(header.cgroup_id, header.pid);
-        Body {
+    /// The Tetragon record of an enriched event.
+    pub fn record<'a>(&'a self, e: &'a Enriched) -> Record<'a> {
+        let header = &e.header;
+        let mut body = Body {
             process: Process {
                 pid: header.pid,
                 tid: header.tid,
                 ppid: header.ppid,
                 uid: header.uid,
                 gid: header.gid,
-                binary: info.binary.clone(),
-                arguments: info.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" "),
+                binary: &e.process.binary,
+                arguments: joined_args(&e.process.args),
                 arguments_truncated: false,
                 binary_truncated: false,
-                cwd: info.cwd.clone(),
-                comm: header.comm.clone(),
+                cwd: &e.process.cwd,
+                comm: &header.comm,
                 cgroup_id: header.cgroup_id,
-                container,
-                pod,
+                container: e.container.as_ref(),
+                pod: e.pod.as_ref(),
             },
             parent: Parent {
                 pid: header.ppid,
-                binary: parent_info.binary,
-                arguments: parent_info.args.iter().skip(1).cloned().collect::<Vec<_>>().join(" "),
+                binary: &e.parent.binary,
+                arguments: joined_args(&e.parent.args),
             },
             operation: None,
             path: None,
@@ -215,6 +233,44 @@ impl HostFormatter {
             syscall: None,
             action: header.action,
             policy_name: None,
+        };
+        match &e.detail {
+            Detail::Exec { binary_truncated, args_truncated } => {
+                body.process.binary_truncated = *binary_truncated;
+                body.process.arguments_truncated = *args_truncated;
+            }
+            Detail::Exit => {}
+            Detail::File(op) => {
+                body.operation = Some(op.operation);
+                body.path = Some(&op.path);
+                body.new_path = op.new_path.as_deref();
+                body.access = Some(&op.access);
+            }
+            Detail::Sock(op) => {
+                body.operation = Some(op.operation);
+                body.protocol = Some(op.protocol);
+                body.address = Some(op.address.to_string());
+                body.port = Some(op.port);
+            }
+            Detail::Syscall { nr } => {
+                body.syscall = Some(
+                    super::policy::syscall_name(*nr).map_or_else(|| nr.to_string(), str::to_owned),
+                );
+            }
+        }
+        body.policy_name = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .policy_name(header.policy)
+            .map(str::to_owned);
+        Record {
+            event: BTreeMap::from([(e.kind, body)]),
+            node_name: &self.node_name,
+            time: time::OffsetDateTime::from_unix_timestamp_nanos(e.wall_ns)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                .format(&Rfc3339)
+                .unwrap_or_default(),
         }
     }
 

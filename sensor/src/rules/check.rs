@@ -1,0 +1,44 @@
+//! `sensor rules check FILE...`: loads the files as the agent would and lists the rules that
+//! load (enabled or not) and those skipped, with reasons.
+
+use std::fmt::Write as _;
+
+use super::{Priority, RulesError};
+use crate::cli::RulesCheckArgs;
+
+pub fn check(args: &RulesCheckArgs) -> Result<String, RulesError> {
+    let min = args.min_priority.unwrap_or(Priority::Debug);
+    let set = super::load(&args.paths, min)?;
+    let mut out = String::new();
+    let enabled = set.rules.iter().filter(|r| r.enabled).count();
+    let _ = writeln!(
+        out,
+        "{} files; {} rules loaded ({} enabled, {} running at priority {} or above), {} skipped",
+        set.files.len(),
+        set.rules.len(),
+        enabled,
+        set.active(),
+        min.name(),
+        set.skipped.len()
+    );
+    for rule in &set.rules {
+        let state = if rule.enabled { "enabled" } else { "disabled" };
+        let _ = writeln!(
+            out,
+            "loaded  {}: {} [{}, {}]",
+            rule.origin,
+            rule.name,
+            rule.priority.name(),
+            state
+        );
+    }
+    for skipped in &set.skipped {
+        let _ = writeln!(out, "skipped {}: {}: {}", skipped.origin, skipped.name, skipped.reason);
+    }
+    let _ = writeln!(
+        out,
+        "kernel interest: file opens under {:?}, cgroups {:?}",
+        set.interest.prefixes, set.interest.cgroups
+    );
+    Ok(out)
+}

@@ -1,0 +1,473 @@
+//! Falco-compatible rules over our host events: rule files ([`parse`]), the condition
+//! language ([`condition`]), fields ([`fields`]), compiled conditions indexed by event type
+//! ([`compile`]), alerts in Falco's JSON ([`output`]), hot reload ([`runtime`]) and the
+//! interest the loaded rules feed to the kernel filter ([`Interest`]).
+
+pub mod check;
+pub mod compile;
+pub mod condition;
+pub mod fields;
+pub mod output;
+pub mod parse;
+pub mod runtime;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use self::{
+    compile::{Defs, Node, Skip},
+    condition::{Expr, Op},
+    fields::{CLASSES, Class, Ctx, Users},
+    parse::{Definitions, Origin, ParseError},
+};
+use crate::host::{process::ProcessTable, record::Enriched};
+
+/// Falco's priorities, most severe first (the index is Falco's numeric value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Priority {
+    Emergency = 0,
+    Alert = 1,
+    Critical = 2,
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Informational = 6,
+    Debug = 7,
+}
+
+impl TryFrom<String> for Priority {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown priority `{s}`"))
+    }
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "emergency" => Self::Emergency,
+            "alert" => Self::Alert,
+            "critical" => Self::Critical,
+            "error" => Self::Error,
+            "warning" => Self::Warning,
+            "notice" => Self::Notice,
+            "informational" | "info" => Self::Informational,
+            "debug" => Self::Debug,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Emergency => "Emergency",
+            Self::Alert => "Alert",
+            Self::Critical => "Critical",
+            Self::Error => "Error",
+            Self::Warning => "Warning",
+            Self::Notice => "Notice",
+            Self::Informational => "Informational",
+            Self::Debug => "Debug",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub name: String,
+    pub priority: Priority,
+    pub tags: Vec<String>,
+    pub enabled: bool,
+    pub condition: Node,
+    pub output: Vec<output::Seg>,
+    /// Bit per [`Class`] the condition can match.
+    pub classes: u16,
+    pub origin: Origin,
+    /// `falcosecurity_falco_rules_matches_total` labels.
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub origin: Origin,
+    pub reason: String,
+    /// `skip-if-unknown-filter: true`: skipped without a warning.
+    pub quiet: bool,
+}
+
+/// Which cgroups the rules need file and socket events from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cgroups {
+    #[default]
+    None,
+    Containers,
+    All,
+}
+
+/// What the loaded, enabled rules need the kernel to send: file opens under these path
+/// prefixes, and file/socket events from these cgroups. Execs are always sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    pub prefixes: Vec<String>,
+    pub cgroups: Cgroups,
+}
+
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// Every rule that compiled, enabled or not, in load order.
+    pub rules: Vec<CompiledRule>,
+    pub skipped: Vec<Skipped>,
+    /// Enabled rules at or above the minimum priority, per event class, in load order.
+    by_class: [Box<[u32]>; CLASSES],
+    pub interest: Interest,
+    /// Rules whose file condition could not be reduced to path prefixes.
+    pub unscoped: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+/// Rule files of `paths` (files as given; directories: their `*.yaml`/`*.yml`, sorted).
+pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RulesError> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|source| RulesError::Read { path: path.clone(), source })?;
+            let mut files: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and compiles the rule files in order.
+pub fn load(paths: &[PathBuf], min_priority: Priority) -> Result<RuleSet, RulesError> {
+    let files = rule_files(paths)?;
+    let mut defs = Definitions::default();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| RulesError::Read { path: file.clone(), source })?;
+        defs.load(file, &text)?;
+    }
+    let mut set = RuleSet::build(&defs, min_priority);
+    set.files = files;
+    Ok(set)
+}
+
+/// Falco's label-name rules for `tag_<tag>`.
+fn label_name(tag: &str) -> String {
+    tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+impl RuleSet {
+    /// Compiles loaded definitions; rules that cannot compile are listed in `skipped`.
+    pub fn build(defs: &Definitions, min_priority: Priority) -> Self {
+        let lists = flatten_lists(defs);
+        let macros: HashMap<String, Expr> = defs
+            .macros
+            .iter()
+            .filter_map(|(name, m)| Some((name.clone(), condition::parse(&m.condition).ok()?)))
+            .collect();
+        let compile_defs = Defs { lists: &lists, macros: &macros };
+        let mut set = Self::default();
+        let mut by_class: [Vec<u32>; CLASSES] = Default::default();
+        for def in &defs.rules {
+            match compile_rule(def, &compile_defs) {
+                Ok(rule) => {
+                    if rule.enabled && rule.priority <= min_priority {
+                        let index = set.rules.len() as u32;
+                        for class in Class::ALL {
+                            if rule.classes & class.bit() != 0 {
+                                by_class[class as usize].push(index);
+                            }
+                        }
+                        set.add_interest(&rule);
+                    }
+                    set.rules.push(rule);
+                }
+                Err(reason) => set.skipped.push(Skipped {
+                    name: def.name.clone(),
+                    origin: def.origin.clone(),
+                    reason: reason.to_string(),
+                    quiet: def.skip_if_unknown_filter,
+                }),
+            }
+        }
+        set.by_class = by_class.map(Vec::into_boxed_slice);
+        set.interest.prefixes.sort();
+        set.interest.prefixes.dedup();
+        set
+    }
+
+    fn add_interest(&mut self, rule: &CompiledRule) {
+        const KERNEL_FILTERED: u16 = Class::Open.bit()
+            | Class::Unlink.bit()
+            | Class::Rename.bit()
+            | Class::Bind.bit()
+            | Class::Connect.bit();
+        if rule.classes & KERNEL_FILTERED == 0 {
+            return;
+        }
+        let cgroups = if compile::needs_container(&rule.condition) {
+            Cgroups::Containers
+        } else {
+            Cgroups::All
+        };
+        self.interest.cgroups = self.interest.cgroups.max(cgroups);
+        if rule.classes & Class::Open.bit() != 0 {
+            match compile::path_prefixes(&rule.condition) {
+                Some(prefixes) if !prefixes.is_empty() => {
+                    self.interest.prefixes.extend(prefixes.into_iter().map(|p| {
+                        let p = if p.is_empty() { "/".to_owned() } else { p };
+                        let mut cut = p.len().min(sensor_common::host::PATH_KEY_LEN - 1);
+                        while !p.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        p[..cut].to_owned()
+                    }));
+                }
+                _ => {
+                    self.interest.prefixes.push("/".to_owned());
+                    self.unscoped.push(rule.name.clone());
+                }
+            }
+        }
+    }
+
+    /// Rules that would run (enabled, at or above the minimum priority).
+    pub fn active(&self) -> usize {
+        let mut seen = vec![false; self.rules.len()];
+        for list in &self.by_class {
+            for &i in list.iter() {
+                seen[i as usize] = true;
+            }
+        }
+        seen.into_iter().filter(|s| *s).count()
+    }
+
+    /// The first rule (in load order) that matches, as Falco's `rule_matching: first`.
+    pub fn first_match(&self, ctx: &Ctx<'_>, scratch: &mut String) -> Option<&CompiledRule> {
+        self.by_class[ctx.class as usize]
+            .iter()
+            .map(|&i| &self.rules[i as usize])
+            .find(|rule| compile::eval(&rule.condition, ctx, scratch))
+    }
+}
+
+fn flatten_lists(defs: &Definitions) -> HashMap<String, Vec<String>> {
+    let mut lists: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, def) in &defs.lists {
+        let mut items = Vec::new();
+        for item in &def.items {
+            match lists.get(item) {
+                Some(earlier) => items.extend(earlier.iter().cloned()),
+                None => items.push(item.clone()),
+            }
+        }
+        lists.insert(name.clone(), items);
+    }
+    lists
+}
+
+fn compile_rule(def: &parse::RuleDef, defs: &Defs<'_>) -> Result<CompiledRule, Skip> {
+    if def.source != "syscall" {
+        return Err(Skip::Source(def.source.clone()));
+    }
+    let parsed =
+        condition::parse(&def.condition).map_err(|e| Skip::BadValue(format!("condition: {e}")))?;
+    let with_exceptions = add_exceptions(parsed, &def.exceptions)?;
+    let expanded = defs.expand(&with_exceptions, 0)?;
+    let node = compile::compile(&expanded, defs)?;
+    let classes = compile::classes(&node);
+    if classes == 0 {
+        let mut names = Vec::new();
+        compile::unknown_types(&node, &mut names);
+        names.dedup();
+        return Err(Skip::NoEventType(if names.is_empty() {
+            "contradictory types".into()
+        } else {
+            names.join(", ")
+        }));
+    }
+    let segs =
+        output::compile(&def.output).map_err(|f| Skip::UnknownField(format!("{f} (in output)")))?;
+    let mut labels = vec![
+        ("rule_name".to_owned(), def.name.clone()),
+        ("priority".to_owned(), (def.priority as u8).to_string()),
+        ("source".to_owned(), def.source.clone()),
+    ];
+    for tag in &def.tags {
+        labels.push((format!("tag_{}", label_name(tag)), "true".to_owned()));
+    }
+    Ok(CompiledRule {
+        name: def.name.clone(),
+        priority: def.priority,
+        tags: def.tags.clone(),
+        enabled: def.enabled,
+        condition: node,
+        output: segs,
+        classes,
+        origin: def.origin.clone(),
+        labels,
+    })
+}
+
+/// `cond and not (exception1 or exception2 ...)`, each value tuple one alternative.
+fn add_exceptions(cond: Expr, exceptions: &[parse::Exception]) -> Result<Expr, Skip> {
+    let mut alternatives = Vec::new();
+    for exc in exceptions {
+        let op_of = |comp: &str| -> Result<Op, Skip> {
+            let parsed = condition::parse(&format!("x.y {comp} z"))
+                .or_else(|_| condition::parse(&format!("x.y {comp} (z)")))
+                .map_err(|_| {
+                    Skip::BadValue(format!("exception `{}`: bad comp `{comp}`", exc.name))
+                })?;
+            match parsed {
+                Expr::Check { op, .. } => Ok(op),
+                _ => Err(Skip::BadValue(format!("exception `{}`: bad comp `{comp}`", exc.name))),
+            }
+        };
+        if exc.single {
+            if exc.values.is_empty() {
+                continue;
+            }
+            let op = op_of(exc.comps.first().map_or("in", String::as_str))?;
+            let items = exc
+                .values
+                .iter()
+                .filter_map(|v| match parse::exception_value(v) {
+                    Some(condition::Value::One(text)) => {
+                        Some(vec![condition::Item { text, quoted: false }])
+                    }
+                    Some(condition::Value::List(items)) => Some(items),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let value = if op.takes_list() {
+                condition::Value::List(items)
+            } else {
+                match items.into_iter().next() {
+                    Some(i) => condition::Value::One(i.text),
+                    None => continue,
+                }
+            };
+            alternatives.push(Expr::Check { field: exc.fields[0].clone(), op, value });
+            continue;
+        }
+        for tuple in &exc.values {
+            let serde_yaml_ng::Value::Sequence(values) = tuple else {
+                return Err(Skip::BadValue(format!(
+                    "exception `{}`: each value must be a list of {} items",
+                    exc.name,
+                    exc.fields.len()
+                )));
+            };
+            if values.len() != exc.fields.len() {
+                return Err(Skip::BadValue(format!(
+                    "exception `{}`: {} values for {} fields",
+                    exc.name,
+                    values.len(),
+                    exc.fields.len()
+                )));
+            }
+            let mut checks = Vec::new();
+            for ((field, comp), value) in exc.fields.iter().zip(&exc.comps).zip(values) {
+                let op = op_of(comp)?;
+                let value = match (parse::exception_value(value), op.takes_list()) {
+                    (Some(condition::Value::One(text)), true) => {
+                        condition::Value::List(vec![condition::Item { text, quoted: false }])
+                    }
+                    (Some(v), _) => v,
+                    (None, _) => {
+                        return Err(Skip::BadValue(format!("exception `{}`: bad value", exc.name)));
+                    }
+                };
+                checks.push(Expr::Check { field: field.clone(), op, value });
+            }
+            alternatives.push(Expr::And(checks));
+        }
+    }
+    if alternatives.is_empty() {
+        return Ok(cond);
+    }
+    Ok(Expr::And(vec![cond, Expr::Not(Box::new(Expr::Or(alternatives)))]))
+}
+
+pub struct Match<'r> {
+    pub rule: &'r CompiledRule,
+    /// Falco's JSON alert.
+    pub json: String,
+    /// The text form: `HH:MM:SS.ns: Priority output`.
+    pub text: String,
+}
+
+/// Per-reader evaluation state: scratch space and the user name cache.
+pub struct Evaluator {
+    scratch: String,
+    pub users: Users,
+    pub hostname: String,
+}
+
+impl Evaluator {
+    pub fn new(hostname: String) -> Self {
+        Self { scratch: String::with_capacity(256), users: Users::default(), hostname }
+    }
+
+    pub fn with_users(hostname: String, users: Users) -> Self {
+        Self { scratch: String::with_capacity(256), users, hostname }
+    }
+
+    /// The first matching rule for `event`, with its Falco JSON alert and the text form.
+    pub fn evaluate<'r>(
+        &mut self,
+        set: &'r RuleSet,
+        event: &Enriched,
+        processes: &ProcessTable,
+    ) -> Option<Match<'r>> {
+        let class = Class::of(event)?;
+        if set.by_class[class as usize].is_empty() {
+            return None;
+        }
+        self.users.prepare(event.header.uid);
+        let ctx = Ctx { event, class, processes, users: &self.users, hostname: &self.hostname };
+        let rule = set.first_match(&ctx, &mut self.scratch)?;
+        let alert = output::alert(rule, &ctx, &mut self.scratch);
+        let json = serde_json::to_string(&alert).unwrap_or_default();
+        Some(Match { rule, json, text: alert.output })
+    }
+
+    /// Whether any rule matches (the benchmark's path: no alert is built).
+    pub fn matches(&mut self, set: &RuleSet, event: &Enriched, processes: &ProcessTable) -> bool {
+        let Some(class) = Class::of(event) else { return false };
+        let ctx = Ctx { event, class, processes, users: &self.users, hostname: &self.hostname };
+        set.first_match(&ctx, &mut self.scratch).is_some()
+    }
+}
+
+/// Loads text as if it were one file (tests and the benchmark).
+pub fn from_text(file: &Path, text: &str, min: Priority) -> Result<RuleSet, ParseError> {
+    let mut defs = Definitions::default();
+    defs.load(file, text)?;
+    Ok(RuleSet::build(&defs, min))
+}
+
+#[cfg(test)]
+mod tests;
