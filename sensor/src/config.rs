@@ -80,6 +80,12 @@ impl Config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        Self::from_file(args, file)
+    }
+
+    /// Applies the flags in `args` on top of an already parsed config file and validates the
+    /// result (`args.config` only names the file in messages).
+    pub fn from_file(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let origin = |flag_given: bool| match (&args.config, flag_given) {
             (_, true) | (None, _) => "command line".to_owned(),
             (Some(path), false) => path.display().to_string(),

@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod decode;
 pub mod features;
 pub mod flows;
+pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod hubble_metrics;
