@@ -25,6 +25,19 @@ pub enum Command {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Remove everything the agent pinned (programs stay attached across restarts through
+    /// these pins): run after stopping the agent, to uninstall.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct CleanupArgs {
+    /// Config file to read `bpf_pin_dir` from.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Pin directory [default: /sys/fs/bpf/sensor].
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +92,11 @@ pub struct RunArgs {
     /// [default: flow drop tcp port-distribution policy].
     #[arg(long, value_name = "METRICS", value_delimiter = ' ')]
     pub hubble_metrics: Option<Vec<String>>,
+
+    /// bpffs directory where programs, maps and links are pinned so they keep working while
+    /// the agent restarts [default: /sys/fs/bpf/sensor]. `sensor cleanup` removes it.
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

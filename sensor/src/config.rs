@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub hubble_metrics_stale_pod_seconds: Option<u64>,
     /// Entries of each policy map (allow, deny); a policy set needing more is rejected whole.
     pub policy_map_max_entries: Option<u32>,
+    /// bpffs directory for pinned programs, maps and links.
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -55,6 +57,7 @@ pub struct Config {
     pub hubble_metrics: Vec<String>,
     pub hubble_metrics_stale_pod_seconds: u64,
     pub policy_map_max_entries: u32,
+    pub bpf_pin_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,11 @@ impl Config {
             node_name,
             policy_dir: args.policy_dir.clone().or(file.policy_dir),
             endpoints_file: args.endpoints_file.clone().or(file.endpoints_file),
+            bpf_pin_dir: args
+                .bpf_pin_dir
+                .clone()
+                .or(file.bpf_pin_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::pins::DEFAULT_DIR)),
         })
     }
 }

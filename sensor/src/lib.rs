@@ -20,5 +20,6 @@ pub mod loader;
 pub mod logging;
 pub mod metrics;
 pub mod output;
+pub mod pins;
 pub mod policy;
 pub mod sys;
