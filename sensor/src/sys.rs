@@ -103,9 +103,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Mounts bpffs at [`BPFFS`] when `dir` (or the closest existing parent) is not on one.
 /// Returns whether it mounted.
 pub fn ensure_bpffs(dir: &Path) -> io::Result<bool> {
-    let on_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-    };
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     if on_bpffs(existing) {
         return Ok(false);
