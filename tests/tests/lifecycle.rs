@@ -113,6 +113,38 @@ fn sigterm_keeps_pins_and_cleanup_leaves_no_filter_link_or_program_behind() {
     assert!(status.success() && out.starts_with("removed 0 "), "{status} {out}");
 }
 
+/// An upgrade (here: other map sizes, so the pins cannot be adopted) loads the new programs,
+/// attaches them, then detaches the old ones: afterwards exactly one set of links runs, all
+/// of them new, and the old programs are gone.
+#[test]
+fn a_start_with_another_object_replaces_every_link_once() {
+    if !privileged() {
+        return;
+    }
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    let iface = unique("veth");
+    let _veth = Veth::new(&node, &pod, &iface, 5);
+    let mut first = Sensor::start(&node, "", &[]);
+    first.wait_metric("sensor_interface_attached", &[("interface", &iface)], |v| v == Some(1.0));
+    let pins = first.pins();
+    let old = pinned_link_programs(pins.path());
+    assert_eq!(old.len(), 10, "{old:?}");
+    assert!(first.terminate().success(), "{}", first.log());
+
+    let second = Sensor::start_with_pins(&node, "conntrack: {max_entries: 65536}\n", &[], pins);
+    second.wait_metric("sensor_interface_attached", &[("interface", &iface)], |v| v == Some(1.0));
+    assert!(second.log().contains("replacing=10"), "{}", second.log());
+    let new = pinned_link_programs(second.pins().path());
+    assert_eq!(new.len(), 10, "{new:?}");
+    assert!(new.is_disjoint(&old), "old programs still pinned: {old:?} {new:?}");
+    wait_until("the old links to be detached", Duration::from_secs(10), || {
+        (links_of(&old, None) == 0).then_some(())
+    });
+    assert_eq!(links_of(&new, None), 10, "expected exactly one set of links");
+    assert_eq!(links_of(&new, Some(LinkType::Tcx)), 2);
+}
+
 #[test]
 fn startup_log_states_map_memory() {
     if !privileged() {
