@@ -91,8 +91,32 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     tracing::info!(kernel = %features.kernel, "kernel features: {}", features.summary());
     features.require_baseline()?;
 
+    let pins = crate::pins::Pins::new(&config.bpf_pin_dir);
+    if sys::ensure_bpffs(pins.dir()).map_err(|e| AgentError::Io("mounting bpffs", e))? {
+        tracing::info!("mounted bpffs at {}", sys::BPFFS);
+    }
+    let stamp = loader::stamp(config.conntrack.max_entries, config.policy_map_max_entries);
+    let start = pins
+        .prepare(
+            &stamp,
+            &loader::HOST_LINKS,
+            &[interfaces::TC_INGRESS_PROGRAM, interfaces::TC_EGRESS_PROGRAM],
+        )
+        .map_err(|e| AgentError::Io("preparing the bpffs pin directory", e))?;
+    let adopt = matches!(start, crate::pins::Start::Adopt);
+    // Links of a previous, different object: dropped once ours are attached (no gap).
+    let mut previous_links = match start {
+        crate::pins::Start::Adopt => None,
+        crate::pins::Start::Fresh { previous } => Some(previous),
+    };
     let mut ebpf =
-        loader::load_object(config.conntrack.max_entries, config.policy_map_max_entries)?;
+        loader::load_object(config.conntrack.max_entries, config.policy_map_max_entries, &pins)?;
+    if adopt {
+        tracing::info!(pin_dir = %pins.dir().display(), "adopting pinned programs, maps and links of the previous run");
+    } else {
+        tracing::info!(pin_dir = %pins.dir().display(), replacing = previous_links.as_ref().map_or(0, Vec::len), "loading programs, pinning them with their maps and links");
+    }
+    log_map_memory(&ebpf);
     start_ebpf_logger(&mut ebpf);
 
     let table = Arc::new(Mutex::new(InterfaceTable::new(take_map::<PerCpuHashMap<_, _, _>>(
@@ -180,6 +204,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let host_view = policy.host.as_ref().map(|h| Arc::clone(&h.view)).unwrap_or_default();
     let applied = policy.reload()?;
     tracing::info!(?applied, "policy applied");
+    if adopt && let Some(host) = &mut policy.host {
+        let removed = host
+            .scrub_stale()
+            .map_err(|e| AgentError::Io("host maps", std::io::Error::other(e)))?;
+        tracing::info!(removed, "removed the previous run's stale host rule entries");
+    }
     let (_watcher, mut policy_changes) = policy.watch()?;
     // Rules: the first load must succeed too; its interest feeds the kernel filter.
     let mut rules = crate::rules::runtime::RulesRuntime::new(
@@ -214,8 +244,13 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let mut server =
         tokio::spawn(http::serve(listener, http::State { registry, ready: Arc::clone(&ready) }));
 
-    let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone())?;
-    loader::attach_host(&mut ebpf, &cgroup_root)?;
+    let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone(), pins.clone(), adopt)?;
+    if adopt {
+        loader::adopt_host(&pins)?;
+    } else {
+        loader::attach_host(&mut ebpf, &cgroup_root, &pins)?;
+        pins.commit(&stamp).map_err(|e| AgentError::Io("stamping the pin directory", e))?;
+    }
     tracing::info!(
         cgroup_root = %cgroup_root.display(),
         "host hooks attached: sched_process_exec/exit tracepoints, raw sys_enter/sys_exit, cgroup bind/connect"
@@ -282,7 +317,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     LinkEvent::Present { name, .. } => policy.is_endpoint_interface(name),
                     _ => false,
                 };
-                attacher.apply(&mut ebpf, &table, event);
+                let synced = event == LinkEvent::Synced;
+                attacher.apply(&table, event);
+                if synced && let Some(old) = previous_links.take() && !old.is_empty() {
+                    tracing::info!(links = old.len(), "detached the previous object's links");
+                    drop(old);
+                }
                 if endpoint_link && let Err(err) = policy.reapply() {
                     tracing::error!("policy re-apply after interface change: {err}");
                 }
@@ -352,17 +392,43 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     writer.abort();
     server.abort();
     let interfaces = attacher.attached_count();
-    // Dropping the object closes every program and link fd: tcx links and the tracepoint
-    // detach with them, and nothing was pinned.
+    // Our fds close; the pinned links keep the programs attached, with their maps, until the
+    // next start adopts them (rolling upgrade, restart) or `sensor cleanup` removes them.
     drop(attacher);
     drop(ebpf);
+    drop(previous_links);
     match result {
         Ok(signal) => {
-            tracing::info!(signal, interfaces, "stopped: programs detached");
+            tracing::info!(
+                signal,
+                interfaces,
+                pin_dir = %pins.dir().display(),
+                "stopped: programs stay attached through their pins (`sensor cleanup` removes them)"
+            );
             Ok(())
         }
         Err(err) => Err(err),
     }
+}
+
+/// States the memory the maps take, as the kernel charges it (memlock) and as declared
+/// (max_entries × (key + value)).
+fn log_map_memory(ebpf: &Ebpf) {
+    let maps = loader::map_memory(ebpf);
+    let memlock: u64 = maps.iter().map(|m| m.memlock_bytes).sum();
+    let declared: u64 = maps.iter().map(|m| m.declared_bytes).sum();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let largest: Vec<String> =
+        maps.iter().take(5).map(|m| format!("{}={:.1}MiB", m.name, mib(m.memlock_bytes))).collect();
+    tracing::info!(
+        maps = maps.len(),
+        memlock_bytes = memlock,
+        declared_bytes = declared,
+        "eBPF maps take {:.1} MiB of kernel memory (memlock; max_entries x (key+value) = {:.1} MiB); largest: {}",
+        mib(memlock),
+        mib(declared),
+        largest.join(" ")
+    );
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, AgentError>

@@ -28,6 +28,19 @@ pub enum Command {
     /// Falco rule tools.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Remove everything the agent pinned (programs stay attached across restarts through
+    /// these pins): run after stopping the agent, to uninstall.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct CleanupArgs {
+    /// Config file to read `bpf_pin_dir` from.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Pin directory [default: /sys/fs/bpf/sensor].
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +122,10 @@ pub struct RunArgs {
     /// reloads them; a file that does not load is rejected and the previous rules stay.
     #[arg(long, value_name = "PATH,...", value_delimiter = ',')]
     pub rules_files: Option<Vec<PathBuf>>,
+    /// bpffs directory where programs, maps and links are pinned so they keep working while
+    /// the agent restarts [default: /sys/fs/bpf/sensor]. `sensor cleanup` removes it.
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub rules_min_priority: Option<crate::rules::Priority>,
     /// `json` (Falco's JSON alert, default) or `text` (Falco's text line).
     pub rules_output: Option<RulesOutput>,
+    /// bpffs directory for pinned programs, maps and links.
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// How rule alerts are written.
@@ -77,6 +79,7 @@ pub struct Config {
     pub rules_files: Vec<PathBuf>,
     pub rules_min_priority: crate::rules::Priority,
     pub rules_output: RulesOutput,
+    pub bpf_pin_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,12 @@ impl Config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        Self::from_file(args, file)
+    }
+
+    /// Applies the flags in `args` on top of an already parsed config file and validates the
+    /// result (`args.config` only names the file in messages).
+    pub fn from_file(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let origin = |flag_given: bool| match (&args.config, flag_given) {
             (_, true) | (None, _) => "command line".to_owned(),
             (Some(path), false) => path.display().to_string(),
@@ -166,6 +175,11 @@ impl Config {
             node_name,
             policy_dir: args.policy_dir.clone().or(file.policy_dir),
             endpoints_file: args.endpoints_file.clone().or(file.endpoints_file),
+            bpf_pin_dir: args
+                .bpf_pin_dir
+                .clone()
+                .or(file.bpf_pin_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::pins::DEFAULT_DIR)),
         })
     }
 }

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
@@ -20,7 +24,7 @@ use rtnetlink::{
 use sensor_common::net::{Direction, IfaceCounters, IfaceKey};
 use tokio::sync::mpsc;
 
-use crate::config::InterfaceMatcher;
+use crate::{config::InterfaceMatcher, pins::Pins};
 
 pub const TC_INGRESS_PROGRAM: &str = "tc_ingress";
 pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
@@ -152,30 +156,68 @@ impl InterfaceTable {
     }
 }
 
-/// Keeps the tc programs attached to exactly the matching interfaces.
+/// Keeps the tc programs attached to exactly the matching interfaces. Links are pinned
+/// (`links/tc-<ifindex>-<direction>`): they outlive the agent, and the next start adopts them.
 pub struct Attacher {
     matcher: InterfaceMatcher,
+    pins: Pins,
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
     links: BTreeMap<u32, Attached>,
 }
 
 struct Attached {
     name: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    ingress: TcLink,
+    egress: TcLink,
+}
+
+/// A tcx link is pinned; a netlink (clsact) filter on kernels < 6.6 cannot be, and goes with
+/// the agent.
+enum TcLink {
+    Pinned(PinnedLink),
+    Unpinned(#[allow(dead_code, reason = "held: dropping it detaches")] SchedClassifierLink),
+}
+
+impl TcLink {
+    fn detach(self) {
+        if let Self::Pinned(link) = self {
+            match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(err) => tracing::debug!("unpinning a tc link: {err}"),
+            }
+        }
+    }
 }
 
 impl Attacher {
-    /// Loads both tc programs into the kernel (verifier runs here, once).
-    pub fn new(ebpf: &mut Ebpf, matcher: InterfaceMatcher) -> Result<Self, InterfaceError> {
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
-            let program = classifier(ebpf, name)?;
-            program.load().map_err(|source| InterfaceError::Attach {
-                program: name,
-                interface: "(load)".into(),
-                source,
-            })?;
+    /// Loads both tc programs into the kernel (verifier runs here, once) and pins them, or,
+    /// when `adopt`, takes the pinned ones of the previous run.
+    pub fn new(
+        ebpf: &mut Ebpf,
+        matcher: InterfaceMatcher,
+        pins: Pins,
+        adopt: bool,
+    ) -> Result<Self, InterfaceError> {
+        let failed = |program, source| InterfaceError::Attach {
+            program,
+            interface: "(load)".into(),
+            source,
+        };
+        if !adopt {
+            for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
+                let program = classifier(ebpf, name)?;
+                program.load().map_err(|e| failed(name, e))?;
+                program.pin(pins.program(name)).map_err(|e| {
+                    failed(name, aya::programs::ProgramError::IOError(std::io::Error::other(e)))
+                })?;
+            }
         }
-        Ok(Self { matcher, links: BTreeMap::new() })
+        let ingress = SchedClassifier::from_pin(pins.program(TC_INGRESS_PROGRAM))
+            .map_err(|e| failed(TC_INGRESS_PROGRAM, e))?;
+        let egress = SchedClassifier::from_pin(pins.program(TC_EGRESS_PROGRAM))
+            .map_err(|e| failed(TC_EGRESS_PROGRAM, e))?;
+        Ok(Self { matcher, pins, ingress, egress, links: BTreeMap::new() })
     }
 
     pub fn attached_count(&self) -> usize {
@@ -184,12 +226,7 @@ impl Attacher {
 
     /// Applies one link event. Attach failures on one interface are logged, not fatal: the
     /// interface may have vanished meanwhile.
-    pub fn apply(
-        &mut self,
-        ebpf: &mut Ebpf,
-        table: &std::sync::Mutex<InterfaceTable>,
-        event: LinkEvent,
-    ) {
+    pub fn apply(&mut self, table: &std::sync::Mutex<InterfaceTable>, event: LinkEvent) {
         match event {
             LinkEvent::Present { index, name } => {
                 let wanted = self.matcher.matches(&name);
@@ -202,54 +239,101 @@ impl Attacher {
                         }
                         lock(table).insert(index, name);
                     }
-                    Some(_) => self.detach(ebpf, table, index),
-                    None if wanted => match self.attach(ebpf, index, &name) {
-                        Ok(attached) => {
-                            tracing::info!(interface = %name, ifindex = index, "attached tc programs");
-                            self.links.insert(index, attached);
-                            lock(table).insert(index, name);
+                    Some(_) => self.detach(table, index),
+                    None if wanted => {
+                        let (result, how) = match self.adopt(index, &name) {
+                            Some(attached) => (Ok(attached), "adopted pinned tc programs"),
+                            None => (self.attach(index, &name), "attached tc programs"),
+                        };
+                        match result {
+                            Ok(attached) => {
+                                tracing::info!(interface = %name, ifindex = index, "{how}");
+                                self.links.insert(index, attached);
+                                lock(table).insert(index, name);
+                            }
+                            Err(err) => tracing::warn!("{err}"),
                         }
-                        Err(err) => tracing::warn!("{err}"),
-                    },
-                    None => {}
+                    }
+                    None => self.drop_pins(index),
                 }
             }
-            LinkEvent::Gone { index } => self.detach(ebpf, table, index),
-            LinkEvent::Synced => {}
+            LinkEvent::Gone { index } => self.detach(table, index),
+            LinkEvent::Synced => {
+                // Pins of interfaces that went away (or stopped matching) while we were down.
+                for index in self.pins.tc_link_indexes() {
+                    if !self.links.contains_key(&index) {
+                        self.drop_pins(index);
+                    }
+                }
+            }
         }
     }
 
-    fn attach(&self, ebpf: &mut Ebpf, index: u32, name: &str) -> Result<Attached, InterfaceError> {
-        let mut attach_one = |program: &'static str, hook| {
-            classifier(ebpf, program)?.attach(index, hook).map_err(|source| {
-                InterfaceError::Attach { program, interface: name.to_owned(), source }
+    /// The previous run's pinned links on this interface, if both are there.
+    fn adopt(&self, index: u32, name: &str) -> Option<Attached> {
+        let ingress = PinnedLink::from_pin(self.pins.tc_link(index, "ingress")).ok()?;
+        let egress = PinnedLink::from_pin(self.pins.tc_link(index, "egress")).ok()?;
+        Some(Attached {
+            name: name.to_owned(),
+            ingress: TcLink::Pinned(ingress),
+            egress: TcLink::Pinned(egress),
+        })
+    }
+
+    fn drop_pins(&self, index: u32) {
+        for direction in ["ingress", "egress"] {
+            let path = self.pins.tc_link(index, direction);
+            if path.exists() {
+                let _ = std::fs::remove_file(&path);
+                tracing::info!(ifindex = index, "removed stale pinned tc link {}", path.display());
+            }
+        }
+    }
+
+    fn attach(&mut self, index: u32, name: &str) -> Result<Attached, InterfaceError> {
+        let pins = self.pins.clone();
+        let attach_one = |program: &mut SchedClassifier, label: &'static str, hook, direction| {
+            let error = |source| InterfaceError::Attach {
+                program: label,
+                interface: name.to_owned(),
+                source,
+            };
+            let id = program.attach(index, hook).map_err(error)?;
+            let link = program.take_link(id).map_err(error)?;
+            let path = pins.tc_link(index, direction);
+            let _ = std::fs::remove_file(&path);
+            Ok(match FdLink::try_from(link) {
+                Ok(fd) => TcLink::Pinned(fd.pin(&path).map_err(|e| {
+                    error(aya::programs::ProgramError::IOError(std::io::Error::other(e)))
+                })?),
+                // Not a bpf link (tc clsact on an old kernel): the filter was detached by the
+                // failed conversion; attach again and keep it unpinned.
+                Err(_) => {
+                    let id = program.attach(index, hook).map_err(error)?;
+                    TcLink::Unpinned(program.take_link(id).map_err(error)?)
+                }
             })
         };
-        let ingress = attach_one(TC_INGRESS_PROGRAM, TcAttachType::Ingress)?;
-        let egress = match attach_one(TC_EGRESS_PROGRAM, TcAttachType::Egress) {
-            Ok(link) => link,
-            Err(err) => {
-                let _ = classifier(ebpf, TC_INGRESS_PROGRAM).map(|p| p.detach(ingress));
-                return Err(err);
-            }
-        };
+        let ingress =
+            attach_one(&mut self.ingress, TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress")?;
+        let egress =
+            match attach_one(&mut self.egress, TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress") {
+                Ok(link) => link,
+                Err(err) => {
+                    ingress.detach();
+                    return Err(err);
+                }
+            };
         Ok(Attached { name: name.to_owned(), ingress, egress })
     }
 
-    fn detach(&mut self, ebpf: &mut Ebpf, table: &std::sync::Mutex<InterfaceTable>, index: u32) {
+    fn detach(&mut self, table: &std::sync::Mutex<InterfaceTable>, index: u32) {
         let Some(attached) = self.links.remove(&index) else {
             return;
         };
-        // A deleted device has already dropped its tcx links; detaching then fails harmlessly.
-        for (program, link) in
-            [(TC_INGRESS_PROGRAM, attached.ingress), (TC_EGRESS_PROGRAM, attached.egress)]
-        {
-            if let Ok(p) = classifier(ebpf, program)
-                && let Err(err) = p.detach(link)
-            {
-                tracing::debug!(interface = %attached.name, "detach {program}: {err}");
-            }
-        }
+        // A deleted device has already dropped its tcx links; unpinning then just frees them.
+        attached.ingress.detach();
+        attached.egress.detach();
         lock(table).remove(index);
         tracing::info!(interface = %attached.name, ifindex = index, "detached tc programs");
     }

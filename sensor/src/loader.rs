@@ -1,9 +1,17 @@
 //! The embedded eBPF object: loading it and attaching the host (tracepoint) programs.
 
+use std::hash::{Hash as _, Hasher as _};
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    maps::{Map, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
+
+use crate::pins::Pins;
 
 /// Built by `sensor/build.rs` from `sensor-ebpf`; empty when bpf-linker was missing at build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -25,19 +33,144 @@ pub enum LoadError {
     Program { what: String, source: aya::programs::ProgramError },
 }
 
-/// Creates the maps and relocates the programs; the verifier runs per program on `load()`.
-/// `policy_entries` is per generation: the policy maps hold two during an update.
-pub fn load_object(conntrack_entries: u32, policy_entries: u32) -> Result<Ebpf, LoadError> {
+/// The maps whose contents outlive the agent: pinned, and adopted by the next start.
+/// (Per-CPU scratch maps, `.rodata` and the log buffer belong to one load of the programs.)
+pub const STATE_MAPS: [&str; 19] = {
+    use sensor_common::{host as h, net as n};
+    [
+        n::IFACE_STATS_MAP,
+        n::NET_CONFIG_MAP,
+        n::ENDPOINTS_MAP,
+        n::IPCACHE_MAP,
+        n::POLICY_ALLOW_MAP,
+        n::POLICY_DENY_MAP,
+        n::CONNTRACK_MAP,
+        n::NET_EVENTS_MAP,
+        n::NET_COUNTERS_MAP,
+        n::VERDICT_COUNTERS_MAP,
+        h::HOST_EVENTS_MAP,
+        h::EVENT_LOSS_MAP,
+        h::HOST_CONFIG_MAP,
+        h::HOST_SCOPES_MAP,
+        h::EXEC_RULES_MAP,
+        h::FILE_RULES_MAP,
+        h::BIND_RULES_MAP,
+        h::SYSCALL_RULES_MAP,
+        h::OPEN_ARGS_MAP,
+    ]
+};
+
+/// Host hooks, by the name of their link pin (the program's name).
+pub const HOST_LINKS: [&str; 14] = [
+    "sched_process_exec",
+    "sched_process_exit",
+    "sys_enter_unlinkat",
+    "sys_enter_unlink",
+    "sys_enter_rmdir",
+    "sys_enter_rename",
+    "sys_enter_renameat",
+    "sys_enter_renameat2",
+    "sys_enter",
+    "sys_exit",
+    "bind4",
+    "bind6",
+    "connect4",
+    "connect6",
+];
+
+/// Identifies the pins a start may adopt: the object's bytes and the map sizes.
+pub fn stamp(conntrack_entries: u32, policy_entries: u32) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    EBPF_OBJECT.hash(&mut hasher);
+    conntrack_entries.hash(&mut hasher);
+    policy_entries.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Creates the maps (or opens the pinned ones under `pins`) and relocates the programs; the
+/// verifier runs per program on `load()`. `policy_entries` is per generation: the policy maps
+/// hold two during an update.
+pub fn load_object(
+    conntrack_entries: u32,
+    policy_entries: u32,
+    pins: &Pins,
+) -> Result<Ebpf, LoadError> {
     use sensor_common::net::{CONNTRACK_MAP, POLICY_ALLOW_MAP, POLICY_DENY_MAP};
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     let policy_map_size = policy_entries.saturating_mul(2);
-    Ok(EbpfLoader::new()
+    let paths: Vec<_> = STATE_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(CONNTRACK_MAP, conntrack_entries)
         .map_max_entries(POLICY_ALLOW_MAP, policy_map_size)
-        .map_max_entries(POLICY_DENY_MAP, policy_map_size)
-        .load(EBPF_OBJECT)?)
+        .map_max_entries(POLICY_DENY_MAP, policy_map_size);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// One map's bound: its size as declared and what the kernel charges for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u32,
+    /// `max_entries × (key + value)` (ring buffers: their size in bytes).
+    pub declared_bytes: u64,
+    /// `memlock` from the map fd's fdinfo: what the kernel accounts (per-CPU values included).
+    pub memlock_bytes: u64,
+}
+
+/// The memory every map of the object takes, largest first.
+pub fn map_memory(ebpf: &Ebpf) -> Vec<MapMemory> {
+    let mut out: Vec<MapMemory> = ebpf
+        .maps()
+        .filter_map(|(name, map)| {
+            let data = map_data(map)?;
+            let info = data.info().ok()?;
+            let (key, value, entries) =
+                (u64::from(info.key_size()), u64::from(info.value_size()), info.max_entries());
+            let declared_bytes = if matches!(map, Map::RingBuf(_)) {
+                u64::from(entries)
+            } else {
+                u64::from(entries) * (key + value)
+            };
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = data.fd().as_fd().as_raw_fd();
+            let memlock_bytes = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .ok()
+                .and_then(|s| {
+                    s.lines().find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
+                })
+                .unwrap_or(0);
+            Some(MapMemory {
+                name: name.to_owned(),
+                max_entries: entries,
+                declared_bytes,
+                memlock_bytes,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.memlock_bytes.cmp(&a.memlock_bytes).then(a.name.cmp(&b.name)));
+    out
+}
+
+const fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::RingBuf(m)
+        | Map::PerfEventArray(m)
+        | Map::Unsupported(m) => Some(m),
+        _ => None,
+    }
 }
 
 fn fail(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
@@ -45,10 +178,32 @@ fn fail(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
     move |source| LoadError::Program { what, source }
 }
 
+fn pin_link(pins: &Pins, name: &str, link: FdLink) -> Result<(), LoadError> {
+    link.pin(pins.link(name)).map(drop).map_err(|e| LoadError::Program {
+        what: format!("pinning the {name} link under {}", pins.dir().display()),
+        source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+    })
+}
+
+/// Keeps the pinned host links (an adopting start): checks each one is still there.
+pub fn adopt_host(pins: &Pins) -> Result<(), LoadError> {
+    for name in HOST_LINKS {
+        PinnedLink::from_pin(pins.link(name)).map_err(|e| LoadError::Program {
+            what: format!("adopting the pinned {name} link"),
+            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+        })?;
+    }
+    Ok(())
+}
+
 /// Loads and attaches the host programs: exec/exit tracepoints, raw `sys_enter`/`sys_exit`
-/// for file rules and denied syscalls, and the socket hooks on the cgroup v2 root. Links live
-/// as long as the object: dropping it detaches everything.
-pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(), LoadError> {
+/// for file rules and denied syscalls, and the socket hooks on the cgroup v2 root. Each link
+/// is pinned under `pins`: it stays attached when the agent exits, until `sensor cleanup`.
+pub fn attach_host(
+    ebpf: &mut Ebpf,
+    cgroup_root: &std::path::Path,
+    pins: &Pins,
+) -> Result<(), LoadError> {
     for name in ["sched_process_exec", "sched_process_exit"] {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
@@ -59,29 +214,39 @@ pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(),
                 "sched_process_exit"
             }))?;
         program.load().map_err(fail(&format!("loading {name}")))?;
-        program
+        let id = program
             .attach("sched", name)
             .map_err(fail(&format!("attaching tracepoint sched/{name}")))?;
+        let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
+        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
+            what: format!("{name}: the kernel gave no bpf link to pin"),
+            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+        })?;
+        pin_link(pins, name, link)?;
     }
     // Unlink and rename: one small program per syscall.
-    for (name, tracepoints) in [
-        ("sys_enter_unlinkat", &["sys_enter_unlinkat"][..]),
-        ("sys_enter_unlink", &["sys_enter_unlink"][..]),
-        ("sys_enter_rmdir", &["sys_enter_rmdir"][..]),
-        ("sys_enter_rename", &["sys_enter_rename"][..]),
-        ("sys_enter_renameat", &["sys_enter_renameat"][..]),
-        ("sys_enter_renameat2", &["sys_enter_renameat2"][..]),
+    for name in [
+        "sys_enter_unlinkat",
+        "sys_enter_unlink",
+        "sys_enter_rmdir",
+        "sys_enter_rename",
+        "sys_enter_renameat",
+        "sys_enter_renameat2",
     ] {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .ok_or(LoadError::MissingProgram("unlink/rename tracepoint"))?;
         program.load().map_err(fail(&format!("loading {name}")))?;
-        for tracepoint in tracepoints {
-            program
-                .attach("syscalls", tracepoint)
-                .map_err(fail(&format!("attaching tracepoint syscalls/{tracepoint}")))?;
-        }
+        let id = program
+            .attach("syscalls", name)
+            .map_err(fail(&format!("attaching tracepoint syscalls/{name}")))?;
+        let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
+        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
+            what: format!("{name}: the kernel gave no bpf link to pin"),
+            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+        })?;
+        pin_link(pins, name, link)?;
     }
     for name in ["sys_enter", "sys_exit"] {
         let program: &mut RawTracePoint = ebpf
@@ -93,7 +258,9 @@ pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(),
                 "sys_exit"
             }))?;
         program.load().map_err(fail(&format!("loading {name}")))?;
-        program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
+        let id = program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
+        let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
+        pin_link(pins, name, FdLink::from(link))?;
     }
     let cgroup = std::fs::File::open(cgroup_root).map_err(|e| LoadError::Program {
         what: format!("opening cgroup {}", cgroup_root.display()),
@@ -105,9 +272,15 @@ pub fn attach_host(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> Result<(),
             .and_then(|p| p.try_into().ok())
             .ok_or(LoadError::MissingProgram("cgroup sock_addr"))?;
         program.load().map_err(fail(&format!("loading {name}")))?;
-        program
+        let id = program
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(fail(&format!("attaching cgroup/{name} to {}", cgroup_root.display())))?;
+        let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
+        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
+            what: format!("{name}: the kernel gave no bpf link to pin"),
+            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+        })?;
+        pin_link(pins, name, link)?;
     }
     Ok(())
 }

@@ -41,6 +41,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Cleanup(args) => {
+            let dir = match (&args.bpf_pin_dir, &args.config) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(path)) => match sensor::config::FileConfig::load(path) {
+                    Ok(file) => {
+                        file.bpf_pin_dir.unwrap_or_else(|| sensor::pins::DEFAULT_DIR.into())
+                    }
+                    Err(err) => {
+                        eprintln!("sensor: {err}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+                (None, None) => sensor::pins::DEFAULT_DIR.into(),
+            };
+            match sensor::pins::Pins::new(&dir).cleanup() {
+                Ok(n) => {
+                    println!("removed {n} pinned objects under {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("sensor: cleaning up {}: {err}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Policy(PolicyCommand::Check(args)) => match sensor::policy::check::check(&args) {
             Ok(report) => {
                 print!("{report}");

@@ -95,3 +95,35 @@ impl BootClock {
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 }
+
+/// Where bpffs is mounted on every distribution (and in the DaemonSet, from the host).
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at [`BPFFS`] when `dir` (or the closest existing parent) is not on one.
+/// Returns whether it mounted.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<bool> {
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if on_bpffs(existing) {
+        return Ok(false);
+    }
+    if !dir.starts_with(BPFFS) {
+        return Err(io::Error::other(format!(
+            "{} is not on a bpf filesystem (mount one there, or use a directory under {BPFFS})",
+            dir.display()
+        )));
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    Ok(true)
+}

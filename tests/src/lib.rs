@@ -19,7 +19,7 @@ use std::{
 pub use cgroup::Cgroup;
 pub use metrics::Metrics;
 pub use netns::{Netns, Veth};
-pub use sensor::Sensor;
+pub use sensor::{PinDir, Sensor};
 
 /// True when privileged tests can run. With `CI=true` and no root it panics: CI must not
 /// silently skip the tests that prove the product works.

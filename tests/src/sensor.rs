@@ -27,8 +27,50 @@ pub fn sensor_bin() -> PathBuf {
     path
 }
 
+/// A bpffs pin directory of its own for one test (`--bpf-pin-dir`): removed with
+/// `sensor cleanup` when the last holder drops it, even when the test fails, so no test
+/// leaves programs attached through pins.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { path: PathBuf::from("/sys/fs/bpf").join(unique("se2e-pins-")) })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Runs `sensor cleanup --bpf-pin-dir DIR`; returns its exit status and stdout.
+    pub fn cleanup(&self) -> (std::process::ExitStatus, String) {
+        let out = Command::new(sensor_bin())
+            .arg("cleanup")
+            .arg("--bpf-pin-dir")
+            .arg(&self.path)
+            .output()
+            .expect("run sensor cleanup");
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let (status, out) = self.cleanup();
+            if !status.success() {
+                eprintln!("sensor cleanup {}: {status} {out}", self.path.display());
+            }
+        }
+    }
+}
+
 pub struct Sensor {
     child: Option<Child>,
+    /// Pins of this agent; shared with a restarted agent through [`Sensor::start_with_pins`].
+    pins: Arc<PinDir>,
     netns: PathBuf,
     /// Config file written by [`Sensor::start`], removed on drop.
     config: Option<PathBuf>,
@@ -40,24 +82,45 @@ impl Sensor {
     /// Starts `sensor run` in `node` with `config_yaml` as its config file plus `args`, and
     /// waits until `/readyz` answers 200.
     pub fn start(node: &Netns, config_yaml: &str, args: &[&str]) -> Self {
+        Self::start_with_pins(node, config_yaml, args, PinDir::new())
+    }
+
+    /// [`Sensor::start`] with a given pin directory: a restart adopts what the previous agent
+    /// pinned there.
+    pub fn start_with_pins(
+        node: &Netns,
+        config_yaml: &str,
+        args: &[&str],
+        pins: Arc<PinDir>,
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", unique("se2e-cfg-")));
         fs::write(&config, config_yaml).expect("write config");
         let mut argv: Vec<String> = vec!["run".into(), "--config".into()];
         argv.push(config.display().to_string());
         argv.extend(["--metrics-addr".into(), format!("127.0.0.1:{PORT}")]);
         argv.extend(["--node-name".into(), "e2e-node".into()]);
+        argv.extend(["--bpf-pin-dir".into(), pins.path().display().to_string()]);
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        Self::launch(node, &[], &argv, Some(config))
+        Self::launch(node, &[], &argv, Some(config), pins)
     }
 
-    /// Starts `WRAPPER... sensor ARGV...` in `node` with exactly these arguments (nothing is
-    /// added; the HTTP server must listen on [`PORT`]), and waits until `/readyz` answers 200.
-    /// `wrapper` is a command that execs the rest, e.g. `setpriv ... --`.
+    /// Starts `WRAPPER... sensor ARGV... --bpf-pin-dir DIR` in `node` (only the test's own pin
+    /// directory is added; the HTTP server must listen on [`PORT`]), and waits until `/readyz`
+    /// answers 200. `wrapper` is a command that execs the rest, e.g. `setpriv ... --`.
     pub fn start_argv(node: &Netns, wrapper: &[String], argv: &[String]) -> Self {
-        Self::launch(node, wrapper, argv, None)
+        let pins = PinDir::new();
+        let mut argv = argv.to_vec();
+        argv.extend(["--bpf-pin-dir".into(), pins.path().display().to_string()]);
+        Self::launch(node, wrapper, &argv, None, pins)
     }
 
-    fn launch(node: &Netns, wrapper: &[String], argv: &[String], config: Option<PathBuf>) -> Self {
+    fn launch(
+        node: &Netns,
+        wrapper: &[String],
+        argv: &[String],
+        config: Option<PathBuf>,
+        pins: Arc<PinDir>,
+    ) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", node.path().display()))
             .arg("--")
@@ -88,7 +151,8 @@ impl Sensor {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut sensor = Self { child: Some(child), netns: node.path(), config, stdout, stderr };
+        let mut sensor =
+            Self { child: Some(child), pins, netns: node.path(), config, stdout, stderr };
         sensor.wait_ready();
         sensor
     }
@@ -114,6 +178,32 @@ impl Sensor {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// GET `path`; returns the status and curl's `time_total` in seconds (the endpoint's
+    /// latency, without the cost of starting curl).
+    pub fn get_timed(&self, path: &str) -> (u16, f64) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args([
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "5",
+                "-w",
+                "%{http_code} %{time_total}",
+            ])
+            .arg(format!("http://127.0.0.1:{PORT}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut parts = text.split_whitespace();
+        let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
+        (status, secs)
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -165,6 +255,18 @@ impl Sensor {
 
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn pins(&self) -> Arc<PinDir> {
+        Arc::clone(&self.pins)
+    }
+
+    /// SIGKILL (a crash): no shutdown code runs. Returns once the process is reaped.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -818,3 +818,105 @@ fn icmps_rules_allow_echo_requests_by_type_and_replies_pass_through_conntrack() 
     let reverse = sensor.wait_event("server echo request drop", icmp_flow("DROPPED", "EGRESS", 8));
     assert_eq!(reverse["flow"]["source"]["pod_name"], "server", "{reverse}");
 }
+
+/// (link id, program id) of every link pinned under `pins/links`.
+fn pinned_links(pins: &std::path::Path) -> std::collections::BTreeSet<(u32, u32)> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    fs::read_dir(pins.join("links"))
+        .expect("links pin dir")
+        .filter_map(Result::ok)
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok())
+        .map(|i| (i.id(), i.program_id()))
+        .collect()
+}
+
+/// Links in the whole kernel that run one of `programs`.
+fn links_running(programs: &std::collections::BTreeSet<u32>) -> usize {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| programs.contains(&l.program_id()))
+        .count()
+}
+
+/// Restart without a gap: the agent is killed with SIGKILL; the pinned programs keep
+/// enforcing the last policy with their conntrack state (denied traffic stays dropped, an
+/// established allowed connection keeps flowing). A new agent adopts the same links and
+/// programs (none loaded or attached twice) and applies a policy changed while it was down.
+#[test]
+fn kill9_keeps_enforcing_and_a_restart_adopts_the_pins() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(130);
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let mut sensor = pods.start("enforce");
+    sensor_e2e::wait_until("port 8080 allowed", Duration::from_secs(10), || {
+        pods.tcp_roundtrip(8080).then_some(())
+    });
+    assert!(!pods.tcp_roundtrip(9090), "9090 must be denied");
+
+    // An established, allowed connection, kept open across the kill and the restart.
+    let addr = SocketAddr::from((pods.server_veth.pod_ip, 8080));
+    let listener = pods.server.enter(|| TcpListener::bind(addr).expect("bind 8080"));
+    let mut client = pods
+        .client
+        .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("connect 8080");
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(listener);
+    for conn in [&client, &server] {
+        conn.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    }
+    let mut exchange = |round: u8| {
+        let mut buf = [0_u8; 3];
+        client.write_all(&[round; 3]).is_ok()
+            && server.read_exact(&mut buf).is_ok()
+            && server.write_all(&buf).is_ok()
+            && client.read_exact(&mut buf).is_ok()
+            && buf == [round; 3]
+    };
+    assert!(exchange(1), "established connection before the kill");
+
+    let pins = sensor.pins();
+    let links_before = pinned_links(pins.path());
+    let programs: std::collections::BTreeSet<u32> = links_before.iter().map(|l| l.1).collect();
+    // 14 host hooks + ingress and egress on both veths.
+    assert_eq!(links_before.len(), 18, "{links_before:?}");
+    assert_eq!(links_running(&programs), 18, "links not pinned");
+
+    sensor.kill9();
+    // The agent is gone; the kernel keeps enforcing.
+    assert!(exchange(2), "the established connection stopped while the agent was down");
+    assert!(!pods.tcp_roundtrip(9090), "denied traffic passed while the agent was down");
+    assert_eq!(pinned_links(pins.path()), links_before, "pins changed while down");
+
+    // Changed while down: 9090 allowed as well.
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY.replace(
+            "{port: \"8080\", protocol: TCP}",
+            "{port: \"8080\", protocol: TCP}, {port: \"9090\", protocol: TCP}",
+        ),
+    );
+    let config = format!(
+        "mode: enforce\npolicy_dir: {}\nendpoints_file: {}\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start_with_pins(&pods.node, &config, &[], pins);
+    assert!(sensor.log().contains("adopting pinned programs"), "{}", sensor.log());
+    sensor_e2e::wait_until("9090 allowed after the restart", Duration::from_secs(10), || {
+        pods.tcp_roundtrip(9090).then_some(())
+    });
+    assert!(exchange(3), "the established connection broke across the restart");
+    let links_after = pinned_links(sensor.pins().path());
+    assert_eq!(links_after, links_before, "links were re-attached instead of adopted");
+    assert_eq!(links_running(&programs), 18, "duplicate links after the restart");
+    // New flows are reported again (the adopted ring buffer is read).
+    let port = pods.server_veth.pod_ip.to_string();
+    sensor.wait_event("a flow to 9090 after the restart", |v| {
+        v["flow"]["IP"]["destination"].as_str() == Some(port.as_str())
+            && v["flow"]["l4"]["TCP"]["destination_port"].as_u64() == Some(9090)
+    });
+}

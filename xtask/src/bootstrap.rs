@@ -27,7 +27,7 @@ pub fn ensure(root: &Path) -> anyhow::Result<Tools> {
     Ok(Tools { bin_dir: tools_dir.join("bin") })
 }
 
-fn ensure_toolchain() -> anyhow::Result<()> {
+pub fn ensure_toolchain() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", TOOLCHAIN])
         .output()

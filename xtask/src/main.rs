@@ -7,9 +7,12 @@
 //! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests.
 //! - `bench [--quick]`: datapath, agent and policy-update figures as ratios to baselines
 //!   measured in the same run (root; namespaces it creates only).
+//! - `fuzz [--seconds N] [TARGET...]`: cargo-fuzz (installed on first use) on each target in
+//!   turn for N seconds (default 300), then minimizes its corpus under `fuzz/corpus/`.
 
 mod bench;
 mod bootstrap;
+mod fuzz;
 
 use std::{
     env,
@@ -37,16 +40,19 @@ fn main() -> anyhow::Result<()> {
             bootstrap::ensure_bench_packages()?;
             bench::bench(&root, &sensor, &rest)
         }
+        "fuzz" => fuzz::fuzz(&root, &rest),
         // The bench's own client/server processes, run inside its namespaces.
         "__bench-helper" => bench::helper_main(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]>\n\n\
+                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]|\
+                 fuzz [--seconds N] [TARGET...]>\n\n\
                  bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
                  build      build target/release/sensor with its eBPF programs\n\
                  run        build, then run `sensor run ARGS...` (root)\n\
                  test       fmt, clippy, unit tests and privileged end-to-end tests (root)\n\
-                 bench      benchmarks against same-run baselines (root); writes target/bench/"
+                 bench      benchmarks against same-run baselines (root); writes target/bench/\n\
+                 fuzz       cargo-fuzz each target N seconds (default 300), minimize fuzz/corpus/"
             );
             if command.is_empty() || command == "help" || command == "--help" {
                 Ok(())

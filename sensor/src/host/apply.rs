@@ -92,14 +92,17 @@ impl HostMaps {
         bind: HashMap<MapData, BindKey, RuleMasks>,
         syscall: HashMap<MapData, u32, RuleMasks>,
     ) -> Self {
+        // Maps adopted from a previous run (pinned) keep their live generation: the first
+        // apply then fills the idle one and flips, as any other apply does.
+        let generation = config.get(&0, 0).map(|c| c.generation).unwrap_or_default();
         Self {
+            state: HostConfig { generation, ..HostConfig::default() },
             config,
             scopes,
             exec,
             file,
             bind,
             syscall,
-            state: HostConfig::default(),
             live: HostCompiled::default(),
         }
     }
@@ -168,6 +171,71 @@ impl HostMaps {
         }
         self.live = new;
         Ok(())
+    }
+
+    /// Removes every entry the live set does not have: leftovers of a previous run whose maps
+    /// were adopted (that run's live set is not known to this one). Call after the first apply;
+    /// returns how many entries went.
+    pub fn scrub_stale(&mut self) -> Result<usize, HostApplyError> {
+        let err = |map| move |source| HostApplyError::Map { map, source };
+        let mut removed = 0;
+        let stale: Vec<u64> = self
+            .scopes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !self.live.scopes.contains_key(k))
+            .collect();
+        for k in &stale {
+            self.scopes.remove(k).map_err(err("HOST_SCOPES"))?;
+        }
+        removed += stale.len();
+        let exec_live: Vec<_> = self.live.exec.keys().map(|p| p.key()).collect();
+        let stale: Vec<_> = self
+            .exec
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !exec_live.iter().any(|l| l.prefix_len() == k.prefix_len() && l.data() == k.data())
+            })
+            .collect();
+        for k in &stale {
+            self.exec.remove(k).map_err(err("EXEC_RULES"))?;
+        }
+        removed += stale.len();
+        let file_live: Vec<_> = self.live.file.keys().map(|p| p.key()).collect();
+        let stale: Vec<_> = self
+            .file
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !file_live.iter().any(|l| l.prefix_len() == k.prefix_len() && l.data() == k.data())
+            })
+            .collect();
+        for k in &stale {
+            self.file.remove(k).map_err(err("FILE_RULES"))?;
+        }
+        removed += stale.len();
+        let stale: Vec<BindKey> = self
+            .bind
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !self.live.bind.contains_key(k))
+            .collect();
+        for k in &stale {
+            self.bind.remove(k).map_err(err("BIND_RULES"))?;
+        }
+        removed += stale.len();
+        let stale: Vec<u32> = self
+            .syscall
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !self.live.syscall.contains_key(k))
+            .collect();
+        for k in &stale {
+            self.syscall.remove(k).map_err(err("SYSCALL_RULES"))?;
+        }
+        removed += stale.len();
+        Ok(removed)
     }
 
     /// Rewrites only the cgroup scopes (containers came or went), for the live generation.

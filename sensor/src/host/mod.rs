@@ -58,6 +58,11 @@ impl HostRuntime {
         }
     }
 
+    /// See [`HostMaps::scrub_stale`].
+    pub fn scrub_stale(&mut self) -> Result<usize, apply::HostApplyError> {
+        self.maps.scrub_stale()
+    }
+
     /// Compiles `policies` against the node's cgroups now and applies them as one change.
     pub fn apply(
         &mut self,
