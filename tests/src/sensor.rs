@@ -180,6 +180,18 @@ impl Sensor {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// Sends `method` to `path` with curl inside the node namespace; returns the status.
+    pub fn request(&self, method: &str, path: &str) -> u16 {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["--", "curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", "-X"])
+            .arg(method)
+            .arg(format!("http://127.0.0.1:{PORT}{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
     /// GET `path`; returns the status and curl's `time_total` in seconds (the endpoint's
     /// latency, without the cost of starting curl).
     pub fn get_timed(&self, path: &str) -> (u16, f64) {

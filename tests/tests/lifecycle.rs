@@ -184,6 +184,10 @@ fn reports_features_and_serves_health_endpoints() {
     let sensor = Sensor::start(&node, "log_format: json\n", &[]);
     assert_eq!(sensor.get("/healthz").0, 200);
     assert_eq!(sensor.get("/readyz").0, 200);
+    // The HTTP surface is read-only: anything but GET/HEAD is refused.
+    for (method, path) in [("POST", "/metrics"), ("PUT", "/readyz"), ("DELETE", "/healthz")] {
+        assert_eq!(sensor.request(method, path), 405, "{method} {path}");
+    }
     assert_eq!(sensor.get("/nope").0, 404);
 
     let m = sensor.metrics();
