@@ -178,6 +178,27 @@ fn fail(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
     move |source| LoadError::Program { what, source }
 }
 
+/// The host program `name` of the object, as program type `P`.
+fn host_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(LoadError::MissingProgram(name))
+}
+
+/// Pins a link taken from its program (every host hook makes a bpf link).
+fn pin_taken<L>(pins: &Pins, name: &str, link: L) -> Result<(), LoadError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
+        what: format!("{name}: the kernel gave no bpf link to pin"),
+        source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
+    })?;
+    pin_link(pins, name, link)
+}
+
 fn pin_link(pins: &Pins, name: &str, link: FdLink) -> Result<(), LoadError> {
     link.pin(pins.link(name)).map(drop).map_err(|e| LoadError::Program {
         what: format!("pinning the {name} link under {}", pins.dir().display()),
@@ -204,83 +225,44 @@ pub fn attach_host(
     cgroup_root: &std::path::Path,
     pins: &Pins,
 ) -> Result<(), LoadError> {
-    for name in ["sched_process_exec", "sched_process_exit"] {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram(if name == EXEC_PROGRAM {
-                EXEC_PROGRAM
-            } else {
-                "sched_process_exit"
-            }))?;
-        program.load().map_err(fail(&format!("loading {name}")))?;
-        let id = program
-            .attach("sched", name)
-            .map_err(fail(&format!("attaching tracepoint sched/{name}")))?;
-        let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
-        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
-            what: format!("{name}: the kernel gave no bpf link to pin"),
-            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
-        })?;
-        pin_link(pins, name, link)?;
-    }
-    // Unlink and rename: one small program per syscall.
-    for name in [
-        "sys_enter_unlinkat",
-        "sys_enter_unlink",
-        "sys_enter_rmdir",
-        "sys_enter_rename",
-        "sys_enter_renameat",
-        "sys_enter_renameat2",
+    // Tracepoints: exec/exit, and one small program per unlink/rename syscall.
+    for (category, name) in [
+        ("sched", "sched_process_exec"),
+        ("sched", "sched_process_exit"),
+        ("syscalls", "sys_enter_unlinkat"),
+        ("syscalls", "sys_enter_unlink"),
+        ("syscalls", "sys_enter_rmdir"),
+        ("syscalls", "sys_enter_rename"),
+        ("syscalls", "sys_enter_renameat"),
+        ("syscalls", "sys_enter_renameat2"),
     ] {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram("unlink/rename tracepoint"))?;
+        let program: &mut TracePoint = host_program(ebpf, name)?;
         program.load().map_err(fail(&format!("loading {name}")))?;
         let id = program
-            .attach("syscalls", name)
-            .map_err(fail(&format!("attaching tracepoint syscalls/{name}")))?;
+            .attach(category, name)
+            .map_err(fail(&format!("attaching tracepoint {category}/{name}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
-        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
-            what: format!("{name}: the kernel gave no bpf link to pin"),
-            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
-        })?;
-        pin_link(pins, name, link)?;
+        pin_taken(pins, name, link)?;
     }
     for name in ["sys_enter", "sys_exit"] {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram(if name == "sys_enter" {
-                "sys_enter"
-            } else {
-                "sys_exit"
-            }))?;
+        let program: &mut RawTracePoint = host_program(ebpf, name)?;
         program.load().map_err(fail(&format!("loading {name}")))?;
         let id = program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
-        pin_link(pins, name, FdLink::from(link))?;
+        pin_taken(pins, name, link)?;
     }
     let cgroup = std::fs::File::open(cgroup_root).map_err(|e| LoadError::Program {
         what: format!("opening cgroup {}", cgroup_root.display()),
         source: aya::programs::ProgramError::IOError(e),
     })?;
     for name in ["bind4", "bind6", "connect4", "connect6"] {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram("cgroup sock_addr"))?;
+        let program: &mut CgroupSockAddr = host_program(ebpf, name)?;
         program.load().map_err(fail(&format!("loading {name}")))?;
         let id = program
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(fail(&format!("attaching cgroup/{name} to {}", cgroup_root.display())))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
-        let link = FdLink::try_from(link).map_err(|e| LoadError::Program {
-            what: format!("{name}: the kernel gave no bpf link to pin"),
-            source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
-        })?;
-        pin_link(pins, name, link)?;
+        pin_taken(pins, name, link)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod pod;
 pub mod sensor;
 
 use std::{

@@ -4,61 +4,32 @@
 use std::{
     fs,
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
-    path::PathBuf,
     process::{Command, ExitStatus},
     time::Duration,
 };
 
-use sensor_e2e::{Cgroup, Netns, Sensor, privileged, unique};
+use sensor_e2e::{Sensor, pod::ContainerPod, privileged};
 
-/// A pod `shop/web-1` (app=web) whose one container is a test cgroup, a scratch directory
-/// with a `secret/token` file and a `bin/` of executables, and the sensor's config dir.
-struct Pod {
-    node: Netns,
-    cgroup: Cgroup,
-    container_id: String,
-    dir: PathBuf,
-}
+/// The test pod (see [`ContainerPod`]) with `policies/` and a `data/bin/` of executables.
+struct Pod(ContainerPod);
 
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Pod {
+    type Target = ContainerPod;
+    fn deref(&self) -> &ContainerPod {
+        &self.0
     }
 }
 
 fn pod() -> Pod {
-    let dir = std::env::temp_dir().join(unique("se2e-host-"));
-    for sub in ["policies", "data/secret", "data/bin"] {
-        fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    let pod = ContainerPod::new("se2e-host-");
+    for sub in ["policies", "data/bin"] {
+        fs::create_dir_all(pod.dir.join(sub)).expect("mkdir");
     }
-    fs::write(dir.join("data/secret/token"), "s3cr3t").expect("token");
-    fs::copy("/bin/true", dir.join("data/bin/true")).expect("copy true");
-    // 64 hex digits, unique per test process.
-    let container_id = format!("{:0>64x}", u128::from(std::process::id()) << 32 | rand_u32());
-    fs::write(
-        dir.join("endpoints.yaml"),
-        format!(
-            "endpoints:\n- {{namespace: shop, name: web-1, labels: {{app: web}}, containers: [\"containerd://{container_id}\"]}}\n"
-        ),
-    )
-    .expect("endpoints");
-    let cgroup = Cgroup::named(&format!("cri-containerd-{container_id}.scope"));
-    Pod { node: Netns::new("node"), cgroup, container_id, dir }
-}
-
-fn rand_u32() -> u128 {
-    u128::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()),
-    )
+    fs::copy("/bin/true", pod.dir.join("data/bin/true")).expect("copy true");
+    Pod(pod)
 }
 
 impl Pod {
-    fn data(&self) -> String {
-        fs::canonicalize(self.dir.join("data")).expect("canonical").display().to_string()
-    }
-
     fn start(&self, mode: &str, policy: &str) -> Sensor {
         fs::write(self.dir.join("policies/host.yaml"), policy).expect("policy");
         let config = format!(

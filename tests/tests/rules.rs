@@ -7,48 +7,25 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sensor_e2e::{Cgroup, Netns, Sensor, privileged, unique};
+use sensor_e2e::{Sensor, pod::ContainerPod, privileged, unique};
 
-struct Setup {
-    node: Netns,
-    cgroup: Cgroup,
-    container_id: String,
-    dir: PathBuf,
-}
+/// The test pod (see [`ContainerPod`]) with a `rules/` directory.
+struct Setup(ContainerPod);
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Setup {
+    type Target = ContainerPod;
+    fn deref(&self) -> &ContainerPod {
+        &self.0
     }
 }
 
 fn setup() -> Setup {
-    let dir = std::env::temp_dir().join(unique("se2e-rules-"));
-    for sub in ["rules", "data/secret"] {
-        fs::create_dir_all(dir.join(sub)).expect("mkdir");
-    }
-    fs::write(dir.join("data/secret/token"), "s3cr3t").expect("token");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let container_id =
-        format!("{:0>64x}", u128::from(std::process::id()) << 32 | u128::from(nanos));
-    fs::write(
-        dir.join("endpoints.yaml"),
-        format!(
-            "endpoints:\n- {{namespace: shop, name: web-1, labels: {{app: web}}, containers: [\"containerd://{container_id}\"]}}\n"
-        ),
-    )
-    .expect("endpoints");
-    let cgroup = Cgroup::named(&format!("cri-containerd-{container_id}.scope"));
-    Setup { node: Netns::new("node"), cgroup, container_id, dir }
+    let pod = ContainerPod::new("se2e-rules-");
+    fs::create_dir_all(pod.dir.join("rules")).expect("mkdir");
+    Setup(pod)
 }
 
 impl Setup {
-    fn data(&self) -> String {
-        fs::canonicalize(self.dir.join("data")).expect("canonical").display().to_string()
-    }
-
     fn rules_file(&self) -> PathBuf {
         self.dir.join("rules/test_rules.yaml")
     }
