@@ -65,6 +65,8 @@ pub enum AgentError {
     Watch(#[from] notify::Error),
     #[error("rules: {0}")]
     Rules(#[from] crate::rules::RulesError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubeError),
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -147,14 +149,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Io("hubble metrics", std::io::Error::other(e)))?,
     );
     tracing::info!(metrics = ?hubble, "hubble metrics");
-    let registry = Arc::new(metrics.register(
-        &features,
-        Arc::clone(&table),
-        loss,
-        net_counters,
-        verdicts,
-        &hubble,
-    ));
+    let mut registry =
+        metrics.register(&features, Arc::clone(&table), loss, net_counters, verdicts, &hubble);
     let mut conntrack = Conntrack::new(
         take_map(&mut ebpf, net::CONNTRACK_MAP)?,
         config.conntrack,
@@ -202,15 +198,39 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Io("writing the host config map", std::io::Error::other(e)))?;
     policy.host = Some(crate::host::HostRuntime::new(host_maps, cgroup_root.clone()));
     let host_view = policy.host.as_ref().map(|h| Arc::clone(&h.view)).unwrap_or_default();
-    let applied = policy.reload()?;
-    tracing::info!(?applied, "policy applied");
-    if adopt && let Some(host) = &mut policy.host {
+    let (policy_tx, mut policy_changes) = mpsc::channel(1);
+    let kubernetes = match &config.kubernetes {
+        Some(k) => {
+            let sources = crate::kubernetes::start(k, &config.node_name, policy_tx.clone()).await?;
+            policy.kubernetes = Some((Arc::clone(&sources.state), config.interfaces.clone()));
+            wait_for_first_lists(&sources.state, k.initial_sync_timeout_seconds).await;
+            sources.state.refresh_routes();
+            Some(sources)
+        }
+        None => None,
+    };
+    let applied = match policy.reload() {
+        Ok(applied) => {
+            tracing::info!(?applied, "policy applied");
+            true
+        }
+        // Pinned maps adopted from the previous run keep enforcing meanwhile.
+        Err(err @ crate::policy::runtime::ReloadError::NotSynced(_)) => {
+            tracing::warn!("{err}");
+            false
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if adopt
+        && applied
+        && let Some(host) = &mut policy.host
+    {
         let removed = host
             .scrub_stale()
             .map_err(|e| AgentError::Io("host maps", std::io::Error::other(e)))?;
         tracing::info!(removed, "removed the previous run's stale host rule entries");
     }
-    let (_watcher, mut policy_changes) = policy.watch()?;
+    let _watcher = policy.watch(policy_tx)?;
     // Rules: the first load must succeed too; its interest feeds the kernel filter.
     let mut rules = crate::rules::runtime::RulesRuntime::new(
         config.rules_files.clone(),
@@ -236,13 +256,24 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         let (watcher, changes) = rules.watch()?;
         (Some(watcher), changes)
     };
+    if let Some(k) = &kubernetes {
+        registry
+            .register_collector(Box::new(crate::kubernetes::KubeCollector(Arc::clone(&k.state))));
+    }
+    let registry = Arc::new(registry);
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(config.metrics_addr)
         .await
         .map_err(|source| AgentError::Http { addr: config.metrics_addr, source })?;
     tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz, /readyz");
-    let mut server =
-        tokio::spawn(http::serve(listener, http::State { registry, ready: Arc::clone(&ready) }));
+    let mut server = tokio::spawn(http::serve(
+        listener,
+        http::State {
+            registry,
+            ready: Arc::clone(&ready),
+            kubernetes: kubernetes.as_ref().map(|k| Arc::clone(&k.state)),
+        },
+    ));
 
     let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone(), pins.clone(), adopt)?;
     if adopt {
@@ -342,6 +373,13 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     .map(|c| c.pods_by_ip.values().cloned().collect())
                     .unwrap_or_default();
                 hubble.forget_stale_pods(&live, std::time::Instant::now());
+                // A local pod's host route (its interface) may appear after its IP.
+                if let Some(k) = &kubernetes
+                    && k.state.refresh_routes()
+                    && let Err(err) = policy.reload()
+                {
+                    tracing::error!("policy reload after a pod route change: {err}");
+                }
             }
             Some(()) = rules_changes.recv() => {
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -385,6 +423,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         }
     };
     ready.store(false, Ordering::Release);
+    drop(kubernetes);
     watcher.abort();
     reader.abort();
     net_reader.abort();
@@ -409,6 +448,20 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         }
         Err(err) => Err(err),
     }
+}
+
+/// Waits (bounded) until every Kubernetes source has listed once, so the first policy applied
+/// is the cluster's and not an empty cache's.
+async fn wait_for_first_lists(state: &crate::kubernetes::KubeState, timeout_secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+    while !state.unsynced().is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(unsynced = ?state.unsynced(), "Kubernetes sources not listed after {timeout_secs}s: starting without their policies (applied once they list)");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("Kubernetes sources listed");
 }
 
 /// States the memory the maps take, as the kernel charges it (memlock) and as declared

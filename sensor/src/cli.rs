@@ -1,6 +1,9 @@
 //! Command line (clap). Flags given here override the config file.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -21,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs, attach them and run until SIGINT or SIGTERM (needs root, or
     /// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -126,6 +129,18 @@ pub struct RunArgs {
     /// the agent restarts [default: /sys/fs/bpf/sensor]. `sensor cleanup` removes it.
     #[arg(long, value_name = "DIR")]
     pub bpf_pin_dir: Option<PathBuf>,
+
+    /// Learn pods, namespaces and policies (NetworkPolicy, CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, HostPolicy) from the Kubernetes API, with the in-cluster
+    /// service account or $KUBECONFIG; the config file's `kubernetes:` section sets details.
+    /// Works together with --policy-dir and --endpoints-file (both sources apply).
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// This node's addresses, comma-separated: the `host` entity for the Kubernetes source
+    /// (the DaemonSet passes status.hostIP).
+    #[arg(long, env = "HOST_IPS", value_name = "IP,...", value_delimiter = ',')]
+    pub host_ips: Option<Vec<IpAddr>>,
 }
 
 #[derive(Debug, Args)]

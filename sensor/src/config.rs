@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub rules_output: Option<RulesOutput>,
     /// bpffs directory for pinned programs, maps and links.
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Kubernetes API sources (pods, namespaces, policies); absent: files only.
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// How rule alerts are written.
@@ -80,6 +82,8 @@ pub struct Config {
     pub rules_min_priority: crate::rules::Priority,
     pub rules_output: RulesOutput,
     pub bpf_pin_dir: PathBuf,
+    /// Set when the Kubernetes API sources are on (`--kubernetes` or `kubernetes.enabled`).
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +157,24 @@ impl Config {
         let outputs = file.outputs.unwrap_or_else(crate::outputs::default_outputs);
         crate::outputs::resolve_names(&outputs)
             .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
+        let kubernetes = match file.kubernetes {
+            Some(k) if !args.kubernetes && !k.enabled => None,
+            Some(k) => Some(k),
+            None if args.kubernetes => Some(crate::kubernetes::KubernetesConfig::default()),
+            None => None,
+        };
+        let kubernetes = kubernetes
+            .map(|mut k| {
+                k.enabled = true;
+                if let Some(ips) = &args.host_ips {
+                    k.host_ips.clone_from(ips);
+                }
+                k.kinds().map(|_| k)
+            })
+            .transpose()
+            .map_err(|message| ConfigError::Invalid { origin: origin(false), message })?;
         Ok(Self {
+            kubernetes,
             outputs,
             rules_files: args.rules_files.clone().or(file.rules_files).unwrap_or_default(),
             rules_min_priority: file.rules_min_priority.unwrap_or(crate::rules::Priority::Debug),

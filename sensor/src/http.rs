@@ -22,6 +22,8 @@ pub struct State {
     pub registry: Arc<Registry>,
     /// Set once every program is attached and the first interface listing is applied.
     pub ready: Arc<AtomicBool>,
+    /// With the Kubernetes sources on: not ready while any of their caches is stale.
+    pub kubernetes: Option<Arc<crate::kubernetes::KubeState>>,
 }
 
 /// Binds now (so a busy port fails start-up), then serves until the task is dropped.
@@ -60,10 +62,17 @@ fn route<B>(req: &Request<B>, state: &State) -> Response<Full<Bytes>> {
             }
         },
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Acquire) => {
-            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        "/readyz" if !state.ready.load(Ordering::Acquire) => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
         }
-        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
+        "/readyz" => match state.kubernetes.as_ref().map(|k| k.stale()).unwrap_or_default() {
+            stale if stale.is_empty() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            stale => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: stale Kubernetes cache: {}\n", stale.join("; ")),
+            ),
+        },
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

@@ -16,6 +16,7 @@ pub mod host;
 pub mod http;
 pub mod hubble_metrics;
 pub mod interfaces;
+pub mod kubernetes;
 pub mod loader;
 pub mod logging;
 pub mod metrics;

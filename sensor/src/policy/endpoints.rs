@@ -83,6 +83,38 @@ impl Endpoints {
         Ok(parsed)
     }
 
+    /// Adds another source's endpoints: this set's entries win (a namespace's labels, a pod
+    /// of the same name, an IP already held); returns what was skipped, for the log.
+    pub fn merge(&mut self, other: Self) -> Vec<String> {
+        let mut skipped = Vec::new();
+        for (namespace, labels) in other.namespaces {
+            self.namespaces.entry(namespace).or_insert(labels);
+        }
+        for ip in other.host_ips {
+            if !self.host_ips.contains(&ip) {
+                self.host_ips.push(ip);
+            }
+        }
+        let mut names: std::collections::BTreeSet<(String, String)> =
+            self.endpoints.iter().map(|e| (e.namespace.clone(), e.name.clone())).collect();
+        let mut ips: std::collections::BTreeSet<IpAddr> =
+            self.endpoints.iter().flat_map(|e| e.ips.iter().copied()).collect();
+        for endpoint in other.endpoints {
+            let name = (endpoint.namespace.clone(), endpoint.name.clone());
+            if names.contains(&name) || endpoint.ips.iter().any(|ip| ips.contains(ip)) {
+                skipped.push(format!(
+                    "endpoint {}/{} from the API: already in the endpoints file (by name or IP)",
+                    name.0, name.1
+                ));
+                continue;
+            }
+            ips.extend(endpoint.ips.iter().copied());
+            names.insert(name);
+            self.endpoints.push(endpoint);
+        }
+        skipped
+    }
+
     /// Labels of a namespace as a namespaceSelector sees them.
     pub fn namespace_labels(&self, namespace: &str) -> Labels {
         let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();

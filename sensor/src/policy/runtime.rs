@@ -22,6 +22,11 @@ pub enum ReloadError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     HostApply(#[from] crate::host::apply::HostApplyError),
+    #[error(
+        "Kubernetes sources not listed yet: {}; the policy in force stays until they are",
+        .0.join(", ")
+    )]
+    NotSynced(Vec<&'static str>),
 }
 
 pub struct PolicyRuntime {
@@ -34,6 +39,9 @@ pub struct PolicyRuntime {
     metrics: Metrics,
     /// Host policies live in the same files and change with the same reload.
     pub host: Option<crate::host::HostRuntime>,
+    /// The Kubernetes API sources and which interface names are pod interfaces (the agent's
+    /// `interfaces` globs): their policies and endpoints join the files'.
+    pub kubernetes: Option<(Arc<crate::kubernetes::KubeState>, crate::config::InterfaceMatcher)>,
 }
 
 impl PolicyRuntime {
@@ -52,6 +60,7 @@ impl PolicyRuntime {
             endpoints_file,
             metrics,
             host: None,
+            kubernetes: None,
         }
     }
 
@@ -64,20 +73,36 @@ impl PolicyRuntime {
     }
 
     fn try_reload(&mut self) -> Result<Applied, ReloadError> {
-        let (compiled, warnings) =
-            super::load(self.policy_dir.as_deref(), self.endpoints_file.as_deref())?;
-        for warning in &warnings {
-            tracing::warn!("{warning}");
-        }
-        // Parse everything before applying anything: a bad host policy rejects the whole set.
-        let host_policies = match &self.policy_dir {
+        // Parse everything before applying anything: a bad file rejects the whole set.
+        let (mut policies, mut warnings) = match &self.policy_dir {
+            Some(dir) => super::load_policies(std::slice::from_ref(dir))?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut host_policies = match &self.policy_dir {
             Some(dir) if self.host.is_some() => crate::host::policy::load(dir)?,
             _ => Vec::new(),
         };
-        let endpoints = match &self.endpoints_file {
+        let mut endpoints = match &self.endpoints_file {
             Some(file) => super::Endpoints::load(file).map_err(PolicyError::from)?,
             None => super::Endpoints::default(),
         };
+        if let Some((kube, interfaces)) = &self.kubernetes {
+            let unsynced = kube.unsynced();
+            if !unsynced.is_empty() {
+                return Err(ReloadError::NotSynced(unsynced));
+            }
+            let snapshot = kube.snapshot(|name| interfaces.matches(name));
+            policies.extend(snapshot.policies);
+            warnings.extend(snapshot.warnings);
+            host_policies.extend(snapshot.host_policies);
+            for skipped in endpoints.merge(snapshot.endpoints) {
+                tracing::debug!("{skipped}");
+            }
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        let compiled = super::compile::compile(&policies, &endpoints);
         let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
         if let Some(host) = &mut self.host {
             let count = host_policies.len();
@@ -119,14 +144,13 @@ impl PolicyRuntime {
     }
 
     /// Watches the policy directory and the endpoints file's directory (editors replace
-    /// files); each change sends a unit on the returned channel.
-    pub fn watch(&self) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
-        let (tx, rx) = mpsc::channel(1);
+    /// files); each change sends a unit on `changes` (the Kubernetes sources share it).
+    pub fn watch(&self, changes: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok_and(|e| !e.kind.is_access()) {
                     // A full channel already holds a pending reload: nothing is lost.
-                    let _ = tx.try_send(());
+                    let _ = changes.try_send(());
                 }
             })?;
         for path in self.policy_dir.iter().chain(self.endpoints_file.iter()) {
@@ -137,7 +161,7 @@ impl PolicyRuntime {
             };
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         }
-        Ok((watcher, rx))
+        Ok(watcher)
     }
 }
 

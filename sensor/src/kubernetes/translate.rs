@@ -1,0 +1,259 @@
+//! API objects → the sensor's model: pods → endpoints, namespaces → labels, policy objects →
+//! the same parsers the policy files go through (rendered as YAML, so errors name a line).
+//!
+//! Pods are deserialized into slim types: serde skips every field the sensor does not use,
+//! so a large cluster costs only names, labels, IPs and container ids.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::{endpoints::Endpoint, selector::Labels};
+
+/// The parts of a Pod the sensor reads (`kube::core::Object` spec and status).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+    /// Older API servers and some fakes set only `podIP`.
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default)]
+    pub container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    pub ephemeral_container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodIp {
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    #[serde(default, rename = "containerID")]
+    pub container_id: Option<String>,
+}
+
+pub type Pod = kube::core::Object<PodSpec, PodStatus>;
+
+/// What the sensor keeps of a pod: exactly what the endpoint model needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    /// Container ids without the runtime prefix (local pods only; empty for remote ones).
+    pub containers: Vec<String>,
+}
+
+impl PodEntry {
+    /// None for pods that are not endpoints: host-network pods (their IP is the node's),
+    /// finished pods (their IP may already belong to another pod) and pods without an IP.
+    pub fn from_pod(pod: &Pod, keep_containers: bool) -> Option<Self> {
+        let meta = &pod.metadata;
+        if pod.spec.host_network {
+            return None;
+        }
+        if matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        let mut ips: Vec<IpAddr> =
+            status.pod_ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect();
+        if ips.is_empty()
+            && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let containers = if keep_containers {
+            status
+                .container_statuses
+                .iter()
+                .chain(&status.init_container_statuses)
+                .chain(&status.ephemeral_container_statuses)
+                .filter_map(|c| c.container_id.as_deref())
+                .map(|id| id.rsplit("://").next().unwrap_or(id).to_owned())
+                .filter(|id| !id.is_empty())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            ips,
+            containers,
+        })
+    }
+
+    pub fn endpoint(&self, interface: Option<String>) -> Endpoint {
+        Endpoint {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            ips: self.ips.clone(),
+            interface,
+            containers: self.containers.clone(),
+        }
+    }
+}
+
+/// The policy kinds the sensor watches, with their API coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    HostPolicy,
+}
+
+impl PolicyKind {
+    pub const ALL: [Self; 4] = [
+        Self::NetworkPolicy,
+        Self::CiliumNetworkPolicy,
+        Self::CiliumClusterwideNetworkPolicy,
+        Self::HostPolicy,
+    ];
+
+    /// (group, version, kind, plural)
+    pub fn gvk(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Self::NetworkPolicy => ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
+            Self::CiliumNetworkPolicy => {
+                ("cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies")
+            }
+            Self::CiliumClusterwideNetworkPolicy => (
+                "cilium.io",
+                "v2",
+                "CiliumClusterwideNetworkPolicy",
+                "ciliumclusterwidenetworkpolicies",
+            ),
+            Self::HostPolicy => ("sensor.dev", "v1alpha1", "HostPolicy", "hostpolicies"),
+        }
+    }
+
+    pub fn api_resource(self) -> kube::core::ApiResource {
+        let (group, version, kind, plural) = self.gvk();
+        let api_version =
+            if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+        kube::core::ApiResource {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            api_version,
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+        }
+    }
+
+    /// The metric label and log name: the plural resource name.
+    pub fn resource(self) -> &'static str {
+        self.gvk().3
+    }
+}
+
+/// One policy object, parsed: network policies and host policies of the object (a Cilium
+/// object yields one or more policies; a HostPolicy one host policy).
+#[derive(Debug, Clone)]
+pub struct ParsedPolicy {
+    pub network: Vec<crate::policy::Policy>,
+    pub warnings: Vec<crate::policy::Warning>,
+    pub host: Vec<crate::host::policy::HostPolicy>,
+}
+
+/// Where an API object's errors point: `kubernetes/<plural>/<namespace>/<name>`, with lines of
+/// the object rendered as YAML (`kubectl get -o yaml` shows the same text, minus status).
+pub fn origin(kind: PolicyKind, namespace: Option<&str>, name: &str) -> PathBuf {
+    let mut path = PathBuf::from("kubernetes");
+    path.push(kind.resource());
+    if let Some(ns) = namespace {
+        path.push(ns);
+    }
+    path.push(name);
+    path
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("{0}: object without a name")]
+    Unnamed(&'static str),
+    #[error("{path}: cannot render the object: {message}")]
+    Render { path: PathBuf, message: String },
+    #[error(transparent)]
+    Parse(#[from] crate::policy::model::ParseError),
+}
+
+/// Parses a policy object the way its file form would be parsed. The object's status and
+/// server-side bookkeeping (managedFields) are dropped first.
+pub fn parse_policy(
+    kind: PolicyKind,
+    object: &kube::core::DynamicObject,
+) -> Result<ParsedPolicy, TranslateError> {
+    let name = object.metadata.name.as_deref().ok_or(TranslateError::Unnamed(kind.resource()))?;
+    let path = origin(kind, object.metadata.namespace.as_deref(), name);
+    let (group, version, kind_name, _) = kind.gvk();
+    let mut value = serde_json::Map::new();
+    value.insert("apiVersion".into(), format!("{group}/{version}").into());
+    value.insert("kind".into(), kind_name.into());
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("name".into(), name.into());
+    if let Some(ns) = &object.metadata.namespace {
+        metadata.insert("namespace".into(), ns.clone().into());
+    }
+    if let Some(annotations) = &object.metadata.annotations {
+        metadata.insert(
+            "annotations".into(),
+            serde_json::to_value(annotations).unwrap_or(serde_json::Value::Null),
+        );
+    }
+    value.insert("metadata".into(), metadata.into());
+    if let serde_json::Value::Object(data) = &object.data {
+        for (key, field) in data {
+            if key != "status" {
+                value.insert(key.clone(), field.clone());
+            }
+        }
+    }
+    let text = serde_yaml_ng::to_string(&value)
+        .map_err(|e| TranslateError::Render { path: path.clone(), message: e.to_string() })?;
+    Ok(match kind {
+        PolicyKind::HostPolicy => ParsedPolicy {
+            network: Vec::new(),
+            warnings: Vec::new(),
+            host: crate::host::policy::parse_file(&path, &text)?,
+        },
+        _ => {
+            let (network, warnings) = crate::policy::model::parse_file(&path, &text)?;
+            ParsedPolicy { network, warnings, host: Vec::new() }
+        }
+    })
+}
+
+/// A namespace's labels (what namespaceSelector matches).
+pub fn namespace_labels(object: &kube::core::DynamicObject) -> Option<(String, Labels)> {
+    let name = object.metadata.name.clone()?;
+    Some((name, object.metadata.labels.clone().unwrap_or_default()))
+}
