@@ -9,6 +9,8 @@
 
 pub mod routes;
 pub mod state;
+#[cfg(test)]
+mod tests;
 pub mod translate;
 pub mod watch;
 

@@ -28,6 +28,25 @@ struct Stores {
     rejected: BTreeMap<(PolicyKind, Key), String>,
     /// Host route of each IP (refreshed by [`KubeState::refresh_routes`]).
     routes: BTreeMap<IpAddr, String>,
+    /// One copy of each distinct pod label set.
+    label_sets: BTreeSet<Arc<Labels>>,
+    /// Interned sets when unused ones were last dropped.
+    label_sets_pruned_at: usize,
+}
+
+impl Stores {
+    /// The shared copy of `labels` (pods of one ReplicaSet or StatefulSet carry the same set).
+    fn intern(&mut self, labels: Arc<Labels>) -> Arc<Labels> {
+        if let Some(shared) = self.label_sets.get(&labels) {
+            return Arc::clone(shared);
+        }
+        self.label_sets.insert(Arc::clone(&labels));
+        if self.label_sets.len() > 2 * self.label_sets_pruned_at + 64 {
+            self.label_sets.retain(|set| Arc::strong_count(set) > 1);
+            self.label_sets_pruned_at = self.label_sets.len();
+        }
+        labels
+    }
 }
 
 /// Everything the API sources know, shared by the watch tasks and the policy runtime.
@@ -146,18 +165,18 @@ impl KubeState {
             taken.extend(endpoint.ips.iter().copied());
             endpoints.push(endpoint);
         };
-        for pod in stores.local_pods.values() {
+        for ((namespace, name), pod) in &stores.local_pods {
             let interface = pod
                 .ips
                 .iter()
                 .filter_map(|ip| stores.routes.get(ip))
                 .find(|name| is_pod_interface(name))
                 .cloned();
-            add(pod.endpoint(interface), &mut endpoints.endpoints);
+            add(pod.endpoint(namespace, name, interface), &mut endpoints.endpoints);
         }
         for (key, pod) in &stores.cluster_pods {
             if !stores.local_pods.contains_key(key) {
-                add(pod.endpoint(None), &mut endpoints.endpoints);
+                add(pod.endpoint(&key.0, &key.1, None), &mut endpoints.endpoints);
             }
         }
         snapshot
@@ -182,22 +201,31 @@ fn key_of(meta: &kube::core::ObjectMeta) -> Key {
 
 impl Sink<translate::Pod> for PodSink {
     fn replace(&mut self, objects: Vec<translate::Pod>) {
-        let entries: BTreeMap<Key, PodEntry> = objects
-            .iter()
-            .filter_map(|pod| Some((key_of(&pod.metadata), PodEntry::from_pod(pod, self.local)?)))
-            .collect();
-        *self.store(&mut self.state.stores()) = entries;
+        let mut stores = self.state.stores();
+        let mut entries = BTreeMap::new();
+        for pod in objects {
+            if let Some(mut entry) = PodEntry::from_pod(&pod, self.local) {
+                entry.labels = stores.intern(entry.labels);
+                entries.insert(key_of(&pod.metadata), entry);
+            }
+        }
+        *self.store(&mut stores) = entries;
+        stores.label_sets.retain(|set| Arc::strong_count(set) > 1);
+        stores.label_sets_pruned_at = stores.label_sets.len();
     }
 
     fn apply(&mut self, pod: translate::Pod) {
         let key = key_of(&pod.metadata);
-        let entry = PodEntry::from_pod(&pod, self.local);
         let mut stores = self.state.stores();
-        let store = self.store(&mut stores);
-        match entry {
-            Some(entry) => store.insert(key, entry),
-            None => store.remove(&key),
-        };
+        match PodEntry::from_pod(&pod, self.local) {
+            Some(mut entry) => {
+                entry.labels = stores.intern(entry.labels);
+                self.store(&mut stores).insert(key, entry);
+            }
+            None => {
+                self.store(&mut stores).remove(&key);
+            }
+        }
     }
 
     fn delete(&mut self, pod: translate::Pod) {

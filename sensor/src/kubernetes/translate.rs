@@ -4,7 +4,7 @@
 //! Pods are deserialized into slim types: serde skips every field the sensor does not use,
 //! so a large cluster costs only names, labels, IPs and container ids.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::Deserialize;
 
@@ -52,22 +52,20 @@ pub struct ContainerStatus {
 
 pub type Pod = kube::core::Object<PodSpec, PodStatus>;
 
-/// What the sensor keeps of a pod: exactly what the endpoint model needs.
+/// What the sensor keeps of a pod (its namespace and name are the cache's key): exactly
+/// what the endpoint model needs. Pods of one ReplicaSet share one label set (interned).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodEntry {
-    pub namespace: String,
-    pub name: String,
-    pub labels: Labels,
-    pub ips: Vec<IpAddr>,
+    pub labels: Arc<Labels>,
+    pub ips: Box<[IpAddr]>,
     /// Container ids without the runtime prefix (local pods only; empty for remote ones).
-    pub containers: Vec<String>,
+    pub containers: Box<[String]>,
 }
 
 impl PodEntry {
     /// None for pods that are not endpoints: host-network pods (their IP is the node's),
     /// finished pods (their IP may already belong to another pod) and pods without an IP.
     pub fn from_pod(pod: &Pod, keep_containers: bool) -> Option<Self> {
-        let meta = &pod.metadata;
         if pod.spec.host_network {
             return None;
         }
@@ -99,25 +97,24 @@ impl PodEntry {
                 .filter(|id| !id.is_empty())
                 .collect()
         } else {
-            Vec::new()
+            Box::default()
         };
+        let meta = &pod.metadata;
         Some(Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-            labels: meta.labels.clone().unwrap_or_default(),
-            ips,
+            labels: Arc::new(meta.labels.clone().unwrap_or_default()),
+            ips: ips.into(),
             containers,
         })
     }
 
-    pub fn endpoint(&self, interface: Option<String>) -> Endpoint {
+    pub fn endpoint(&self, namespace: &str, name: &str, interface: Option<String>) -> Endpoint {
         Endpoint {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            labels: self.labels.clone(),
-            ips: self.ips.clone(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: Labels::clone(&self.labels),
+            ips: self.ips.to_vec(),
             interface,
-            containers: self.containers.clone(),
+            containers: self.containers.to_vec(),
         }
     }
 }

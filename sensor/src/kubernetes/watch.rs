@@ -160,6 +160,11 @@ where
     }
 }
 
+fn skip_bad_event(name: &str, health: &Health, err: &dyn std::fmt::Display) {
+    tracing::warn!(resource = name, "skipping a watch event that did not decode: {err}");
+    health.update(|h| h.bad_events += 1);
+}
+
 fn version_of<K: kube::Resource>(object: &K) -> Option<String> {
     object.meta().resource_version.clone()
 }
@@ -284,13 +289,11 @@ pub async fn run<K, S>(
                         failed = true;
                         break;
                     }
-                    Err(kube::Error::SerdeError(err)) => {
-                        // One object the slim types cannot read; the stream itself is fine.
-                        tracing::warn!(
-                            resource = name,
-                            "skipping an event that did not decode: {err}"
-                        );
-                        health.update(|h| h.bad_events += 1);
+                    // One object the slim types cannot read; the stream itself is fine. (kube
+                    // reports a line that is no event as a Status: code 0 when it was none.)
+                    Err(err @ kube::Error::SerdeError(_)) => skip_bad_event(name, &health, &err),
+                    Err(kube::Error::Api(status)) if status.code == 0 => {
+                        skip_bad_event(name, &health, &status);
                     }
                     Err(err) => {
                         tracing::warn!(resource = name, "watch stream broke: {err}");
