@@ -37,8 +37,16 @@ struct Cluster {
 
 impl Cluster {
     /// The namespaces and veths, the API server, namespace `shop` and the local pod
-    /// `shop/server` (app=server), running.
+    /// `shop/server` (app=server), running, with its host route.
     fn setup(subnet: u8) -> Self {
+        let cluster = Self::setup_without_server(subnet);
+        cluster.add_host_route();
+        cluster.add_server_pod();
+        cluster
+    }
+
+    /// [`Cluster::setup`] without the server pod in the API and without its host route.
+    fn setup_without_server(subnet: u8) -> Self {
         let node = Netns::new("node");
         let server = Netns::new("srv");
         let remote = Netns::new("rmt");
@@ -47,18 +55,6 @@ impl Cluster {
         let remote_veth = Veth::new(&node, &remote, &unique("rmt"), subnet + 1);
         server_veth.route_via_node(&node, &server);
         remote_veth.route_via_node(&node, &remote);
-        run(
-            "ip",
-            &[
-                "-n",
-                &node.name,
-                "route",
-                "add",
-                &format!("{}/32", server_veth.pod_ip),
-                "dev",
-                &server_veth.host_if,
-            ],
-        );
         let api = ApiServer::start(&node);
         let cluster = Self {
             api,
@@ -70,14 +66,34 @@ impl Cluster {
             _dir: TempDir::new("kube"),
         };
         cluster.namespace("shop", &json!({"team": "web"}));
-        cluster.api.add_running_pod(
+        cluster
+    }
+
+    /// The node's /32 route to the server pod through its veth, as a routed CNI adds it.
+    fn add_host_route(&self) {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.node.name,
+                "route",
+                "add",
+                &format!("{}/32", self.server_veth.pod_ip),
+                "dev",
+                &self.server_veth.host_if,
+            ],
+        );
+    }
+
+    /// The local pod `shop/server` (app=server), running.
+    fn add_server_pod(&self) {
+        self.api.add_running_pod(
             "shop",
             "server",
             &json!({"app": "server"}),
             NODE,
-            &cluster.server_veth.pod_ip.to_string(),
+            &self.server_veth.pod_ip.to_string(),
         );
-        cluster
     }
 
     fn namespace(&self, name: &str, labels: &Value) {
@@ -99,7 +115,7 @@ impl Cluster {
     }
 
     /// The sensor in enforce mode with the Kubernetes source only (no policy files).
-    fn start(&self, stale_after_seconds: u32) -> Sensor {
+    fn start(&self, stale_after_seconds: u64) -> Sensor {
         let config = format!(
             "mode: enforce\nkubernetes:\n  kubeconfig: {}\n  stale_after_seconds: {stale_after_seconds}\n  initial_sync_timeout_seconds: 30\n",
             self.api.kubeconfig().display()
@@ -301,7 +317,7 @@ fn a_stale_api_keeps_the_last_policy_and_a_restarted_api_server_is_followed_agai
         (status == 503).then_some(body)
     });
     assert!(
-        killed.elapsed() >= Duration::from_secs(stale_after.into()),
+        killed.elapsed() >= Duration::from_secs(stale_after),
         "stale before stale_after_seconds: {body}"
     );
     assert!(body.starts_with("not ready: stale Kubernetes cache: "), "{body}");
@@ -423,4 +439,71 @@ fn a_policy_object_that_does_not_parse_is_rejected_and_its_previous_version_stay
         &[("resource", "ciliumnetworkpolicies")],
         |v| v == Some(0.0),
     );
+}
+
+#[test]
+fn pods_routes_and_crds_that_change_while_the_sensor_runs_are_followed() {
+    if !privileged() {
+        return;
+    }
+    let cluster = Cluster::setup_without_server(50);
+    cluster.remote_client("shop");
+    cluster.api.apply(&server_policy(&[8080]));
+    let stale_after = 3;
+    let sensor = cluster.start(stale_after);
+    // The server is no endpoint yet: no policy selects its address.
+    assert!(cluster.tcp(8081), "8081 denied before the server pod exists:\n{}", sensor.log());
+
+    // The pod appears through the watch, first Pending without an IP, then running; its host
+    // route is not there yet, so no interface carries its policy.
+    cluster.api.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "server", "namespace": "shop", "labels": {"app": "server"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "example.invalid/app:1"}]},
+    }));
+    let ip = cluster.server_veth.pod_ip.to_string();
+    cluster.api.set_pod_running("shop", "server", &[&ip], &"ab".repeat(32));
+    sensor.wait_metric("sensor_kubernetes_objects", &[("resource", "pods/local")], |v| {
+        v == Some(1.0)
+    });
+    // The route appears: the pod's interface is found and its policy enforced.
+    cluster.add_host_route();
+    cluster.wait_tcp(8081, false, &sensor);
+    assert!(cluster.tcp(8080), "allowed port denied:\n{}", sensor.log());
+    let denied = sensor.wait_event("POLICY_DENY drop of 8081", flow_to(8081, "DROPPED"));
+    assert_eq!(denied["flow"]["destination"]["pod_name"], "server", "{denied}");
+
+    // A CRD removed while watched: its resource is no longer served (404), which counts as
+    // empty and healthy, not as a failing source.
+    cluster.api.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ciliumclusterwidenetworkpolicies.cilium.io");
+    wait_until("the sensor to see the CCNP resource gone", Duration::from_secs(30), || {
+        sensor
+            .log()
+            .lines()
+            .any(|l| {
+                l.contains("not served by the API server")
+                    && l.contains("ciliumclusterwidenetworkpolicies")
+            })
+            .then_some(())
+    });
+    let gone = Instant::now();
+    // Past stale_after_seconds the source is still healthy (polled until then).
+    wait_until("stale_after_seconds to pass", Duration::from_secs(10), || {
+        let m = sensor.metrics();
+        let stale = m.get(
+            "sensor_kubernetes_source_stale",
+            &[("resource", "ciliumclusterwidenetworkpolicies")],
+        );
+        assert_eq!(stale, Some(0.0), "an absent resource counted as stale: {}", m.text);
+        assert_eq!(sensor.get("/readyz").0, 200, "not ready after a CRD was removed");
+        (gone.elapsed() > Duration::from_secs(stale_after + 1)).then_some(())
+    });
+
+    // The pod goes (as the kubelet finally deletes it, without grace: with no kubelet, a
+    // graceful delete would leave it Terminating): its address is no endpoint any more.
+    cluster.api.delete("/api/v1/namespaces/shop/pods/server?gracePeriodSeconds=0");
+    sensor.wait_metric("sensor_kubernetes_objects", &[("resource", "pods/local")], |v| {
+        v == Some(0.0)
+    });
+    cluster.wait_tcp(8081, true, &sensor);
 }
