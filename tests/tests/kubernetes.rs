@@ -116,11 +116,15 @@ impl Cluster {
 
     /// The sensor in enforce mode with the Kubernetes source only (no policy files).
     fn start(&self, stale_after_seconds: u64) -> Sensor {
-        let config = format!(
-            "mode: enforce\nkubernetes:\n  kubeconfig: {}\n  stale_after_seconds: {stale_after_seconds}\n  initial_sync_timeout_seconds: 30\n",
+        Sensor::start(&self.node, &self.config(stale_after_seconds, 30), &[])
+    }
+
+    fn config(&self, stale_after_seconds: u64, initial_sync_timeout_seconds: u64) -> String {
+        format!(
+            "mode: enforce\nkubernetes:\n  kubeconfig: {}\n  stale_after_seconds: {stale_after_seconds}\n  \
+             initial_sync_timeout_seconds: {initial_sync_timeout_seconds}\n",
             self.api.kubeconfig().display()
-        );
-        Sensor::start(&self.node, &config, &[])
+        )
     }
 
     /// A TCP round trip client → server:port.
@@ -506,4 +510,38 @@ fn pods_routes_and_crds_that_change_while_the_sensor_runs_are_followed() {
         v == Some(0.0)
     });
     cluster.wait_tcp(8081, true, &sensor);
+}
+
+#[test]
+fn a_sensor_started_while_the_api_is_down_applies_the_api_policies_once_it_answers() {
+    if !privileged() {
+        return;
+    }
+    let mut cluster = Cluster::setup(60);
+    cluster.remote_client("shop");
+    cluster.api.apply(&server_policy(&[8080]));
+    cluster.api.kill();
+    let sensor = Sensor::start_unready(&cluster.node, &cluster.config(2, 2), &[]);
+    // Running after initial_sync_timeout_seconds, but not ready: no source has listed.
+    wait_until("the initial sync timeout in the log", Duration::from_secs(30), || {
+        sensor.log().contains("Kubernetes sources not listed after 2s").then_some(())
+    });
+    // Once attached (the plain "not ready" before), /readyz names what holds it back.
+    let body = wait_until("/readyz naming the unlisted sources", Duration::from_secs(30), || {
+        let (status, body) = sensor.get("/readyz");
+        assert_ne!(status, 200, "ready without the API: {body}");
+        body.contains("stale Kubernetes cache").then_some(body)
+    });
+    for source in SOURCES {
+        assert!(body.contains(&format!("{source}: ")), "{source} not named: {body}");
+    }
+    // Nothing from the API is in force yet: the server is no endpoint.
+    assert!(cluster.tcp(8081), "8081 denied before any policy:\n{}", sensor.log());
+
+    cluster.api.restart();
+    wait_until("/readyz 200 once the API answers", Duration::from_secs(90), || {
+        (sensor.get("/readyz").0 == 200).then_some(())
+    });
+    cluster.wait_tcp(8081, false, &sensor);
+    assert!(cluster.tcp(8080), "allowed port denied:\n{}", sensor.log());
 }
