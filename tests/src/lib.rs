@@ -1,15 +1,18 @@
 //! Harness for the privileged end-to-end tests: network namespaces with veth pairs, cgroups,
-//! the real `sensor` binary in a "node" namespace, its HTTP endpoints and JSON output.
+//! the real `sensor` binary in a "node" namespace, its HTTP endpoints and JSON output, and a
+//! real Kubernetes API server (etcd + kube-apiserver) in that namespace.
 //!
 //! Every resource is a guard that removes what it made on drop, also when the test panics.
 //! Test hosts only use 10.0.0.0/8 addresses on interfaces the test created.
 
+pub mod apiserver;
 pub mod cgroup;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod pod;
 pub mod sensor;
+pub mod traffic;
 
 use std::{
     path::{Path, PathBuf},
@@ -17,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use apiserver::ApiServer;
 pub use cgroup::Cgroup;
 pub use metrics::Metrics;
 pub use netns::{Netns, Veth};

@@ -93,6 +93,25 @@ impl Sensor {
         args: &[&str],
         pins: Arc<PinDir>,
     ) -> Self {
+        let mut sensor = Self::spawn_with_config(node, config_yaml, args, pins);
+        sensor.wait_for("/readyz");
+        sensor
+    }
+
+    /// [`Sensor::start`] that only waits for `/healthz`: for an agent that is expected to
+    /// run but not be ready (e.g. its Kubernetes API is down).
+    pub fn start_unready(node: &Netns, config_yaml: &str, args: &[&str]) -> Self {
+        let mut sensor = Self::spawn_with_config(node, config_yaml, args, PinDir::new());
+        sensor.wait_for("/healthz");
+        sensor
+    }
+
+    fn spawn_with_config(
+        node: &Netns,
+        config_yaml: &str,
+        args: &[&str],
+        pins: Arc<PinDir>,
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("{}.yaml", unique("se2e-cfg-")));
         fs::write(&config, config_yaml).expect("write config");
         let mut argv: Vec<String> = vec!["run".into(), "--config".into()];
@@ -111,7 +130,9 @@ impl Sensor {
         let pins = PinDir::new();
         let mut argv = argv.to_vec();
         argv.extend(["--bpf-pin-dir".into(), pins.path().display().to_string()]);
-        Self::launch(node, wrapper, &argv, None, pins)
+        let mut sensor = Self::launch(node, wrapper, &argv, None, pins);
+        sensor.wait_for("/readyz");
+        sensor
     }
 
     fn launch(
@@ -151,18 +172,16 @@ impl Sensor {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut sensor =
-            Self { child: Some(child), pins, netns: node.path(), config, stdout, stderr };
-        sensor.wait_ready();
-        sensor
+        Self { child: Some(child), pins, netns: node.path(), config, stdout, stderr }
     }
 
-    fn wait_ready(&mut self) {
-        wait_until("sensor /readyz to answer 200", Duration::from_secs(60), || {
+    /// Waits until `path` answers 200; panics with the log if the agent exits first.
+    fn wait_for(&mut self, path: &str) {
+        wait_until(&format!("sensor {path} to answer 200"), Duration::from_secs(60), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("sensor exited during start-up ({status}):\n{}", self.log());
             }
-            (self.get("/readyz").0 == 200).then_some(())
+            (self.get(path).0 == 200).then_some(())
         });
     }
 

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use sensor_e2e::{Netns, Sensor, Veth, packet::IcmpSocket, privileged, sensor::sensor_bin, unique};
+use sensor_e2e::{
+    Netns, Sensor, Veth, packet::IcmpSocket, privileged, sensor::sensor_bin,
+    traffic::tcp_roundtrip, unique,
+};
 
 struct Pods {
     node: Netns,
@@ -94,36 +97,6 @@ impl Pods {
     fn tcp_roundtrip(&self, port: u16) -> bool {
         tcp_roundtrip(&self.client, &self.server, SocketAddr::from((self.server_veth.pod_ip, port)))
     }
-}
-
-/// A TCP round trip from a socket in `from` to a listener on `addr` in `to`; true when the
-/// echo came back.
-fn tcp_roundtrip(from: &Netns, to: &Netns, addr: SocketAddr) -> bool {
-    let listener = to.enter(|| TcpListener::bind(addr).expect("bind server"));
-    let server = std::thread::spawn(move || {
-        if let Ok((mut conn, _)) = listener.accept() {
-            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            let mut buf = [0_u8; 4];
-            if conn.read_exact(&mut buf).is_ok() {
-                let _ = conn.write_all(&buf);
-            }
-        }
-    });
-    let client = from.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
-    let ok = match client {
-        Ok(mut conn) => {
-            conn.set_read_timeout(Some(Duration::from_secs(3))).ok();
-            let mut buf = [0_u8; 4];
-            conn.write_all(b"ping").is_ok() && conn.read_exact(&mut buf).is_ok() && &buf == b"ping"
-        }
-        Err(_) => false,
-    };
-    if !ok {
-        // Unblock the accept (from inside the listener's namespace) so the thread ends.
-        let _ = to.enter(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
-    }
-    let _ = server.join();
-    ok
 }
 
 impl Pods {

@@ -165,6 +165,14 @@ pub fn ensure_bench_packages() -> anyhow::Result<()> {
 
 /// Installs the Debian package of each (tool, package) whose tool is not on PATH.
 fn install_missing(tools: &[(&str, &'static str)]) -> anyhow::Result<()> {
+    apt_install_missing(tools, false)
+}
+
+/// [`install_missing`], optionally without the packages' recommendations.
+pub fn apt_install_missing(
+    tools: &[(&str, &'static str)],
+    no_recommends: bool,
+) -> anyhow::Result<()> {
     let mut needed: Vec<&str> =
         tools.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| *package).collect();
     needed.dedup();
@@ -174,18 +182,28 @@ fn install_missing(tools: &[(&str, &'static str)]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("missing tools; install the Debian packages: {}", needed.join(" "));
     }
+    apt_install(&needed, no_recommends)
+}
+
+/// `apt-get update`, then `apt-get install` of `packages` (root only).
+pub fn apt_install(packages: &[&str], no_recommends: bool) -> anyhow::Result<()> {
     status(Command::new("apt-get").arg("update").arg("-q"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&needed)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["install", "-y", "-q"]);
+    if no_recommends {
+        cmd.arg("--no-install-recommends");
+    }
+    status(cmd.args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The first `tool` on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|f| f.is_file()))
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    which(tool).is_some()
 }
 
 pub fn is_root() -> bool {

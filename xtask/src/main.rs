@@ -4,7 +4,10 @@
 //!   against that nightly's own libLLVM, under `target/tools` of this checkout.
 //! - `build`: the release `sensor` binary with its eBPF object embedded.
 //! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root).
-//! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests.
+//! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests
+//!   (the Kubernetes ones against a real kube-apiserver and etcd, see `kube-apiserver`).
+//! - `kube-apiserver`: etcd (Debian's etcd-server) and kube-apiserver v1.20.2 built offline
+//!   from Debian's kubernetes source into `target/tools/kube-apiserver-1.20.2/` (once).
 //! - `bench [--quick]`: datapath, agent and policy-update figures as ratios to baselines
 //!   measured in the same run (root; namespaces it creates only).
 //! - `fuzz [--seconds N] [TARGET...]`: cargo-fuzz (installed on first use) on each target in
@@ -13,6 +16,7 @@
 mod bench;
 mod bootstrap;
 mod fuzz;
+mod kube_apiserver;
 
 use std::{
     env,
@@ -41,18 +45,24 @@ fn main() -> anyhow::Result<()> {
             bench::bench(&root, &sensor, &rest)
         }
         "fuzz" => fuzz::fuzz(&root, &rest),
+        "kube-apiserver" => kube_apiserver::ensure(&root).map(|tools| {
+            println!("{}", tools.kube_apiserver.display());
+        }),
         // The bench's own client/server processes, run inside its namespaces.
         "__bench-helper" => bench::helper_main(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]|\
-                 fuzz [--seconds N] [TARGET...]>\n\n\
+                 fuzz [--seconds N] [TARGET...]|kube-apiserver>\n\n\
                  bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
                  build      build target/release/sensor with its eBPF programs\n\
                  run        build, then run `sensor run ARGS...` (root)\n\
                  test       fmt, clippy, unit tests and privileged end-to-end tests (root)\n\
                  bench      benchmarks against same-run baselines (root); writes target/bench/\n\
-                 fuzz       cargo-fuzz each target N seconds (default 300), minimize fuzz/corpus/"
+                 fuzz       cargo-fuzz each target N seconds (default 300), minimize fuzz/corpus/\n\
+                 kube-apiserver  etcd and kube-apiserver {api} for the Kubernetes tests \
+                 (built once into target/tools, ~13 min)",
+                api = kube_apiserver::VERSION
             );
             if command.is_empty() || command == "help" || command == "--help" {
                 Ok(())
@@ -128,6 +138,9 @@ fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
 fn test(root: &Path) -> anyhow::Result<()> {
     let tools = bootstrap::ensure(root)?;
     bootstrap::ensure_test_packages()?;
+    // The Kubernetes e2e tests run a real API server: built once (about 13 minutes), first,
+    // so a failing build stops the run before the long compile steps.
+    let api = kube_apiserver::ensure(root)?;
     let ci = env::var("CI").is_ok_and(|v| v == "true");
     if ci && !bootstrap::is_root() {
         bail!("CI=true but not root: the end-to-end tests load eBPF programs and must run as root");
@@ -180,6 +193,8 @@ fn test(root: &Path) -> anyhow::Result<()> {
     status(
         cargo(root, &tools)
             .args(["test", "--release", "--package", "sensor-e2e", "--", "--test-threads=1"])
-            .env("SENSOR_BIN", root.join("target/release/sensor")),
+            .env("SENSOR_BIN", root.join("target/release/sensor"))
+            .env("KUBE_APISERVER_BIN", &api.kube_apiserver)
+            .env("ETCD_BIN", &api.etcd),
     )
 }

@@ -248,6 +248,12 @@ pub async fn run<K, S>(
                     tracing::info!(resource = name, version, "watch version expired: relisting");
                     continue 'relist;
                 }
+                // The resource went away while watched (its CRD was deleted): the list
+                // finds it absent, which is an empty, healthy source, not a failing one.
+                Err(err) if status_code(&err) == Some(404) => {
+                    tracing::info!(resource = name, "watch: resource no longer served, relisting");
+                    continue 'relist;
+                }
                 Err(err) => {
                     tracing::warn!(resource = name, "watch failed: {err}");
                     health.failed(&err.to_string());
