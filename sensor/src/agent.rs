@@ -382,8 +382,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 }
             }
             Some(()) = rules_changes.recv() => {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while rules_changes.try_recv().is_ok() {}
+                // Load once the burst of writes is over (see `watch::settle`).
+                crate::watch::settle(&mut rules_changes, crate::watch::QUIET, crate::watch::MAX_WAIT).await;
                 match rules.reload() {
                     Ok(set) => {
                         tracing::info!(rules = set.rules.len(), running = set.active(), skipped = set.skipped.len(), "rules reloaded");
@@ -398,10 +398,16 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             }
             Some(()) = policy_changes.recv() => {
                 // Let a burst of writes (editor save, kubectl cp) settle, then load once.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while policy_changes.try_recv().is_ok() {}
+                let changed = std::time::Instant::now();
+                crate::watch::settle(&mut policy_changes, crate::watch::QUIET, crate::watch::MAX_WAIT).await;
+                let loading = std::time::Instant::now();
                 match policy.reload() {
-                    Ok(applied) => tracing::info!(?applied, "policy reloaded"),
+                    Ok(applied) => tracing::info!(
+                        ?applied,
+                        settle_ms = (loading - changed).as_secs_f64() * 1e3,
+                        reload_ms = loading.elapsed().as_secs_f64() * 1e3,
+                        "policy reloaded"
+                    ),
                     Err(err) => tracing::error!("policy change rejected, previous policy stays in force: {err}"),
                 }
             }

@@ -51,6 +51,29 @@ pub enum RulesCommand {
     /// Load Falco rule files in order and list the rules loaded and skipped (with reasons).
     /// Exits non-zero when a file does not load.
     Check(RulesCheckArgs),
+    /// Events per second per core through rule files on synthetic events (for
+    /// `cargo xtask bench`): one JSON line with alerts built, one with conditions only.
+    #[command(hide = true)]
+    Bench(RulesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesBenchArgs {
+    /// Rule files or directories, in load order; none: an empty rule set.
+    #[arg(value_name = "FILE")]
+    pub paths: Vec<PathBuf>,
+
+    /// Enable every rule, whatever the files say.
+    #[arg(long)]
+    pub enable_all: bool,
+
+    /// CPU seconds per pass.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+
+    /// Minimum priority of the rules that run [default: debug].
+    #[arg(long, value_parser = parse_priority)]
+    pub min_priority: Option<crate::rules::Priority>,
 }
 
 #[derive(Debug, Args)]

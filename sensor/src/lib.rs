@@ -26,3 +26,4 @@ pub mod pins;
 pub mod policy;
 pub mod rules;
 pub mod sys;
+pub mod watch;

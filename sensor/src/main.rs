@@ -41,6 +41,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Rules(RulesCommand::Bench(args)) => match sensor::rules::bench::run(&args) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("sensor: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cleanup(args) => {
             let dir = match (&args.bpf_pin_dir, &args.config) {
                 (Some(dir), _) => dir.clone(),

@@ -3,6 +3,7 @@
 //! ([`compile`]), alerts in Falco's JSON ([`output`]), hot reload ([`runtime`]) and the
 //! interest the loaded rules feed to the kernel filter ([`Interest`]).
 
+pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod condition;

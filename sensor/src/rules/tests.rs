@@ -357,40 +357,25 @@ fn shipped_rules_load_disabled_and_compile() {
     assert_eq!(s.active(), 0);
 }
 
-/// Events per second through the shipped rule set (all enabled), one core. Run with
+/// Events per second through the shipped rule set (all enabled), one core (the same
+/// measurement as `sensor rules bench`, which `cargo xtask bench` runs). Run with
 /// `cargo test --release -p sensor rules::tests::throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "micro-benchmark; run explicitly with --release"]
 fn throughput() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/sensor_rules.yaml");
-    let mut defs = Definitions::default();
-    defs.load(&path, &std::fs::read_to_string(&path).expect("read")).expect("parse");
-    for r in &mut defs.rules {
-        r.enabled = true;
+    let s = bench::load(&[path], true, Priority::Debug).expect("load");
+    for alerts in [true, false] {
+        let t =
+            bench::measure(&s, &bench::sample_events(), std::time::Duration::from_secs(1), alerts);
+        println!(
+            "{} events through {} rules in {:.3}s of CPU ({}): {:.0} events/s/core ({} matched)",
+            t.events,
+            t.rules,
+            t.cpu_seconds,
+            if alerts { "alerts built" } else { "conditions only" },
+            t.per_cpu_second(),
+            t.matched
+        );
     }
-    let s = RuleSet::build(&defs, Priority::Debug);
-    let events = [
-        exec("node", &["node", "server.js"], true),
-        exec("python3", &["python3", "app.py"], false),
-        open("/var/lib/app/data.db", &["read", "write"]),
-        open("/usr/lib/x86_64-linux-gnu/libc.so.6", &["read"]),
-        bind(8080),
-    ];
-    let mut ev = Evaluator::with_users("n".into(), Users::new("/nonexistent"));
-    let table = ProcessTable::default();
-    let n = 2_000_000;
-    let start = std::time::Instant::now();
-    let mut hits = 0_u32;
-    for i in 0..n {
-        if ev.matches(&s, &events[i % events.len()], &table) {
-            hits += 1;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{} events through {} rules in {secs:.3}s: {:.0} events/s/core ({hits} matched)",
-        n,
-        s.active(),
-        n as f64 / secs
-    );
 }

@@ -131,43 +131,73 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>, floor: &EmptyProg) -> anyhow::Resu
             .stdout(std::process::Stdio::null()),
         "iperf3 server",
     )?;
-    env::sleep(std::time::Duration::from_millis(300))?;
-    for config in CONFIGS {
-        check_interrupted()?;
-        eprintln!("bench: datapath, {config}");
-        let (mut sensor, _nft) = setup(ctx, config)?;
-        // Warm-up, and proof that the allowed traffic passes in this configuration.
-        run_load(ctx, "tcp_rr_1")
-            .with_context(|| format!("traffic does not pass with {config}"))?;
-        if let Some(s) = &sensor {
-            idle(ctx, s.pid(), config, figs)?;
-        }
-        for _ in 0..ctx.opts.runs {
-            for (load, unit) in LOADS {
-                check_interrupted()?;
-                let before = sensor
-                    .as_ref()
-                    .map(|s| (s.pid(), Instant::now(), scenario::cpu_seconds(s.pid())));
-                let rate = run_load(ctx, load).with_context(|| format!("{load} with {config}"))?;
-                let mut f = Figure::new(FAMILY, load, config, unit).baseline(BASELINE);
-                if load.starts_with("tcp_rr") && matches!(config, ENFORCE | ENFORCE_10K) {
-                    f = f.target(Target::RatioAtLeastAndAbove(0.95, NFT_10K));
-                }
-                add(figs, f, rate);
-                if let Some((pid, start, Ok(cpu0))) = before {
-                    let cpu = (scenario::cpu_seconds(pid)? - cpu0) / start.elapsed().as_secs_f64();
-                    add(figs, agent_fig(&format!("cpu_{load}"), config, "% CPU"), cpu * 100.0);
-                    add(figs, rss_fig(&format!("rss_{load}"), config), scenario::rss_mib(pid)?);
+    wait_listening(&t.server, IPERF_PORT)?;
+    // Rounds: every configuration once per round, set up and torn down each time (the sensor
+    // started fresh and its pins removed), in reverse order every other round, so that drift
+    // in the machine's load hits every configuration alike.
+    let rounds = ctx.opts.rounds;
+    for round in 0..rounds {
+        let n = ctx.opts.in_round(round);
+        for config in super::round_order(&CONFIGS, round) {
+            check_interrupted()?;
+            env::progress(format_args!("datapath round {}/{rounds}, {config}", round + 1));
+            let (mut sensor, nft) = setup(ctx, config)?;
+            // Warm-up, and proof that the allowed traffic passes in this configuration.
+            run_load(ctx, "tcp_rr_1")
+                .with_context(|| format!("traffic does not pass with {config}"))?;
+            if let Some(s) = &sensor {
+                idle(ctx, s.pid(), config, figs, n)?;
+            }
+            for _ in 0..n {
+                for (load, unit) in LOADS {
+                    check_interrupted()?;
+                    let before = sensor
+                        .as_ref()
+                        .map(|s| (s.pid(), Instant::now(), scenario::cpu_seconds(s.pid())));
+                    let rate =
+                        run_load(ctx, load).with_context(|| format!("{load} with {config}"))?;
+                    let mut f = Figure::new(FAMILY, load, config, unit).baseline(BASELINE);
+                    if load.starts_with("tcp_rr") && matches!(config, ENFORCE | ENFORCE_10K) {
+                        f = f.target(Target::RatioAtLeastAndAbove(0.95, NFT_10K));
+                    }
+                    add(figs, f, rate);
+                    if let Some((pid, start, Ok(cpu0))) = before {
+                        let cpu =
+                            (scenario::cpu_seconds(pid)? - cpu0) / start.elapsed().as_secs_f64();
+                        add(figs, agent_fig(&format!("cpu_{load}"), config, "% CPU"), cpu * 100.0);
+                        add(figs, rss_fig(&format!("rss_{load}"), config), scenario::rss_mib(pid)?);
+                    }
                 }
             }
-        }
-        if let Some(s) = &mut sensor {
-            s.check_alive()?;
-            program_cost(ctx, s.pid(), config, figs, floor)?;
-            for _ in 0..ctx.opts.runs {
-                map_memory(s.pid(), config, figs)?;
+            if let Some(s) = &mut sensor {
+                s.check_alive()?;
+                // A reload re-decides every flow on its next packet: none may happen here.
+                let reloads = s.log_text().matches("policy reloaded").count();
+                if reloads > 0 {
+                    env::progress(format_args!("warning: {reloads} policy reloads with {config}"));
+                }
+                program_cost(ctx, s.pid(), config, figs, floor, n)?;
+                for _ in 0..n {
+                    map_memory(s.pid(), config, figs)?;
+                }
             }
+            // Tear down before the next configuration: sensor stopped and its pins removed
+            // (links detached), nftables table deleted.
+            drop(sensor);
+            drop(nft);
         }
+    }
+    Ok(())
+}
+
+/// Polls until something listens on `port` in `ns` (5 s at most).
+fn wait_listening(ns: &env::Netns, port: u16) -> anyhow::Result<()> {
+    let end = Instant::now() + std::time::Duration::from_secs(5);
+    while ns.run(&["ss", "-Htln", &format!("sport = :{port}")])?.trim().is_empty() {
+        if Instant::now() > end {
+            bail!("nothing listens on port {port} after 5 s");
+        }
+        env::sleep(std::time::Duration::from_millis(20))?;
     }
     Ok(())
 }
@@ -185,12 +215,12 @@ fn rss_fig(name: &str, config: &str) -> Figure {
     }
 }
 
-/// RSS and CPU with no traffic, after a short settle.
-fn idle(ctx: &Ctx, pid: u32, config: &str, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
-    env::sleep(std::time::Duration::from_secs(1))?;
-    for _ in 0..ctx.opts.runs {
+/// RSS and CPU with no traffic (`n` windows), after a short settle.
+fn idle(ctx: &Ctx, pid: u32, config: &str, figs: &mut Vec<Figure>, n: usize) -> anyhow::Result<()> {
+    env::sleep(std::time::Duration::from_secs_f64(ctx.opts.idle_secs * 2.0))?;
+    for _ in 0..n {
         let (t0, c0) = (Instant::now(), scenario::cpu_seconds(pid)?);
-        env::sleep(std::time::Duration::from_millis(400))?;
+        env::sleep(std::time::Duration::from_secs_f64(ctx.opts.idle_secs))?;
         let cpu = (scenario::cpu_seconds(pid)? - c0) / t0.elapsed().as_secs_f64();
         add(figs, agent_fig("cpu_idle", config, "% CPU"), cpu * 100.0);
         add(figs, rss_fig("rss_idle", config), scenario::rss_mib(pid)?);
@@ -207,12 +237,13 @@ fn program_cost(
     config: &str,
     figs: &mut Vec<Figure>,
     floor: &EmptyProg,
+    n: usize,
 ) -> anyhow::Result<()> {
     let names = bpf::names("prog");
     let rr_addr = format!("{}:{RR_PORT}", ctx.topo.server_ip);
     let secs = ctx.opts.prog_secs.to_string();
     let _stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1")?;
-    for _ in 0..ctx.opts.runs {
+    for _ in 0..n {
         let f0 = floor.stats()?;
         floor.test_run(200_000)?;
         let f1 = floor.stats()?;
@@ -253,7 +284,7 @@ fn program_cost(
 }
 
 /// Sum of memlock over the maps the sensor holds (the kernel's accounting of map memory),
-/// read once per run like the other figures.
+/// read as often as the other figures.
 fn map_memory(pid: u32, config: &str, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
     let maps = bpf::process_objects(pid)?.1;
     let names = bpf::names("map");

@@ -1,9 +1,11 @@
 //! The bench's world: Ctrl-C handling, network namespaces and veth pairs (removed on drop),
-//! child processes (killed on drop), the sensor in the node namespace, sysctl guards, and the
-//! machine description for the report.
+//! cgroups (emptied and removed on drop), child processes (killed on drop), the sensor in the
+//! node namespace with a pin directory of its own (`sensor cleanup` on drop), sysctl guards,
+//! and the machine description for the report.
 //!
-//! Everything lives in namespaces this process creates (`sbench-<pid>-*`), with addresses
-//! from 10.200.0.0/16 on interfaces it made; nothing touches the machine's own interfaces.
+//! Everything lives in namespaces, cgroups, bpffs directories and temp directories this
+//! process creates (`sbench-<pid>-*`), with addresses from 10.200.0.0/16 on interfaces it
+//! made; nothing touches the machine's own interfaces.
 
 use std::{
     fs,
@@ -45,6 +47,14 @@ pub fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, with the seconds since the first one.
+pub fn progress(msg: std::fmt::Arguments<'_>) {
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("bench: [{t:6.1} s] {msg}");
+}
+
 /// Sleeps in small steps, returning early with an error on Ctrl-C.
 pub fn sleep(d: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + d;
@@ -81,16 +91,38 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// killed with SIGKILL) from a concurrent run's.
 const PREFIX: &str = "sbench-";
 
-/// Removes `sbench-<pid>-*` namespaces whose process is gone.
-pub fn remove_stale_namespaces() {
-    let Ok(list) = run("ip", &["netns", "list"]) else { return };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            eprintln!("bench: removing stale namespace {name}");
-            let _ = run("ip", &["netns", "del", name]);
+/// Whether `name` is `sbench-<pid>-…` of a process that is gone (a run killed with SIGKILL).
+fn is_stale(name: &str) -> bool {
+    let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+        return false;
+    };
+    pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists()
+}
+
+/// Removes what a killed run left: `sbench-<pid>-*` namespaces, pin directories (with
+/// `sensor cleanup`, which detaches their links) and cgroups whose process is gone.
+pub fn remove_stale(sensor_bin: &Path) {
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if is_stale(name) {
+                eprintln!("bench: removing stale namespace {name}");
+                let _ = run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+    for (root, what) in [(PathBuf::from(BPFFS), "pin directory"), (cgroup2_root(), "cgroup")] {
+        let Ok(entries) = fs::read_dir(&root) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_stale(&name) {
+                continue;
+            }
+            eprintln!("bench: removing stale {what} {}", entry.path().display());
+            if what == "cgroup" {
+                remove_cgroup_tree(&entry.path());
+            } else {
+                cleanup_pins(sensor_bin, &entry.path());
+            }
         }
     }
 }
@@ -290,10 +322,30 @@ impl Drop for TempDir {
 /// Port the sensor serves metrics on, on the node namespace's loopback.
 const SENSOR_PORT: u16 = 9990;
 
-/// The real sensor binary running in the node namespace with a config file.
+/// Where bpffs is mounted (the sensor mounts it when missing).
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// `sensor cleanup --bpf-pin-dir DIR`: removes the pins, which detaches the links the sensor
+/// left attached (its programs stay in the kernel through them after SIGTERM, by design).
+fn cleanup_pins(sensor_bin: &Path, dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let result = output(Command::new(sensor_bin).arg("cleanup").arg("--bpf-pin-dir").arg(dir));
+    if let Err(e) = result {
+        eprintln!("bench: {e}");
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The real sensor binary running in the node namespace with a config file and a pin
+/// directory of its own; stopping it (drop) also removes its pins, so no program of it stays
+/// attached after the configuration that started it.
 pub struct Sensor {
-    proc: Proc,
+    proc: Option<Proc>,
     node: PathBuf,
+    bin: PathBuf,
+    pins: PathBuf,
     pub log: PathBuf,
 }
 
@@ -305,25 +357,35 @@ impl Sensor {
         tag: &str,
         config_yaml: &str,
     ) -> anyhow::Result<Self> {
-        let config = dir.join(format!("sensor-{tag}.yaml"));
+        // Config and log go to a directory of their own: the sensor reloads on any change in
+        // the directories it watches (the policy directory and the endpoints file's), so a log
+        // written there would make it reload after each of its own log lines.
+        let own = dir.join(format!("agent-{tag}"));
+        fs::create_dir_all(&own)?;
+        let config = own.join("sensor.yaml");
         fs::write(&config, config_yaml)?;
-        let log = dir.join(format!("sensor-{tag}.log"));
+        let log = own.join("sensor.log");
+        let pins = PathBuf::from(BPFFS).join(format!("{PREFIX}{}-{tag}", std::process::id()));
+        // A previous start of this configuration in this run was stopped and cleaned up; a
+        // leftover would be adopted instead of loaded: remove it.
+        cleanup_pins(bin, &pins);
         let mut cmd = node.command(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
             .args(["--metrics-addr", &format!("127.0.0.1:{SENSOR_PORT}")])
             .args(["--node-name", "bench-node"])
-            // Flow records are written as in production, to a sink nobody reads.
+            .arg("--bpf-pin-dir")
+            .arg(&pins)
+            // Records go to the config's outputs (stdout by default): a sink nobody reads.
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log)?);
         let proc = Proc::spawn(&mut cmd, "sensor")?;
-        let mut sensor = Self { proc, node: node.path(), log };
+        let mut sensor =
+            Self { proc: Some(proc), node: node.path(), bin: bin.to_path_buf(), pins, log };
         let end = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Err(e) = sensor.proc.check_alive() {
-                bail!("{e}; log:\n{}", sensor.log_text());
-            }
+            sensor.check_alive()?;
             if sensor.get("/readyz").is_ok_and(|(code, _)| code == 200) {
                 return Ok(sensor);
             }
@@ -335,11 +397,45 @@ impl Sensor {
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.pid()
+        self.proc.as_ref().map_or(0, Proc::pid)
     }
 
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.proc.check_alive().with_context(|| format!("log:\n{}", self.log_text()))
+        let Some(proc) = self.proc.as_mut() else { bail!("sensor already stopped") };
+        if let Err(e) = proc.check_alive() {
+            bail!("{e}; log:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// The sensor's /metrics text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match self.get("/metrics")? {
+            (200, body) => Ok(body),
+            (code, body) => bail!("GET /metrics: HTTP {code}: {body}"),
+        }
+    }
+
+    /// Polls /metrics until the sum of `name`'s samples satisfies `pred`, for at most
+    /// `timeout`; returns that sum.
+    pub fn wait_metric(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> anyhow::Result<f64> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let value = metric_sum(&self.metrics()?, name);
+            if pred(value) {
+                return Ok(value);
+            }
+            if Instant::now() > end {
+                bail!("metric {name} still {value} after {timeout:?}");
+            }
+            sleep(Duration::from_millis(50))?;
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -358,6 +454,100 @@ impl Sensor {
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
     }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        // SIGTERM (the agent keeps its pins), then remove the pins: links detach.
+        drop(self.proc.take());
+        cleanup_pins(&self.bin, &self.pins);
+    }
+}
+
+/// Sum of every sample of metric `name` (any labels) in Prometheus text; counters may be
+/// given with or without their `_total` suffix.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    let total = format!("{name}_total");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name || metric == total).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
+/// hosts), from mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+/// A cgroup v2 leaf `<root>/sbench-<pid>-cg/<leaf>` for the bench's processes (the leaf named
+/// like a container runtime's scope when a host policy should select it); its processes are
+/// killed and the directories removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(leaf: &str) -> anyhow::Result<Self> {
+        let parent = cgroup2_root().join(format!("{PREFIX}{}-cg", std::process::id()));
+        if !parent.exists() {
+            fs::create_dir(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let path = parent.join(leaf);
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The file a process writes "0" to in order to move itself here.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.path);
+        if let Some(parent) = self.path.parent() {
+            // Fails while another leaf of this run is still there; the last one removes it.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Kills a cgroup's processes and removes it (rmdir fails with EBUSY until they are gone:
+/// polled for 5 s at most).
+fn remove_cgroup(path: &Path) {
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    let end = Instant::now() + Duration::from_secs(5);
+    while fs::remove_dir(path).is_err() && path.exists() {
+        if Instant::now() > end {
+            eprintln!("bench: could not remove cgroup {}", path.display());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A stale run's cgroup directory and its leaves.
+fn remove_cgroup_tree(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove_cgroup(&entry.path());
+        }
+    }
+    remove_cgroup(path);
 }
 
 /// Sets a sysctl (by /proc/sys path) and restores its previous value on drop.
@@ -415,6 +605,24 @@ pub fn machine() -> Vec<(&'static str, String)> {
         "no"
     };
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    // BPF links already attached before the bench starts (another agent, a leftover of a
+    // killed test): they run in every configuration, the baselines included.
+    let links = Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v.as_array().cloned())
+        .map_or_else(
+            || "unknown (bpftool missing)".to_owned(),
+            |links| {
+                let mut types: Vec<&str> =
+                    links.iter().filter_map(|l| l["type"].as_str()).collect();
+                types.sort_unstable();
+                types.dedup();
+                format!("{} ({})", links.len(), types.join(", "))
+            },
+        );
     let date = run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default();
     vec![
         ("date", date.trim().to_owned()),
@@ -430,6 +638,7 @@ pub fn machine() -> Vec<(&'static str, String)> {
             ),
         ),
         ("bpf_jit_enable", read("/proc/sys/net/core/bpf_jit_enable")),
+        ("bpf_links_at_start", links),
         ("spectre_v2", read("/sys/devices/system/cpu/vulnerabilities/spectre_v2")),
     ]
 }

@@ -1,7 +1,8 @@
-//! The bench's own traffic: a ping-pong server and clients (request/response and connection
-//! rate) and the policy-update probe. They run as `xtask __bench-helper ROLE ...` child
-//! processes entered into a namespace with nsenter (xtask has no setns without libc), and
-//! print one result line on stdout.
+//! The bench's own load: a ping-pong server and clients (request/response and connection
+//! rate), the policy-update probe, and the host loops (open+close, spawn+exec+wait, paced
+//! opens). They run as `xtask __bench-helper ROLE ...` child processes entered into a
+//! namespace with nsenter (xtask has no setns without libc); the host loops first move
+//! themselves into a cgroup the bench made. Each prints one result line on stdout.
 
 use std::{
     fs,
@@ -38,6 +39,20 @@ pub fn helper_main(args: &[String]) -> anyhow::Result<()> {
         "update" => {
             let ms = update(arg(1)?.parse()?, Path::new(arg(2)?), Path::new(arg(3)?), arg(4)?)?;
             println!("{ms}");
+            Ok(())
+        }
+        // open-close|exec CGROUP_PROCS PATH SECS → "operations seconds"
+        "open-close" | "exec" => {
+            join_cgroup(Path::new(arg(1)?))?;
+            let (n, secs) = host_loop(arg(0)? == "exec", Path::new(arg(2)?), arg(3)?.parse()?)?;
+            println!("{n} {secs}");
+            Ok(())
+        }
+        // paced CGROUP_PROCS PATH RATE SECS → "opens seconds"
+        "paced" => {
+            join_cgroup(Path::new(arg(1)?))?;
+            let (n, secs) = paced_opens(Path::new(arg(2)?), arg(3)?.parse()?, arg(4)?.parse()?)?;
+            println!("{n} {secs}");
             Ok(())
         }
         other => bail!("unknown helper role {other:?}"),
@@ -169,6 +184,79 @@ fn update(addr: SocketAddr, tmp: &Path, dest: &Path, expect: &str) -> anyhow::Re
     }
 }
 
+/// Moves this process into the cgroup whose `cgroup.procs` is `procs` (writing "0" moves the
+/// writer), so that everything it does and starts is attributed there.
+fn join_cgroup(procs: &Path) -> anyhow::Result<()> {
+    fs::write(procs, "0").with_context(|| format!("joining {}", procs.display()))
+}
+
+/// Iterations between two clock readings in the host loops.
+const CHUNK: u64 = 64;
+/// Upper bound on the operations of one loop, whatever the clock says.
+const MAX_OPS: u64 = 1 << 30;
+
+/// One open+close of `path` (openat(O_RDONLY|O_CLOEXEC) and close, through std), or one
+/// spawn+exec+wait of the program `path` (std's Command: posix_spawn, i.e. clone(CLONE_VM |
+/// CLONE_VFORK) + execve, then waitpid; stdio inherited, so no extra opens).
+fn host_op(exec: bool, path: &Path) -> anyhow::Result<()> {
+    if exec {
+        let status = Command::new(path)
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !status.success() {
+            bail!("{} exited with {status}", path.display());
+        }
+    } else {
+        drop(fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    }
+    Ok(())
+}
+
+/// A warm-up, then `host_op` back to back for `secs`; returns (operations, seconds measured).
+fn host_loop(exec: bool, path: &Path, secs: f64) -> anyhow::Result<(u64, f64)> {
+    for _ in 0..CHUNK {
+        host_op(exec, path)?;
+    }
+    let start = Instant::now();
+    let mut n = 0_u64;
+    while n < MAX_OPS && start.elapsed().as_secs_f64() < secs {
+        for _ in 0..if exec { 1 } else { CHUNK } {
+            host_op(exec, path)?;
+            n += 1;
+        }
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
+/// Opens (and closes) `path` at `rate` per second for `secs`: at every moment the number done
+/// is the number due by then (catching up in a burst after a preemption), sleeping 50 µs
+/// whenever it is ahead. Returns (opens, seconds): fewer opens than `rate * secs` mean the
+/// generator could not keep up.
+fn paced_opens(path: &Path, rate: f64, secs: f64) -> anyhow::Result<(u64, f64)> {
+    let total = (rate * secs).round() as u64;
+    let start = Instant::now();
+    let mut n = 0_u64;
+    while n < total.min(MAX_OPS) {
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= secs + 0.5 {
+            break; // half a second behind: stop, and let the count say so
+        }
+        let due = ((elapsed * rate) as u64 + 1).min(total);
+        if n >= due {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        while n < due {
+            drop(fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+            n += 1;
+        }
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
 /// Runs the helper in `ns` to completion and returns its result line.
 pub fn run_helper(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
@@ -200,9 +288,15 @@ pub fn start_server(ns: &Netns, ip: std::net::Ipv4Addr, rr_port: u16) -> anyhow:
 
 /// Parses a "count seconds" helper line into a rate per second.
 pub fn rate(line: &str) -> anyhow::Result<f64> {
+    let (n, s) = count_and_secs(line)?;
+    Ok(n / s)
+}
+
+/// Parses a "count seconds" helper line (a count above 0, seconds above 0).
+pub fn count_and_secs(line: &str) -> anyhow::Result<(f64, f64)> {
     let mut it = line.split_whitespace().map(str::parse::<f64>);
     match (it.next(), it.next()) {
-        (Some(Ok(n)), Some(Ok(s))) if s > 0.0 => Ok(n / s),
+        (Some(Ok(n)), Some(Ok(s))) if s > 0.0 && n > 0.0 => Ok((n, s)),
         _ => bail!("bad helper output {line:?}"),
     }
 }

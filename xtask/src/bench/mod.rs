@@ -9,9 +9,12 @@
 mod bpf;
 mod datapath;
 mod env;
+mod host;
 mod load;
+mod pipeline;
 mod policy_update;
 mod report;
+mod rules;
 mod scenario;
 
 use std::{
@@ -26,30 +29,83 @@ use report::{Figure, Report};
 
 /// Repetitions and durations.
 pub struct Options {
-    /// Runs per figure (≥ 5).
+    /// Samples per figure (≥ 5).
     pub runs: usize,
+    /// Rounds of a family with several configurations: each round visits every configuration
+    /// (in reverse order every other round) and takes its share of the samples, so drift in
+    /// the machine's load hits them alike.
+    pub rounds: usize,
     /// Seconds per request/response and connection-rate run.
     pub secs: f64,
     /// Seconds per iperf3 run (whole seconds).
     pub iperf_secs: u32,
     /// Seconds per program-cost run (stats on).
     pub prog_secs: f64,
+    /// Seconds per agent idle window (the settle before them is twice that).
+    pub idle_secs: f64,
+    /// Seconds per host loop run (open+close, spawn+exec).
+    pub host_secs: f64,
+    /// Seconds per offered-rate step of the pipeline search.
+    pub step_secs: f64,
+    /// Bisections after the pipeline search bracketed the zero-loss rate.
+    pub bisections: usize,
+    /// CPU seconds per rules engine pass.
+    pub rules_secs: f64,
 }
 
 impl Options {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { runs: 5, secs: 0.5, iperf_secs: 1, prog_secs: 0.5 }
+            Self {
+                runs: 5,
+                rounds: 2,
+                secs: 0.3,
+                iperf_secs: 1,
+                prog_secs: 0.3,
+                idle_secs: 0.3,
+                host_secs: 0.2,
+                step_secs: 0.25,
+                bisections: 1,
+                rules_secs: 0.2,
+            }
         } else {
-            Self { runs: 7, secs: 3.0, iperf_secs: 5, prog_secs: 2.0 }
+            Self {
+                runs: 7,
+                rounds: 7,
+                secs: 2.0,
+                iperf_secs: 3,
+                prog_secs: 2.0,
+                idle_secs: 0.5,
+                host_secs: 1.5,
+                step_secs: 1.0,
+                bisections: 3,
+                rules_secs: 1.0,
+            }
         }
     }
+
+    /// Samples taken in `round`: the runs spread over the rounds, earlier rounds taking one
+    /// more when they do not divide evenly.
+    pub fn in_round(&self, round: usize) -> usize {
+        self.runs / self.rounds + usize::from(round < self.runs % self.rounds)
+    }
+}
+
+/// `items` in order in even rounds, reversed in odd ones.
+pub fn round_order<T: Copy>(items: &[T], round: usize) -> Vec<T> {
+    let mut v = items.to_vec();
+    if round % 2 == 1 {
+        v.reverse();
+    }
+    v
 }
 
 /// What every family gets.
 pub struct Ctx<'a> {
     pub topo: &'a env::Topology,
     pub sensor_bin: &'a Path,
+    /// The workspace (shipped rule files).
+    pub root: &'a Path,
     /// Scratch directory for config, policy and log files (removed at the end).
     pub dir: &'a Path,
     pub opts: &'a Options,
@@ -79,18 +135,34 @@ pub fn bench(root: &Path, sensor_bin: &Path, args: &[String]) -> anyhow::Result<
             "cargo xtask bench needs root: it creates network namespaces and loads eBPF programs"
         );
     }
+    env::progress(format_args!("start ({})", if quick { "quick" } else { "full" }));
     env::install_interrupt_handler();
-    env::remove_stale_namespaces();
+    env::remove_stale(sensor_bin);
     let opts = Options::new(quick);
     let start = Instant::now();
-    let machine = env::machine();
+    let mut machine = env::machine();
     let dir = env::TempDir::new("work")?;
     let topo = env::Topology::new()?;
-    let ctx = Ctx { topo: &topo, sensor_bin, dir: &dir.0, opts: &opts };
+    let ctx = Ctx { topo: &topo, sensor_bin, root, dir: &dir.0, opts: &opts };
     let floor = bpf::EmptyProg::load()?;
     let mut figs = Vec::new();
-    let result =
-        datapath::run(&ctx, &mut figs, &floor).and_then(|()| policy_update::run(&ctx, &mut figs));
+    let mut timings = Vec::new();
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
+        let t = Instant::now();
+        let r = f();
+        timings.push(format!("{name} {:.0} s", t.elapsed().as_secs_f64()));
+        r
+    };
+    let result = (|| {
+        timed("datapath", &mut || datapath::run(&ctx, &mut figs, &floor))?;
+        timed("policy_update", &mut || policy_update::run(&ctx, &mut figs))?;
+        let scene = host::Scene::new(&ctx)?;
+        timed("host", &mut || host::run(&ctx, &mut figs, &scene))?;
+        timed("pipeline", &mut || pipeline::run(&ctx, &mut figs, &scene))?;
+        timed("rules", &mut || rules::run(&ctx, &mut figs))
+    })();
+    timings.push(format!("total {:.0} s", start.elapsed().as_secs_f64()));
+    machine.push(("duration", timings.join(", ")));
     let out: PathBuf = root.join("target/bench");
     let report = Report { quick, machine, methods: methods(&opts), figures: figs };
     // A partial report is still written when a family fails, then the error is returned.
@@ -109,9 +181,21 @@ fn methods(o: &Options) -> Vec<String> {
             "Topology: client ns ↔ node ns ↔ server ns over two veth pairs (10.200.1.0/30, \
              10.200.2.0/30), routed by the node namespace; the sensor runs in the node namespace \
              (nsenter) and attaches to the host-side veths through its default `veth*` glob. \
-             {} runs per figure; request/response and connection-rate runs last {} s, iperf3 \
-             runs {} s, program-cost runs {} s.",
-            o.runs, o.secs, o.iperf_secs, o.prog_secs
+             Every sensor start has a bpffs pin directory of its own, removed with `sensor \
+             cleanup` when that configuration ends (links detached), so no program of one \
+             configuration runs during another. Request/response and connection-rate runs last \
+             {} s, iperf3 runs {} s, program-cost runs {} s.",
+            o.secs, o.iperf_secs, o.prog_secs
+        ),
+        format!(
+            "Samples: {} per figure. Interleaving: the datapath and host families run in {} \
+             rounds; a round sets up each configuration (sensor started fresh, nftables rules \
+             loaded), takes its share of the samples of each of its figures ({}) and tears it \
+             down, visiting the configurations in reverse order every other round, so drift in \
+             the machine's load hits every configuration alike.",
+            o.runs,
+            o.rounds,
+            (0..o.rounds).map(|r| o.in_round(r).to_string()).collect::<Vec<_>>().join(", ")
         ),
         "Configurations: `no-sensor` (baseline); `detect` (sensor in detect mode, small \
          policy); `enforce` (client and server endpoints, one fromEndpoints allow on the bench \
@@ -129,29 +213,116 @@ fn methods(o: &Options) -> Vec<String> {
          and the helpers) is pinned to CPU 0 with taskset, so ping-pong does not depend on \
          waking an idle vCPU; the sensor is not pinned."
             .to_owned(),
-        "Agent: RSS is VmRSS of /proc/<pid>/status at the end of each run; CPU is Δ(utime + \
-         stime) of /proc/<pid>/stat over the run's wall time, in % of one CPU; idle is five \
-         0.4 s windows with no traffic. BPF map memory is the sum of `memlock` over the map \
-         fds the sensor holds (/proc/<pid>/fdinfo), names from bpftool."
-            .to_owned(),
+        format!(
+            "Host: a helper (xtask, pinned to CPU 0) moves itself into a cgroup the bench made \
+             and loops for {} s after a 64-operation warm-up: `open_close` is File::open \
+             (openat O_RDONLY|O_CLOEXEC) + close of a 1-byte file, `fork_exec` is \
+             std::process::Command::status() of a copy of /bin/true (posix_spawn: clone with \
+             CLONE_VM|CLONE_VFORK, execve, waitpid; stdio inherited); ns/op = run time / \
+             operations. The cgroup is named like a containerd container that the endpoints file \
+             puts in a pod; one HostPolicy (Audit) selects that pod and names one directory in \
+             `files` (read) and `executables`. `filtered-out`: the helper opens and runs files of \
+             another directory (its cgroup is watched: the open's path is resolved and looked up \
+             in the kernel, then dropped; execs are always reported). `audit-all`: files of the \
+             named directory (every open and exec is an event). `unscoped`: the named directory \
+             from a cgroup no policy selects. The sensor (detect mode, no tc interface) writes \
+             to stdout, which is /dev/null; it is started once per round for these three.",
+            o.host_secs
+        ),
+        format!(
+            "Pipeline: the sensor of the host configurations writes its records to a file \
+             output (`outputs: [file]`, in the scratch directory, emptied before each step; the \
+             realistic case of a node agent feeding a log shipper). A paced helper (pinned to \
+             CPU 0, in the watched cgroup) opens an audited file of its own per step at a given \
+             rate for {} s, catching up in bursts when it falls behind. A step is lossless when \
+             the file holds one record per open (counted by the step's path once no record \
+             arrived for 300 ms) and neither \
+             `sensor_lost_events_total` nor `sensor_output_dropped_total` moved (other \
+             processes' events count too: every exec on the machine is reported). Search per \
+             run: from half the previous result (first run: 12,500/s) down until lossless, up \
+             by doubling until a loss, then {} geometric bisections; `zero_loss_rate` is the \
+             highest lossless step, `loss_at_2x` the share of opens missing from the file at \
+             twice that rate (split into ring buffer losses and output queue drops). Baseline: \
+             the helper's unpaced open rate with no sensor, half the runs before the sensor \
+             starts and half after it stopped.",
+            o.step_secs, o.bisections
+        ),
+        format!(
+            "Rules: `sensor rules bench` (hidden subcommand; the same code as the ignored \
+             `rules::tests::throughput` test) runs five synthetic enriched events (execs in and \
+             out of a container, two opens, a bind) in turn through the rule set on one thread \
+             for {} s of that thread's CPU time (time preempted by other work does not count): \
+             `evaluate` is the agent's path (the first matching rule's alert built as JSON), \
+             `match_only` the conditions alone. `shipped-all-enabled` is \
+             deploy/rules/sensor_rules.yaml with every rule enabled; baseline `no-rules` is the \
+             same loop with an empty rule set (the harness and dispatch alone), alternating.",
+            o.rules_secs
+        ),
+        format!(
+            "Agent: RSS is VmRSS of /proc/<pid>/status at the end of each run; CPU is Δ(utime + \
+             stime) of /proc/<pid>/stat over the run's wall time, in % of one CPU; idle is \
+             windows of {} s with no traffic after a settle of twice that. Under host loads the \
+             run is the helper's (its spawn included); in the pipeline, a step from the start \
+             of the generator to the last record that reached the file. BPF map memory is the \
+             sum of `memlock` over the map fds the sensor holds (/proc/<pid>/fdinfo), names \
+             from bpftool.",
+            o.idle_secs
+        ),
         "Program cost: kernel.bpf_stats_enabled=1 only during these runs (its previous value \
          is restored), 16-stream request/response; per program Δrun_time_ns/Δrun_cnt from the \
          sensor's prog fds (fdinfo). `_raw` is that figure; `_net` subtracts the stats floor \
          measured just before in the same run: run_time_ns/run_cnt of an empty tc program \
          (r0 = TC_ACT_UNSPEC; exit) run 200,000 times through BPF_PROG_TEST_RUN with stats on. \
          The floor holds the sched_clock() pair and the counter update that stats add to every \
-         run, plus the dispatch of an empty program."
+         run, plus the dispatch of an empty program. `sys_enter_raw` and `sys_exit_raw` are \
+         the same reading for the raw syscall tracepoint programs (every syscall of the \
+         machine runs both) over open+close loops in each host configuration, floor \
+         included."
             .to_owned(),
         "Policy update: sensor in enforce mode with 100 endpoints; the client is allowed by a \
          policy with N unmatched fromCIDR entries plus its /24. A helper in the client \
-         namespace renames a policy file with N + 1 unmatched entries (no allow) into the \
-         policy directory and opens a new connection after another (100 ms connect timeout) \
-         until one is dropped: `to_drop` is the time from the rename to the start of that \
-         attempt. `to_allow` is the same for renaming the allowing file back (20 ms probes)."
+         namespace renames a policy file with N + 1 unmatched entries (no allow), written in \
+         a directory the sensor does not watch, into the policy directory and opens a new \
+         connection after another (100 ms connect timeout) until one is dropped: `to_drop` is \
+         the time from the rename to the start of that attempt. `to_allow` is the same for \
+         renaming the allowing file back (20 ms probes). `settle` and `reload` are the \
+         agent's own timings from its `policy reloaded` log line: from the first change \
+         notification to the start of the load (the debounce: 20 ms without a further change, \
+         500 ms at most), and the load itself (read, parse, compile, write the maps, switch)."
             .to_owned(),
         "Ratios: each figure's median over the median of the same figure in its baseline \
-         configuration from this invocation (datapath: no-sensor; agent and program: detect; \
-         policy update: 100 rules). Targets are the issue's goals, reported, never asserted."
+         configuration from this invocation (datapath and host: no-sensor; agent: detect, or \
+         filtered-out under host loads; program: detect; policy update: 100 rules; pipeline: \
+         no-sensor; rules: no-rules). Targets are the issue's goals, reported, never asserted; \
+         a goal in units also shows the median's ratio to it."
             .to_owned(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_share_the_runs_and_alternate_the_order() {
+        let quick = Options::new(true);
+        assert_eq!((0..quick.rounds).map(|r| quick.in_round(r)).sum::<usize>(), quick.runs);
+        assert_eq!((quick.in_round(0), quick.in_round(1)), (3, 2));
+        let full = Options::new(false);
+        assert!((0..full.rounds).all(|r| full.in_round(r) == 1));
+        assert_eq!(round_order(&["a", "b", "c"], 0), ["a", "b", "c"]);
+        assert_eq!(round_order(&["a", "b", "c"], 1), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn metric_sums_add_every_label_set() {
+        let text = "# TYPE sensor_lost_events counter\n\
+                    sensor_lost_events_total{ring=\"host\",reason=\"ringbuf_full\"} 3\n\
+                    sensor_lost_events_total{ring=\"host\",reason=\"open_scratch_full\"} 2\n\
+                    sensor_lost_events_created 1.7e9\n\
+                    sensor_host_watched_cgroups 1\n";
+        assert_eq!(env::metric_sum(text, "sensor_lost_events"), 5.0);
+        assert_eq!(env::metric_sum(text, "sensor_host_watched_cgroups"), 1.0);
+        assert_eq!(env::metric_sum(text, "sensor_output_dropped"), 0.0);
+    }
 }

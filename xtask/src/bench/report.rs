@@ -29,8 +29,12 @@ pub struct Figure {
 pub enum Target {
     /// Median at most this many units.
     AtMost(f64),
+    /// Median at least this many units.
+    AtLeast(f64),
     /// Ratio at least this, and median above the same figure in another configuration.
     RatioAtLeastAndAbove(f64, &'static str),
+    /// Ratio at most this.
+    RatioAtMost(f64),
 }
 
 impl Figure {
@@ -122,12 +126,21 @@ impl Report {
         (base != 0.0).then(|| own / base)
     }
 
-    /// (goal text, met?) for a figure with a target.
+    /// (goal text, met?) for a figure with a target; a goal in units also gives the median's
+    /// ratio to it.
     fn goal(&self, f: &Figure) -> Option<(String, Option<bool>)> {
         let median = f.stats().map(|s| s.median);
         let ratio = self.ratio(f);
+        let of_goal =
+            |v: f64| median.map_or_else(String::new, |m| format!(" ({:.2} × goal)", m / v));
         Some(match f.target.as_ref()? {
-            Target::AtMost(v) => (format!("≤ {v} {}", f.unit), median.map(|m| m <= *v)),
+            Target::AtMost(v) => {
+                (format!("≤ {} {}{}", goal_num(*v), f.unit, of_goal(*v)), median.map(|m| m <= *v))
+            }
+            Target::AtLeast(v) => {
+                (format!("≥ {} {}{}", goal_num(*v), f.unit, of_goal(*v)), median.map(|m| m >= *v))
+            }
+            Target::RatioAtMost(r) => (format!("≤ {r:.2} × baseline"), ratio.map(|x| x <= *r)),
             Target::RatioAtLeastAndAbove(r, other) => {
                 let above = self
                     .find(f, other)
@@ -255,6 +268,11 @@ impl Report {
         fs::write(dir.join("report.md"), self.to_markdown())?;
         Ok(())
     }
+}
+
+/// A goal as written: whole numbers without decimals.
+fn goal_num(v: f64) -> String {
+    if v.fract() == 0.0 { format!("{v:.0}") } else { num(v) }
 }
 
 /// Three significant digits for small values, whole numbers for large ones.
