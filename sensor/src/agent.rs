@@ -205,6 +205,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             policy.kubernetes = Some((Arc::clone(&sources.state), config.interfaces.clone()));
             wait_for_first_lists(&sources.state, k.initial_sync_timeout_seconds).await;
             sources.state.refresh_routes();
+            // The first load below reads everything listed so far; changes after this point
+            // still queue a reload.
+            while policy_changes.try_recv().is_ok() {}
             Some(sources)
         }
         None => None,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use sensor_e2e::{
-    Netns, Sensor, TempDir, privileged,
+    ApiServer, Netns, Sensor, TempDir, privileged,
     sensor::{PORT, sensor_bin},
     wait_until,
 };
@@ -31,6 +31,8 @@ const OPERATOR_KINDS: [&str; 2] = ["ServiceMonitor", "PodMonitor"];
 const NAMESPACE: &str = "sensor-system";
 /// Node name the test's "downward API" gives the pod.
 const NODE_NAME: &str = "e2e-node";
+/// status.hostIP of the "node" (downward API).
+const HOST_IP: &str = "10.250.0.1";
 
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -508,6 +510,7 @@ fn run_as_daemonset(overlay: &str, expected_mode: &str) {
         let value = match (&var["value"], var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
             (Value::String(v), _) => v.clone(),
             (_, Some("spec.nodeName")) => NODE_NAME.to_owned(),
+            (_, Some("status.hostIP")) => HOST_IP.to_owned(),
             _ => panic!("env {name}: source not supported by this test: {var}"),
         };
         env.insert(name, value);
@@ -562,6 +565,12 @@ fn run_as_daemonset(overlay: &str, expected_mode: &str) {
         "--".to_owned(),
     ];
     let node = Netns::new("node");
+    // The cluster: a real API server with the DaemonSet's RBAC (its ClusterRole bound to the
+    // sensor's service account) and CRDs. The kubelet would mount the service account's token;
+    // here KUBECONFIG carries the same identity (kube's client reads it before in-cluster).
+    let api = ApiServer::start(&node);
+    let mut wrapper = wrapper.to_vec();
+    wrapper.splice(0..0, ["env".to_owned(), format!("KUBECONFIG={}", api.kubeconfig().display())]);
     let sensor = Sensor::start_argv(&node, &wrapper, &args);
 
     // It runs with exactly the DaemonSet's capabilities (those this test has: a sandbox may
@@ -586,6 +595,25 @@ fn run_as_daemonset(overlay: &str, expected_mode: &str) {
     assert_eq!(started["node"], NODE_NAME, "{started}");
     sensor
         .wait_metric("sensor_policy_reloads_total", &[("outcome", "applied")], |v| v == Some(1.0));
+    // Every API source listed with the DaemonSet's ClusterRole, none stale.
+    for resource in [
+        "pods/local",
+        "pods/cluster",
+        "namespaces",
+        "networkpolicies",
+        "ciliumnetworkpolicies",
+        "ciliumclusterwidenetworkpolicies",
+        "hostpolicies",
+    ] {
+        let metrics = sensor.metrics();
+        let labels = [("resource", resource)];
+        assert_eq!(
+            metrics.get("sensor_kubernetes_source_synced", &labels),
+            Some(1.0),
+            "{resource}"
+        );
+        assert_eq!(metrics.get("sensor_kubernetes_source_stale", &labels), Some(0.0), "{resource}");
+    }
 
     // A ConfigMap update (the kubelet swaps `..data`) reaches the running agent.
     let (dir, data) = &configmap_dirs["policies"];
