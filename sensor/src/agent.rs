@@ -402,6 +402,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 while policy_changes.try_recv().is_ok() {}
                 match policy.reload() {
                     Ok(applied) => tracing::info!(?applied, "policy reloaded"),
+                    Err(err @ crate::policy::runtime::ReloadError::NotSynced(_)) => tracing::info!("policy reload deferred: {err}"),
                     Err(err) => tracing::error!("policy change rejected, previous policy stays in force: {err}"),
                 }
             }
@@ -456,7 +457,7 @@ async fn wait_for_first_lists(state: &crate::kubernetes::KubeState, timeout_secs
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
     while !state.unsynced().is_empty() {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(unsynced = ?state.unsynced(), "Kubernetes sources not listed after {timeout_secs}s: starting without their policies (applied once they list)");
+            tracing::warn!(unsynced = ?state.unsynced(), "Kubernetes sources not listed after {timeout_secs}s: starting without applying policy (applied once they list)");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

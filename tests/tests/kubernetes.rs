@@ -586,4 +586,12 @@ fn a_sensor_started_while_the_api_is_down_applies_the_api_policies_once_it_answe
     });
     cluster.wait_tcp(8081, false, &sensor);
     assert!(cluster.tcp(8080), "allowed port denied:\n{}", sensor.log());
+    // Reloads that waited for the API were deferred, not rejected.
+    let m = sensor.metrics();
+    assert_eq!(
+        m.get("sensor_policy_reloads_total", &[("outcome", "rejected")]).unwrap_or_default(),
+        0.0,
+        "{}",
+        m.text
+    );
 }
