@@ -411,6 +411,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                         reload_ms = loading.elapsed().as_secs_f64() * 1e3,
                         "policy reloaded"
                     ),
+                    Err(err @ crate::policy::runtime::ReloadError::NotSynced(_)) => tracing::info!("policy reload deferred: {err}"),
                     Err(err) => tracing::error!("policy change rejected, previous policy stays in force: {err}"),
                 }
             }
@@ -465,7 +466,7 @@ async fn wait_for_first_lists(state: &crate::kubernetes::KubeState, timeout_secs
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
     while !state.unsynced().is_empty() {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(unsynced = ?state.unsynced(), "Kubernetes sources not listed after {timeout_secs}s: starting without their policies (applied once they list)");
+            tracing::warn!(unsynced = ?state.unsynced(), "Kubernetes sources not listed after {timeout_secs}s: starting without applying policy (applied once they list)");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

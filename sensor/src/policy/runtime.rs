@@ -67,7 +67,12 @@ impl PolicyRuntime {
     /// Reads the files again and applies them; on error the policy in force stays.
     pub fn reload(&mut self) -> Result<Applied, ReloadError> {
         let result = self.try_reload();
-        let outcome = if result.is_ok() { "applied" } else { "rejected" };
+        let outcome = match &result {
+            Ok(_) => "applied",
+            // Nothing was loaded, let alone rejected: the reload waits for the API sources.
+            Err(ReloadError::NotSynced(_)) => return result,
+            Err(_) => "rejected",
+        };
         self.metrics.policy_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
         result
     }
