@@ -337,6 +337,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         signal(SignalKind::terminate()).map_err(|e| AgentError::Io("SIGTERM handler", e))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| AgentError::Io("SIGINT handler", e))?;
+    crate::sys::release_free_memory();
     tracing::info!(mode = ?config.mode, node = %config.node_name, interfaces = ?config.interfaces, "sensor started");
 
     let result = loop {
