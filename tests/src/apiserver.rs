@@ -6,7 +6,9 @@
 //! the test, and one for the sensor whose user is the DaemonSet's service account, bound to
 //! the ClusterRole of `deploy/base/rbac.yaml` (so the tests also prove that role suffices).
 //! The CRDs installed: a minimal CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy
-//! (cilium.io/v2, schema-less) and `deploy/base/crd-hostpolicies.yaml` as shipped.
+//! (cilium.io/v2, schema-less) and `deploy/base/crd-hostpolicies.yaml` as shipped (v1.20
+//! accepts it unchanged but drops its `x-kubernetes-validations` CEL rules (Kubernetes
+//! >= 1.23): those two cross-field checks are not exercised here).
 //!
 //! Only the API server runs (no scheduler, controllers or kubelet): a pod stays Pending
 //! until the test writes its status ([`ApiServer::set_pod_running`]).

@@ -16,7 +16,7 @@ use std::{
 };
 
 use sensor_e2e::{
-    ApiServer, Netns, Sensor, TempDir, Veth, apiserver::object_path, privileged, run,
+    ApiServer, Netns, Sensor, Veth, apiserver::object_path, privileged, run,
     traffic::tcp_roundtrip, unique, wait_until,
 };
 use serde_json::{Value, json};
@@ -32,7 +32,6 @@ struct Cluster {
     remote: Netns,
     server_veth: Veth,
     remote_veth: Veth,
-    _dir: TempDir,
 }
 
 impl Cluster {
@@ -56,15 +55,7 @@ impl Cluster {
         server_veth.route_via_node(&node, &server);
         remote_veth.route_via_node(&node, &remote);
         let api = ApiServer::start(&node);
-        let cluster = Self {
-            api,
-            node,
-            server,
-            remote,
-            server_veth,
-            remote_veth,
-            _dir: TempDir::new("kube"),
-        };
+        let cluster = Self { api, node, server, remote, server_veth, remote_veth };
         cluster.namespace("shop", &json!({"team": "web"}));
         cluster
     }

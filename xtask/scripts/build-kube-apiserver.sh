@@ -90,15 +90,24 @@ go build -o "$WORK/bin/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
 
 step "generating pkg/generated/openapi"
 # Every non-test package tagged +k8s:openapi-gen= (as hack/update-codegen.sh collects them),
-# without the code generator's and the sample API server's own packages.
+# without the code generator's and the sample API server's own packages. vendor/k8s.io/* are
+# symlinks into staging/: grep -R follows them (-r would skip k8s.io/api, apiextensions, ...).
 DIRS=$(
     {
-        grep -rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin vendor || true
+        grep -rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin || true
+        grep -Rl --include='*.go' '+k8s:openapi-gen=' vendor || true
     } | grep -v '_test.go' | xargs grep -l '^// *+k8s:' |
         grep -v -e '^vendor/k8s.io/code-generator/' -e '^vendor/k8s.io/sample-apiserver/' |
         xargs -n1 dirname | LC_ALL=C sort -u | sed 's|^|k8s.io/kubernetes/|' | paste -sd,
 )
-[ -n "$DIRS" ] || die "found no packages tagged +k8s:openapi-gen="
+# Without these the server builds but exits at start: "unable to get openapi models".
+for pkg in vendor/k8s.io/api/core/v1 vendor/k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1 \
+    vendor/k8s.io/apimachinery/pkg/apis/meta/v1; do
+    case ",$DIRS," in
+    *",k8s.io/kubernetes/$pkg,"*) ;;
+    *) die "openapi-gen input misses $pkg (found: $DIRS)" ;;
+    esac
+done
 "$WORK/bin/openapi-gen" --logtostderr -i "$DIRS" -p k8s.io/kubernetes/pkg/generated/openapi \
     -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \
     -r "$WORK/api-rule-violations.report"
