@@ -166,7 +166,7 @@ fn process(binary: &str, args: &[&str], comm: &str, ppid: u32) -> ProcessInfo {
     }
 }
 
-fn exec(comm: &str, args: &[&str], in_container: bool) -> Enriched {
+pub(super) fn exec(comm: &str, args: &[&str], in_container: bool) -> Enriched {
     Enriched {
         kind: "process_exec",
         header: header(comm),
@@ -184,7 +184,7 @@ fn exec(comm: &str, args: &[&str], in_container: bool) -> Enriched {
     }
 }
 
-fn open(path: &str, access: &[&'static str]) -> Enriched {
+pub(super) fn open(path: &str, access: &[&'static str]) -> Enriched {
     let mut e = exec("cat", &["cat", path], false);
     e.kind = "process_file";
     e.detail = Detail::File(FileOp {
@@ -198,7 +198,7 @@ fn open(path: &str, access: &[&'static str]) -> Enriched {
     e
 }
 
-fn bind(port: u16) -> Enriched {
+pub(super) fn bind(port: u16) -> Enriched {
     let mut e = exec("nc", &["nc", "-l"], true);
     e.kind = "process_socket";
     e.detail = Detail::Sock(SockOp {

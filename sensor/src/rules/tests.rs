@@ -1,86 +1,13 @@
 //! Rules engine unit tests: files, overrides, errors with lines, every operator, fields,
 //! exceptions, output; events are built by hand (the e2e tests use the kernel).
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::path::Path;
 
-use super::*;
-use crate::{
-    decode::{FileOp, Header, SockOp},
-    host::{
-        process::ProcessInfo,
-        record::{Container, Detail, Enriched, Pod},
-    },
+// The synthetic events are the rules bench's: one set of constructors for both.
+use super::{
+    bench::{bind, exec, open},
+    *,
 };
-
-fn header(comm: &str, uid: u32) -> Header {
-    Header {
-        boot_ns: 1,
-        cgroup_id: 7,
-        pid: 100,
-        tid: 100,
-        ppid: 99,
-        uid,
-        gid: 1000,
-        action: "observed",
-        policy: 0,
-        comm: comm.into(),
-    }
-}
-
-fn proc_info(binary: &str, args: &[&str], comm: &str, ppid: u32) -> ProcessInfo {
-    ProcessInfo {
-        binary: binary.into(),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        cwd: "/work".into(),
-        ppid,
-        comm: comm.into(),
-    }
-}
-
-fn exec(comm: &str, args: &[&str], in_container: bool) -> Enriched {
-    Enriched {
-        kind: "process_exec",
-        header: header(comm, 0),
-        detail: Detail::Exec { binary_truncated: false, args_truncated: false },
-        process: proc_info(&format!("/usr/bin/{comm}"), args, comm, 99),
-        parent: proc_info("/usr/bin/bash", &["bash", "-l"], "bash", 98),
-        container: in_container
-            .then(|| Container { id: "abcdef0123456789".repeat(4), runtime: "containerd" }),
-        pod: in_container.then(|| Pod {
-            namespace: "shop".into(),
-            name: "web-1".into(),
-            pod_labels: BTreeMap::from([("app".into(), "web".into())]),
-        }),
-        wall_ns: 1_777_629_600_123_456_789,
-    }
-}
-
-fn open(path: &str, access: &[&'static str]) -> Enriched {
-    let mut e = exec("cat", &["cat", path], false);
-    e.kind = "process_file";
-    e.detail = Detail::File(FileOp {
-        header: e.header.clone(),
-        operation: "open",
-        access: access.to_vec(),
-        path: path.into(),
-        new_path: None,
-        path_truncated: false,
-    });
-    e
-}
-
-fn bind(port: u16) -> Enriched {
-    let mut e = exec("nc", &["nc", "-l"], true);
-    e.kind = "process_socket";
-    e.detail = Detail::Sock(SockOp {
-        header: e.header.clone(),
-        operation: "bind",
-        protocol: "TCP",
-        address: IpAddr::from([0, 0, 0, 0]),
-        port,
-    });
-    e
-}
 
 fn set(text: &str) -> RuleSet {
     from_text(Path::new("r.yaml"), text, Priority::Debug).expect("loads")
