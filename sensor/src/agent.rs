@@ -33,7 +33,7 @@ use crate::{
     interfaces::{self, Attacher, InterfaceTable, LinkEvent},
     loader,
     metrics::{EventLabels, Metrics, ReasonLabels},
-    outputs::{EventKind, OutputLine, Outputs},
+    outputs::{EventKind, LineFormat, OutputLine, Outputs},
     policy::{apply::PolicyMaps, runtime::PolicyRuntime},
     sys,
 };
@@ -180,8 +180,14 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         config.endpoints_file.clone(),
         metrics.clone(),
     );
-    let cgroup_root = crate::host::cgroups::cgroup2_root()
-        .map_err(|e| AgentError::Io("finding the cgroup v2 mount", e))?;
+    let (cgroup_root, mounted) =
+        sys::ensure_cgroup2().map_err(|e| AgentError::Io("finding the cgroup v2 mount", e))?;
+    if mounted {
+        tracing::info!(
+            "no cgroup v2 hierarchy in this mount namespace: mounted it at {}",
+            cgroup_root.display()
+        );
+    }
     let offsets =
         crate::host::offsets::read(std::path::Path::new(crate::host::offsets::VMLINUX_BTF))
             .map_err(|e| AgentError::Io("reading kernel BTF", std::io::Error::other(e)))?;
@@ -197,6 +203,20 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         .init(config.mode == Mode::Enforce, std::process::id(), offsets)
         .map_err(|e| AgentError::Io("writing the host config map", std::io::Error::other(e)))?;
     policy.host = Some(crate::host::HostRuntime::new(host_maps, cgroup_root.clone()));
+    // Events from a cgroup the last scan did not know, and cgroups made inside containers,
+    // wake an immediate rescan.
+    let unknown_cgroup = Arc::new(tokio::sync::Notify::new());
+    if let Some(host) = &mut policy.host {
+        match crate::host::cgroups::SubtreeWatcher::new(
+            cgroup_root.clone(),
+            Arc::clone(&unknown_cgroup),
+        ) {
+            Ok(w) => host.subtrees = Some(w),
+            Err(err) => tracing::warn!(
+                "not watching container cgroups for nested ones (rescanned every second): {err}"
+            ),
+        }
+    }
     let host_view = policy.host.as_ref().map(|h| Arc::clone(&h.view)).unwrap_or_default();
     let (policy_tx, mut policy_changes) = mpsc::channel(1);
     let kubernetes = match &config.kubernetes {
@@ -313,6 +333,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 clock,
                 view: host_view,
                 processes: crate::host::process::ProcessTable::default(),
+                unknown_cgroup: Arc::clone(&unknown_cgroup),
             },
             Box::new(RulesStage {
                 set: Arc::clone(&rules.current),
@@ -361,6 +382,19 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 if endpoint_link && let Err(err) = policy.reapply() {
                     tracing::error!("policy re-apply after interface change: {err}");
                 }
+            }
+            () = unknown_cgroup.notified() => {
+                // New cgroups (a container starting, a cgroup made inside one): scope them now.
+                if let Some(host) = &mut policy.host {
+                    match host.rescan() {
+                        Ok(watched) => {
+                            metrics.host_watched_cgroups.set(watched as i64);
+                        }
+                        Err(err) => tracing::error!("host policy scope update: {err}"),
+                    }
+                }
+                // At most one event-driven scan per 20 ms: a burst of new cgroups costs a few.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             _ = pod_sweep.tick() => {
                 if let Some(host) = &mut policy.host {
@@ -596,14 +630,20 @@ async fn read_events(
                             stage.evaluator.evaluate(set, &enriched, &formatter.processes)
                     {
                         metrics.rules_matches.get_or_create(&m.rule.labels).inc();
-                        alert = Some(if stage.text { m.text } else { m.json });
+                        let priority = crate::outputs::Priority::parse(m.rule.priority.name())
+                            .unwrap_or(crate::outputs::Priority::Warning);
+                        alert = Some(if stage.text {
+                            OutputLine::with_priority(EventKind::Alert, m.text, LineFormat::Text, priority)
+                        } else {
+                            OutputLine::with_priority(EventKind::Alert, m.json, LineFormat::Json, priority)
+                        });
                     }
                     let kind = enriched.kind;
                     // Opens only the rules asked for are theirs: no Tetragon record.
                     if kind == "process_file" && enriched.header.action == "observed" {
                         metrics.events.get_or_create(&EventLabels { r#type: "file_rules" }).inc();
                         if let Some(alert) = alert.take()
-                            && lines.send(OutputLine::new(EventKind::Alert, alert)).await.is_err()
+                            && lines.send(alert).await.is_err()
                         {
                             return Ok(());
                         }
@@ -641,7 +681,6 @@ async fn read_events(
                 Formatters::Host(..) => EventKind::Host,
             };
             let line = OutputLine::new(kind, line.map_err(std::io::Error::other)?);
-            let alert = alert.map(|a| OutputLine::new(EventKind::Alert, a));
             for line in std::iter::once(line).chain(alert) {
                 if lines.send(line).await.is_err() {
                     return Ok(()); // the fan-out stopped: shutting down

@@ -61,6 +61,40 @@ pub fn ensure_tracefs() -> io::Result<bool> {
     Ok(true)
 }
 
+/// Where the agent mounts the cgroup v2 hierarchy when its mount namespace has none and
+/// `/sys/fs/cgroup` is taken (a cgroup v1 tmpfs) or missing.
+pub const CGROUP2_FALLBACK: &str = "/run/sensor/cgroup2";
+
+/// The cgroup v2 hierarchy's mount point, from `/proc/self/mountinfo`; when the agent's mount
+/// namespace has none (started under `ip netns exec`, which remounts `/sys`, or a container
+/// with a private `/sys`), mounts it, as for tracefs and bpffs: at `/sys/fs/cgroup` when that
+/// is an empty directory, else at [`CGROUP2_FALLBACK`]. The mount is made in the agent's own
+/// mount namespace. Returns the path and whether this call mounted it.
+pub fn ensure_cgroup2() -> io::Result<(std::path::PathBuf, bool)> {
+    if let Ok(root) = crate::host::cgroups::cgroup2_root() {
+        return Ok((root, false));
+    }
+    let standard = Path::new("/sys/fs/cgroup");
+    let empty_dir = |p: &Path| fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
+    let target = if empty_dir(standard) {
+        standard.to_owned()
+    } else {
+        fs::create_dir_all(CGROUP2_FALLBACK)?;
+        std::path::PathBuf::from(CGROUP2_FALLBACK)
+    };
+    nix::mount::mount(
+        Some("cgroup2"),
+        &target,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::other(format!("mounting cgroup2 at {}: {e}", target.display())))?;
+    Ok((target, true))
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Newer kernels ignore it.
 pub fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };

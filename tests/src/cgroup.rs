@@ -23,14 +23,24 @@ impl Cgroup {
         Self { path, parent: None }
     }
 
-    /// A cgroup whose last component is `leaf` (e.g. `cri-containerd-<id>.scope`, as a
+    /// A cgroup whose last components are `leaf` (e.g. `cri-containerd-<id>.scope`, as a
     /// container runtime names it), under a fresh parent of its own.
     pub fn named(leaf: &str) -> Self {
         let parent = cgroup2_root().join(unique("se2e-pods-"));
         fs::create_dir(&parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
         let path = parent.join(leaf);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self { path, parent: Some(parent) }
+    }
+
+    /// A cgroup made inside this one at `relative` (intermediate directories included, as
+    /// systemd or Docker inside a container make them). Drop it before its parent.
+    pub fn child(&self, relative: &str) -> Self {
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        // Intermediate directories are removed after the leaf, innermost first.
+        let first = relative.split('/').next().filter(|f| *f != relative).map(|f| self.path.join(f));
+        Self { path, parent: first }
     }
 
     /// The id the kernel reports for tasks in this cgroup (`bpf_get_current_cgroup_id`).
@@ -81,7 +91,15 @@ impl Drop for Cgroup {
             eprintln!("warning: could not remove {}", self.path.display());
         }
         if let Some(parent) = &self.parent {
-            let _ = fs::remove_dir(parent);
+            // A named leaf's parent, or a child's intermediate directories (innermost first).
+            let mut dir = self.path.parent();
+            while let Some(d) = dir {
+                let _ = fs::remove_dir(d);
+                if d == parent {
+                    break;
+                }
+                dir = d.parent();
+            }
         }
     }
 }

@@ -17,6 +17,12 @@ pub struct ContainerPod {
 
 impl ContainerPod {
     pub fn new(prefix: &str) -> Self {
+        Self::named(prefix, |id| format!("cri-containerd-{id}.scope"))
+    }
+
+    /// [`Self::new`] with the cgroup's path below a fresh parent given by `leaf(container_id)`
+    /// (a runtime's naming: `crio-<id>.scope`, `<slice>:cri-containerd:<id>`, `pod<uid>/<id>`).
+    pub fn named(prefix: &str, leaf: impl Fn(&str) -> String) -> Self {
         let dir = std::env::temp_dir().join(unique(prefix));
         fs::create_dir_all(dir.join("data/secret")).expect("mkdir");
         fs::write(dir.join("data/secret/token"), "s3cr3t").expect("token");
@@ -32,7 +38,7 @@ impl ContainerPod {
             ),
         )
         .expect("endpoints");
-        let cgroup = Cgroup::named(&format!("cri-containerd-{container_id}.scope"));
+        let cgroup = Cgroup::named(&leaf(&container_id));
         Self { node: Netns::new("node"), cgroup, container_id, dir }
     }
 

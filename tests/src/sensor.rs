@@ -278,6 +278,11 @@ impl Sensor {
         })
     }
 
+    /// Every line the sensor printed on stdout so far, as written (JSON or text alerts).
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Every JSON line the sensor printed so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
         let lines = self.stdout.lock().unwrap_or_else(PoisonError::into_inner);

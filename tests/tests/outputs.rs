@@ -295,6 +295,157 @@ fn syslog_over_udp_tcp_and_unix_socket_reaches_rsyslog_as_rfc5424() {
     }
 }
 
+// ---- control characters and severities ---------------------------------------------------
+
+/// A file name holding a newline, a forged alert line and ESC sequences (a terminal colour, a
+/// cursor move) cannot start a new line or reach a terminal raw, on stdout, in the file
+/// output, or in syslog (a real rsyslogd, which would show raw control characters as `#012`).
+#[test]
+fn crafted_file_names_cannot_forge_lines_in_text_alerts() {
+    if !privileged() {
+        return;
+    }
+    let pod = sensor_e2e::pod::ContainerPod::new("se2e-forge-");
+    let data = pod.data();
+    let watch = format!("{data}/watch");
+    fs::create_dir_all(&watch).expect("mkdir");
+    let forged = "12:00:00.000000000: Critical FAKE ALERT";
+    let name = format!("x\n{forged}\r\u{1b}[31mred\u{1b}[2A\u{7f}\u{85}\u{2028}end");
+    fs::write(format!("{watch}/{name}"), "w").expect("crafted file");
+    let rsyslog = Rsyslog::start(&pod.node);
+    let rules = pod.dir.join("rules.yaml");
+    fs::write(
+        &rules,
+        format!(
+            "- rule: Watched file opened\n  desc: t\n  condition: evt.type in (open, openat) and \
+             fd.name startswith {watch}/ and container.id != host\n  output: \"Watched file \
+             opened (file=%fd.name)\"\n  priority: WARNING\n"
+        ),
+    )
+    .expect("rules");
+    let alerts = pod.dir.join("alerts.log");
+    let config = format!(
+        "endpoints_file: {}\nrules_files: [{}]\nrules_output: text\noutputs:\n- stdout: {{}}\n\
+         - file: {{path: {}}}\n- syslog: {{address: 'udp://127.0.0.1:{UDP_PORT}', types: [alert]}}\n",
+        pod.dir.join("endpoints.yaml").display(),
+        rules.display(),
+        alerts.display()
+    );
+    let sensor = Sensor::start(&pod.node, &config, &[]);
+    let mut child = pod.cgroup.spawn(
+        Command::new("/bin/cat")
+            .arg(format!("{watch}/{name}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(child.wait().expect("wait").success());
+
+    let alert_of = |lines: Vec<String>| lines.into_iter().find(|l| l.contains("Watched file opened"));
+    let stdout = wait_until("the text alert on stdout", Duration::from_secs(10), || {
+        alert_of(sensor.lines())
+    });
+    let file = wait_until("the text alert in the file", Duration::from_secs(10), || {
+        alert_of(fs::read_to_string(&alerts).unwrap_or_default().lines().map(str::to_owned).collect())
+    });
+    let syslog = wait_until("the text alert in rsyslog", Duration::from_secs(10), || {
+        rsyslog
+            .messages()
+            .into_iter()
+            .find(|m| m["msg"].as_str().is_some_and(|s| s.contains("Watched file opened")))
+    });
+    let expected = format!(
+        "file={watch}/x\\n{forged}\\r\\x1b[31mred\\x1b[2A\\x7f\\u0085\\u2028end)"
+    );
+    for (output, line) in [("stdout", &stdout), ("file", &file)] {
+        assert!(line.ends_with(&expected), "{output}: {line:?}");
+        assert!(!line.chars().any(char::is_control), "{output}: {line:?}");
+    }
+    let msg = syslog["msg"].as_str().expect("msg");
+    assert!(msg.ends_with(&expected), "syslog: {msg:?}");
+    assert!(!msg.contains("#012") && !msg.contains("#033"), "raw controls reached rsyslog: {msg:?}");
+    assert_eq!(syslog["severity"], "4", "a WARNING rule: {syslog}");
+    // No output has a line that starts with the forged text.
+    let file_lines = fs::read_to_string(&alerts).expect("alerts");
+    for (output, lines) in [
+        ("stdout", sensor.lines()),
+        ("file", file_lines.lines().map(str::to_owned).collect()),
+        ("syslog", rsyslog.messages().iter().map(|m| m["msg"].to_string()).collect()),
+    ] {
+        assert!(
+            !lines.iter().any(|l| l.trim_start_matches('"').starts_with(forged)),
+            "{output}: a forged line"
+        );
+    }
+}
+
+/// Syslog severity follows the record: a Block rule's `blocked` and `killed` records are
+/// warnings; Falco alerts carry their rule's priority (emergency … debug), in text mode too.
+#[test]
+fn syslog_severity_follows_the_action_and_the_falco_priority() {
+    if !privileged() {
+        return;
+    }
+    let pod = sensor_e2e::pod::ContainerPod::new("se2e-sev-");
+    let data = pod.data();
+    fs::write(format!("{data}/secret/b"), "b").expect("file");
+    let rsyslog = Rsyslog::start(&pod.node);
+    fs::create_dir_all(pod.dir.join("policies")).expect("mkdir");
+    fs::write(
+        pod.dir.join("policies/host.yaml"),
+        format!(
+            "apiVersion: sensor.dev/v1alpha1\nkind: HostPolicy\nmetadata: {{name: sev}}\nspec:\n  \
+             selector: {{namespaces: [shop], podSelector: {{matchLabels: {{app: web}}}}}}\n  \
+             action: Block\n  files: [{{prefix: {data}/secret/, access: [read, delete]}}]\n"
+        ),
+    )
+    .expect("policy");
+    let rules = pod.dir.join("rules.yaml");
+    let mut text = String::new();
+    for p in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"] {
+        text.push_str(&format!(
+            "- rule: sev {p}\n  desc: t\n  condition: evt.type = execve and proc.name = sh and \
+             proc.args contains se2e-sev-marker\n  output: \"sev {p} %proc.name\"\n  priority: {p}\n"
+        ));
+    }
+    fs::write(&rules, text).expect("rules");
+    let config = format!(
+        "mode: enforce\npolicy_dir: {}\nendpoints_file: {}\nrules_files: [{}]\nrules_output: text\n\
+         rules_min_priority: debug\noutputs:\n- stdout: {{}}\n\
+         - syslog: {{address: 'udp://127.0.0.1:{UDP_PORT}', types: [host, alert]}}\n",
+        pod.dir.join("policies").display(),
+        pod.dir.join("endpoints.yaml").display(),
+        rules.display()
+    );
+    let sensor = Sensor::start(&pod.node, &config, &[]);
+    sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
+    let run = |args: &[&str]| {
+        let mut child = pod.cgroup.spawn(
+            Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()),
+        );
+        child.wait().expect("wait")
+    };
+    assert!(!run(&["/bin/cat", &format!("{data}/secret/token")]).success(), "read blocked");
+    run(&["/bin/rm", &format!("{data}/secret/b")]);
+    run(&["/bin/sh", "-c", "true se2e-sev-marker"]);
+    let severity_of = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        let m = wait_until(&format!("{what} in rsyslog"), Duration::from_secs(10), || {
+            rsyslog.messages().into_iter().find(|m| m["msg"].as_str().is_some_and(pred))
+        });
+        m["severity"].as_str().unwrap_or_default().to_owned()
+    };
+    for action in ["blocked", "killed"] {
+        let sev = severity_of(action, &|s| s.contains(&format!(r#""action":"{action}""#)));
+        assert_eq!(sev, "4", "{action} record: user.warning");
+    }
+    for (n, p) in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"]
+        .iter()
+        .enumerate()
+    {
+        let sev = severity_of(p, &|s| s.contains(&format!("sev {p} sh")));
+        assert_eq!(sev, n.to_string(), "rule priority {p}");
+    }
+}
+
 // ---- webhook ------------------------------------------------------------------------------
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated second CA.

@@ -242,3 +242,115 @@ fn rules_check_lists_loaded_and_skipped_rules_and_fails_on_a_bad_file() {
     assert!(err.contains("b.yaml:1: rule `x`: condition:"), "{err}");
     fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// Sum of every `sensor_*_reloads_total` sample (rules and policy, applied and rejected).
+fn reloads(sensor: &Sensor) -> f64 {
+    let m = sensor.metrics();
+    m.text
+        .lines()
+        .filter(|l| l.starts_with("sensor_") && l.contains("reloads_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// B2: only the configured inputs reload. A log file (or anything else) written in the rules
+/// and policy directories moves no reload metric; a change to the rules file reloads once.
+#[test]
+fn only_configured_files_trigger_a_reload() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let policies = s.dir.join("policies");
+    fs::create_dir_all(&policies).expect("mkdir");
+    fs::write(s.rules_file(), rules(&s.data())).expect("rules");
+    // The rules directory (as configured by `setup`) and a rules file given by path, with a
+    // sibling YAML file that is not configured.
+    let single = s.dir.join("single");
+    fs::create_dir_all(&single).expect("mkdir");
+    fs::write(single.join("rules.yaml"), rules(&s.data())).expect("rules");
+    let config = format!(
+        "endpoints_file: {}\npolicy_dir: {}\nrules_files: [{}, {}]\n",
+        s.dir.join("endpoints.yaml").display(),
+        policies.display(),
+        s.dir.join("rules").display(),
+        single.join("rules.yaml").display()
+    );
+    let sensor = Sensor::start(&s.node, &config, &[]);
+    let applied = [("outcome", "applied")];
+    assert_eq!(sensor.metrics().get("sensor_rules_reloads_total", &applied), Some(1.0));
+    let before = reloads(&sensor);
+    for i in 0..100 {
+        for dir in [s.dir.join("rules"), single.clone(), policies.clone(), s.dir.clone()] {
+            let mut log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("sensor.log"))
+                .expect("log");
+            std::io::Write::write_all(&mut log, format!("line {i}\n").as_bytes()).expect("write");
+        }
+        fs::write(single.join("other.yaml"), format!("# {i}\n")).expect("sibling");
+        fs::write(s.dir.join("rules/.test_rules.yaml.swp"), format!("{i}")).expect("swap");
+    }
+    // Longer than the settle window (≤ 500 ms) and a periodic scan.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(reloads(&sensor), before, "writes to other files reloaded:\n{}", sensor.log());
+
+    fs::write(single.join("rules.yaml"), rules(&s.data()) + "\n# changed\n").expect("change");
+    sensor.wait_metric("sensor_rules_reloads_total", &applied, |v| v == Some(2.0));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(sensor.metrics().get("sensor_rules_reloads_total", &applied), Some(2.0));
+    assert_eq!(reloads(&sensor), before + 1.0, "exactly one reload");
+}
+
+/// B5: `proc.aname[N]`, `proc.apid`, `proc.pname` of ancestors that started before the agent
+/// come from /proc: a process tree started first, then a child exec'd once the agent runs.
+#[test]
+fn ancestors_started_before_the_agent_are_known() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let tag = unique("a");
+    let bin = s.dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let (pre, mid, leaf) = (format!("se2e-pre{tag}"), format!("se2e-mid{tag}"), format!("se2e-lf{tag}"));
+    // comm is at most 15 bytes.
+    let comm = |n: &str| n.chars().take(15).collect::<String>();
+    fs::copy("/bin/true", bin.join(&leaf)).expect("copy true");
+    let flag = s.dir.join("go");
+    fs::write(
+        bin.join(&mid),
+        format!(
+            "#!/bin/sh\nn=0\nwhile [ ! -e {flag} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done\n{leaf}\ntrue\n",
+            flag = flag.display(),
+            leaf = bin.join(&leaf).display()
+        ),
+    )
+    .expect("mid");
+    fs::write(bin.join(&pre), format!("#!/bin/sh\n{}\ntrue\n", bin.join(&mid).display()))
+        .expect("pre");
+    for f in [&pre, &mid] {
+        Command::new("chmod").arg("755").arg(bin.join(f)).status().expect("chmod");
+    }
+    // The tree starts before the agent, in the container's cgroup.
+    let mut tree = s.cgroup.spawn(
+        Command::new(bin.join(&pre)).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    let rules = format!(
+        "- rule: Ancestor before the agent\n  desc: t\n  condition: evt.type = execve and \
+         proc.name = {leaf} and proc.aname[2] = {pre} and proc.pname = {mid} and proc.aname[1] = {mid}\n  \
+         output: \"leaf=%proc.name parent=%proc.pname a2=%proc.aname[2]\"\n  priority: WARNING\n",
+        leaf = comm(&leaf),
+        pre = comm(&pre),
+        mid = comm(&mid),
+    );
+    let sensor = s.start(&rules);
+    fs::write(&flag, "").expect("flag");
+    assert!(tree.wait().expect("wait").success());
+    let alert = sensor.wait_event("the alert naming the pre-existing ancestors", |v| {
+        v["rule"] == "Ancestor before the agent"
+    });
+    assert_eq!(alert["output_fields"]["proc.aname[2]"], comm(&pre), "{alert}");
+    assert_eq!(alert["output_fields"]["proc.pname"], comm(&mid), "{alert}");
+}

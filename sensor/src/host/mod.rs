@@ -45,6 +45,9 @@ pub struct HostRuntime {
     rules: crate::rules::Interest,
     cgroup_root: PathBuf,
     pub view: Arc<RwLock<HostView>>,
+    /// Wakes a rescan when a cgroup is made inside a container (see
+    /// [`cgroups::SubtreeWatcher`]); None when inotify is unavailable.
+    pub subtrees: Option<cgroups::SubtreeWatcher>,
 }
 
 impl HostRuntime {
@@ -55,6 +58,7 @@ impl HostRuntime {
             rules: crate::rules::Interest::default(),
             cgroup_root,
             view: Arc::default(),
+            subtrees: None,
         }
     }
 
@@ -70,6 +74,9 @@ impl HostRuntime {
         endpoints: Endpoints,
     ) -> Result<(), HostApplyError> {
         let inventory = Inventory::scan(&self.cgroup_root);
+        if let Some(subtrees) = &mut self.subtrees {
+            subtrees.sync(&inventory);
+        }
         let generation = self.maps.next_generation();
         let compiled = compile::compile(&policies, &endpoints, &inventory, generation, &self.rules);
         let names = compiled.names.clone();
@@ -86,6 +93,9 @@ impl HostRuntime {
     /// Returns the number of watched cgroups.
     pub fn rescan(&mut self) -> Result<usize, HostApplyError> {
         let inventory = Inventory::scan(&self.cgroup_root);
+        if let Some(subtrees) = &mut self.subtrees {
+            subtrees.sync(&inventory);
+        }
         let endpoints =
             self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).endpoints.clone();
         let compiled = compile::compile(
@@ -120,6 +130,11 @@ impl HostRuntime {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// The cgroup v2 mount the scans walk.
+    pub fn cgroup_root(&self) -> &std::path::Path {
+        &self.cgroup_root
     }
 
     pub fn watched_cgroups(&self) -> usize {

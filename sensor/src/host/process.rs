@@ -5,6 +5,9 @@ use std::collections::HashMap;
 
 /// Processes remembered at most; beyond it new ones are looked up in /proc instead.
 const MAX_PROCESSES: usize = 65_536;
+/// Ancestors read from /proc at most per event: deeper than any real process tree, and a
+/// bound on the work one event can cause.
+pub const MAX_ANCESTRY: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -39,6 +42,32 @@ impl ProcessTable {
             return info.clone();
         }
         from_proc(pid).unwrap_or_default()
+    }
+
+    /// Makes sure `pid` and its ancestors are remembered: those that started before the
+    /// agent (or forked without exec) are read from /proc once and kept until their exit
+    /// event, so `proc.aname[N]`, `proc.apid[N]` and `proc.pname` know them. Stops at the
+    /// first remembered ancestor (its own ancestors were filled when it was), at pid 0, or
+    /// after [`MAX_ANCESTRY`] levels. Returns how many were read from /proc.
+    pub fn fill_ancestry(&mut self, pid: u32) -> usize {
+        let mut pid = pid;
+        let mut read = 0;
+        for _ in 0..MAX_ANCESTRY {
+            if pid == 0 || self.by_pid.contains_key(&pid) || self.by_pid.len() >= MAX_PROCESSES
+            {
+                break;
+            }
+            let Some(info) = from_proc(pid) else { break };
+            let parent = info.ppid;
+            self.by_pid.insert(pid, info);
+            read += 1;
+            // A pid that is its own ancestor cannot happen; guard the walk anyway.
+            if parent == pid {
+                break;
+            }
+            pid = parent;
+        }
+        read
     }
 
     /// A remembered process, without the /proc fallback (for ancestry walks).
@@ -88,6 +117,19 @@ fn from_proc(pid: u32) -> Option<ProcessInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ancestry_is_filled_from_proc_once_and_forgotten_on_exit() {
+        let mut table = ProcessTable::default();
+        let me = std::process::id();
+        let read = table.fill_ancestry(me);
+        assert!(read >= 2, "this process and its parent chain up to pid 1: {read}");
+        let parent = table.peek(me).expect("filled").ppid;
+        assert!(table.peek(parent).is_some(), "the parent too");
+        assert_eq!(table.fill_ancestry(me), 0, "cached");
+        table.exit(me);
+        assert_eq!(table.fill_ancestry(me), 1, "read again after its exit");
+    }
 
     #[test]
     fn exits_forget_and_proc_fills_in() {

@@ -128,6 +128,10 @@ pub struct HostFormatter {
     pub clock: BootClock,
     pub view: Arc<RwLock<HostView>>,
     pub processes: ProcessTable,
+    /// Woken when an event comes from a cgroup the last scan did not know (a container or a
+    /// cgroup nested in one, created since): the agent rescans at once instead of at the next
+    /// periodic scan, so the kernel's scope map covers it within milliseconds.
+    pub unknown_cgroup: Arc<tokio::sync::Notify>,
 }
 
 fn joined_args(args: &[String]) -> String {
@@ -192,6 +196,8 @@ impl HostFormatter {
         };
         // Events from before the agent started carry no ppid: the process table may know it.
         let ppid = if header.ppid != 0 { header.ppid } else { process.ppid };
+        // Ancestors that started before the agent: read from /proc once, then remembered.
+        self.processes.fill_ancestry(ppid);
         let parent = self.processes.get(ppid);
         let (container, pod) = self.attribution(header.cgroup_id, header.pid);
         let wall_ns = self.clock.to_wall(header.boot_ns).unix_timestamp_nanos();
@@ -275,13 +281,15 @@ impl HostFormatter {
     }
 
     /// cgroup id → container → pod. An unknown cgroup is looked up through the process's
-    /// `/proc/<pid>/cgroup` (a container that started since the last scan).
+    /// `/proc/<pid>/cgroup` (a container that started since the last scan, or a cgroup made
+    /// inside one, which inherits its container: see [`container_of`]), and wakes a rescan.
     fn attribution(&mut self, cgroup_id: u64, pid: u32) -> (Option<Container>, Option<Pod>) {
         let known = {
             let view = self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             view.inventory.by_id.get(&cgroup_id).cloned()
         };
         let info = known.or_else(|| {
+            self.unknown_cgroup.notify_one();
             let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
             let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
             let info = CgroupInfo { container: container_of(&path), path };

@@ -46,40 +46,111 @@ impl EventKind {
     }
 }
 
-/// One event: a single-line JSON document and its kind.
+/// One event: a single line (a JSON document, or a Falco text alert) with its kind and
+/// priority. Built only through the constructors, which make the line safe for every
+/// line-oriented output (see [`escape_line`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
     pub kind: EventKind,
+    /// The line, without its newline. Named for its usual content; a text alert is not JSON.
     pub json: String,
+    /// The syslog severity of the event, and what `min_priority` filters on.
+    pub priority: Priority,
 }
 
 impl OutputLine {
-    pub const fn new(kind: EventKind, json: String) -> Self {
-        Self { kind, json }
+    /// A JSON document; its priority is read from it (see [`Self::priority_of`]).
+    pub fn new(kind: EventKind, json: String) -> Self {
+        let priority = Self::priority_of(kind, &json);
+        Self { kind, json: escape_line(json, LineFormat::Json), priority }
     }
 
-    /// The event's priority (syslog severity): the Falco `priority` of an alert
-    /// (`Warning` when absent or unknown); `Warning` for a dropped flow or a blocked host
-    /// event; `Informational` otherwise.
-    pub fn priority(&self) -> Priority {
-        match self.kind {
+    /// A line whose priority the producer knows (an alert's rule priority, a host record's
+    /// action); `format` says whether it is JSON or text.
+    pub fn with_priority(
+        kind: EventKind,
+        line: String,
+        format: LineFormat,
+        priority: Priority,
+    ) -> Self {
+        Self { kind, json: escape_line(line, format), priority }
+    }
+
+    /// The event's priority read from its JSON: the Falco `priority` of an alert (`Warning`
+    /// when absent or unknown); `Warning` for a dropped flow, and for a host event that was
+    /// blocked, killed or would have been blocked; `Notice` for an audited one;
+    /// `Informational` otherwise.
+    pub fn priority_of(kind: EventKind, json: &str) -> Priority {
+        match kind {
             EventKind::Alert => {
                 #[derive(Deserialize)]
                 struct Alert<'a> {
                     #[serde(borrow)]
                     priority: Option<std::borrow::Cow<'a, str>>,
                 }
-                serde_json::from_str::<Alert<'_>>(&self.json)
+                serde_json::from_str::<Alert<'_>>(json)
                     .ok()
                     .and_then(|a| a.priority)
                     .and_then(|p| Priority::parse(&p))
                     .unwrap_or(Priority::Warning)
             }
-            EventKind::Flow if self.json.contains(r#""verdict":"DROPPED""#) => Priority::Warning,
-            EventKind::Host if self.json.contains(r#""action":"blocked""#) => Priority::Warning,
-            EventKind::Flow | EventKind::Host => Priority::Informational,
+            EventKind::Flow if json.contains(r#""verdict":"DROPPED""#) => Priority::Warning,
+            // serde_json escapes quotes inside values: these cannot come from a field.
+            EventKind::Host => ["blocked", "killed", "would_block", "audit"]
+                .into_iter()
+                .find(|a| json.contains(&format!(r#""action":"{a}""#)))
+                .map_or(Priority::Informational, Priority::of_host_action),
+            EventKind::Flow => Priority::Informational,
         }
     }
+
+    /// The event's priority (syslog severity).
+    pub const fn priority(&self) -> Priority {
+        self.priority
+    }
+}
+
+/// What a line holds, for [`escape_line`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    Json,
+    /// Falco's text alert (`rules_output: text`).
+    Text,
+}
+
+/// Makes `line` one line that no field can split or use to drive a terminal: control
+/// characters (C0 including `\n`, `\r` and ESC, DEL, C1) and the Unicode line and
+/// paragraph separators U+2028/U+2029 are escaped.
+///
+/// - JSON stays JSON, with the same decoded values: serde_json already escapes C0; DEL, C1
+///   and U+2028/9 become `\u007f`, `\u0085`, `\u2028` (they can only occur inside strings).
+/// - Text: `\n`, `\r`, `\t` as those two-character escapes, other C0 and DEL as `\xHH`, C1
+///   and U+2028/9 as `\uHHHH` (Falco 0.44 escapes control characters in its text outputs
+///   too, falcosecurity/falco#3895). A backslash already in a value is left as it is.
+pub fn escape_line(line: String, format: LineFormat) -> String {
+    // Fast path: nothing that can need escaping (C1 is 0xC2 0x80..0x9F, U+2028/9 0xE2 ...).
+    if !line.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2 || b == 0xe2) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        let code = c as u32;
+        let control =
+            code < 0x20 || (0x7f..=0x9f).contains(&code) || code == 0x2028 || code == 0x2029;
+        if !control {
+            out.push(c);
+            continue;
+        }
+        use std::fmt::Write as _;
+        let _ = match (format, c) {
+            (LineFormat::Text, '\n') => write!(out, "\\n"),
+            (LineFormat::Text, '\r') => write!(out, "\\r"),
+            (LineFormat::Text, '\t') => write!(out, "\\t"),
+            (LineFormat::Text, _) if code <= 0x7f => write!(out, "\\x{code:02x}"),
+            _ => write!(out, "\\u{code:04x}"),
+        };
+    }
+    out
 }
 
 /// Falco's priorities, most severe first; the discriminant is the syslog severity.
@@ -96,6 +167,17 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// A host record's action: `blocked`, `killed` and `would_block` → `Warning` (the same
+    /// event, stopped or not), `audit` → `Notice`, anything else (`observed`) →
+    /// `Informational`.
+    pub fn of_host_action(action: &str) -> Self {
+        match action {
+            "blocked" | "killed" | "would_block" => Self::Warning,
+            "audit" => Self::Notice,
+            _ => Self::Informational,
+        }
+    }
+
     /// Falco's names, case-insensitive (`Info` is accepted for `Informational`).
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name.to_ascii_lowercase().as_str() {
@@ -582,9 +664,43 @@ mod tests {
         };
         assert_eq!(flow("FORWARDED").priority(), Priority::Informational);
         assert_eq!(flow("DROPPED").priority(), Priority::Warning);
-        let host =
-            OutputLine::new(EventKind::Host, r#"{"process_exec":{"action":"blocked"}}"#.into());
-        assert_eq!(host.priority(), Priority::Warning);
+        let host = |a: &str| {
+            OutputLine::new(EventKind::Host, format!(r#"{{"process_file":{{"action":"{a}"}}}}"#))
+        };
+        assert_eq!(host("blocked").priority(), Priority::Warning);
+        assert_eq!(host("killed").priority(), Priority::Warning);
+        assert_eq!(host("would_block").priority(), Priority::Warning);
+        assert_eq!(host("audit").priority(), Priority::Notice);
+        assert_eq!(host("observed").priority(), Priority::Informational);
+        // A value cannot pose as the action: serde_json escapes its quotes.
+        let path = serde_json::json!({"process_file": {"path": r#""action":"killed""#, "action": "observed"}});
+        let line = OutputLine::new(EventKind::Host, path.to_string());
+        assert_eq!(line.priority(), Priority::Informational);
+        let text = OutputLine::with_priority(
+            EventKind::Alert,
+            "12:00:00.000000000: Critical x".into(),
+            LineFormat::Text,
+            Priority::Critical,
+        );
+        assert_eq!(text.priority(), Priority::Critical);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_json_stays_json() {
+        let name = "x\n12:00:00.000000000: Critical FAKE\r\t\u{1b}[31m\u{7f}\u{85}\u{2028}\u{0}é✓\\";
+        let text = escape_line(format!("alert file={name}"), LineFormat::Text);
+        assert_eq!(
+            text,
+            "alert file=x\\n12:00:00.000000000: Critical FAKE\\r\\t\\x1b[31m\\x7f\\u0085\\u2028\\x00é✓\\"
+        );
+        assert!(!text.chars().any(char::is_control));
+        let json = serde_json::json!({"path": name}).to_string();
+        let escaped = escape_line(json, LineFormat::Json);
+        assert!(!escaped.chars().any(|c| c.is_control() || c == '\u{2028}'), "{escaped}");
+        let back: serde_json::Value = serde_json::from_str(&escaped).expect("still JSON");
+        assert_eq!(back["path"], name, "the decoded value is unchanged");
+        let plain = "nothing to escape: é ✓ \u{2027}".to_owned();
+        assert_eq!(escape_line(plain.clone(), LineFormat::Text), plain);
     }
 
     #[test]

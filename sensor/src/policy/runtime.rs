@@ -5,7 +5,6 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::{
@@ -149,64 +148,18 @@ impl PolicyRuntime {
         compiled.local.iter().any(|e| e.interface == name)
     }
 
-    /// Watches the policy directory and the endpoints file's directory (editors replace
-    /// files); each change sends a unit on `changes` (the Kubernetes sources share it).
+    /// Watches the policy directory and the endpoints file (see [`crate::watch`]: only
+    /// policy inputs and the kubelet's `..data` switch trigger a reload); each change sends a
+    /// unit on `changes` (the Kubernetes sources share it).
     pub fn watch(&self, changes: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-        let inputs: Vec<PathBuf> =
-            self.policy_dir.iter().chain(self.endpoints_file.iter()).cloned().collect();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| {
-                    !e.kind.is_access() && e.paths.iter().any(|p| is_input(p, &inputs))
-                }) {
-                    // A full channel already holds a pending reload: nothing is lost.
-                    let _ = changes.try_send(());
-                }
-            })?;
-        for path in self.policy_dir.iter().chain(self.endpoints_file.iter()) {
-            let dir = if path.is_dir() {
-                path.clone()
-            } else {
-                path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
-            };
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        }
-        Ok(watcher)
+        let inputs = crate::watch::Inputs::new(
+            self.policy_dir.iter().chain(self.endpoints_file.iter()).cloned(),
+        );
+        crate::watch::watch(inputs, changes)
     }
-}
-
-/// Whether a changed path can change the policy: a YAML file, one of the configured paths, or
-/// the kubelet's ConfigMap switch (`..data` and its timestamped targets). Anything else in
-/// the watched directories (a log file, an editor's swap file) does not reload.
-fn is_input(path: &std::path::Path, inputs: &[PathBuf]) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    inputs.iter().any(|i| i == path)
-        || name.starts_with("..")
-        || [".yaml", ".yml"].iter().any(|ext| name.ends_with(ext))
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use std::path::{Path, PathBuf};
-
-    #[test]
-    fn only_policy_inputs_trigger_a_reload() {
-        let inputs = [PathBuf::from("/etc/sensor/policies"), PathBuf::from("/etc/sensor/ep.conf")];
-        for path in [
-            "/etc/sensor/policies/allow.yaml",
-            "/etc/sensor/policies/deny.yml",
-            "/etc/sensor/ep.conf",
-            "/etc/sensor/policies/..data",
-            "/etc/sensor/policies/..2026_01_01_00_00_01.2",
-        ] {
-            assert!(super::is_input(Path::new(path), &inputs), "{path}");
-        }
-        for path in ["/etc/sensor/policies/sensor.log", "/etc/sensor/policies/.allow.yaml.swp"] {
-            assert!(!super::is_input(Path::new(path), &inputs), "{path}");
-        }
-    }
-}

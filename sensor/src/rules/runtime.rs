@@ -6,7 +6,6 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::{Priority, RuleSet, RulesError};
@@ -65,31 +64,11 @@ impl RulesRuntime {
         Ok(set)
     }
 
-    /// Watches the rule files' directories; each change sends a unit.
+    /// Watches the rule files (see [`crate::watch`]: only they, and the kubelet's `..data`
+    /// switch beside them, trigger a reload); each change sends a unit.
     pub fn watch(&self) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
         let (tx, rx) = mpsc::channel(1);
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.try_send(());
-                }
-            })?;
-        let mut dirs: Vec<PathBuf> = self
-            .paths
-            .iter()
-            .map(|p| {
-                if p.is_dir() {
-                    p.clone()
-                } else {
-                    p.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
-                }
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        }
+        let watcher = crate::watch::watch(crate::watch::Inputs::new(self.paths.clone()), tx)?;
         Ok((watcher, rx))
     }
 }
