@@ -124,12 +124,13 @@ fn child_cgroups_inherit_container_pod_and_enforcement() {
         let before = sensor.metrics().get("sensor_host_watched_cgroups", &[]).unwrap_or(0.0);
         let made = Instant::now();
         let child = pod.cgroup.child(relative);
-        // Event-driven: the mkdir wakes a rescan; the periodic one is 1 s apart.
+        // Event-driven: the mkdir wakes a rescan (measured 8-40 ms here); the periodic one is
+        // 1 s apart, so all four under 300 ms by chance is under 1 %.
         let made_dirs = relative.split('/').count() as f64;
         sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(before + made_dirs));
         let latency = made.elapsed();
         eprintln!("{relative}: scoped {:.1} ms after mkdir", latency.as_secs_f64() * 1e3);
-        assert!(latency < Duration::from_millis(900), "{relative}: {latency:?}");
+        assert!(latency < Duration::from_millis(300), "{relative}: {latency:?}");
         assert!(!cat_in(&child, &secret), "{relative}: read must be blocked");
         let id = child.id();
         let blocked = file_record(&sensor, id, "blocked");

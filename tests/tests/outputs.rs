@@ -404,7 +404,7 @@ fn syslog_severity_follows_the_action_and_the_falco_priority() {
     for p in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"] {
         text.push_str(&format!(
             "- rule: sev {p}\n  desc: t\n  condition: evt.type = execve and proc.name = sh and \
-             proc.args contains se2e-sev-marker\n  output: \"sev {p} %proc.name\"\n  priority: {p}\n"
+             proc.args contains se2e-sev-{p}-marker\n  output: \"sev {p} %proc.name\"\n  priority: {p}\n"
         ));
     }
     fs::write(&rules, text).expect("rules");
@@ -426,7 +426,10 @@ fn syslog_severity_follows_the_action_and_the_falco_priority() {
     };
     assert!(!run(&["/bin/cat", &format!("{data}/secret/token")]).success(), "read blocked");
     run(&["/bin/rm", &format!("{data}/secret/b")]);
-    run(&["/bin/sh", "-c", "true se2e-sev-marker"]);
+    // One event per rule: like Falco (`rule_matching: first`), an event fires one rule.
+    for p in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"] {
+        run(&["/bin/sh", "-c", &format!("true se2e-sev-{p}-marker")]);
+    }
     let severity_of = |what: &str, pred: &dyn Fn(&str) -> bool| {
         let m = wait_until(&format!("{what} in rsyslog"), Duration::from_secs(10), || {
             rsyslog.messages().into_iter().find(|m| m["msg"].as_str().is_some_and(pred))
