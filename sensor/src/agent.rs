@@ -633,9 +633,19 @@ async fn read_events(
                         let priority = crate::outputs::Priority::parse(m.rule.priority.name())
                             .unwrap_or(crate::outputs::Priority::Warning);
                         alert = Some(if stage.text {
-                            OutputLine::with_priority(EventKind::Alert, m.text, LineFormat::Text, priority)
+                            OutputLine::with_priority(
+                                EventKind::Alert,
+                                m.text,
+                                LineFormat::Text,
+                                priority,
+                            )
                         } else {
-                            OutputLine::with_priority(EventKind::Alert, m.json, LineFormat::Json, priority)
+                            OutputLine::with_priority(
+                                EventKind::Alert,
+                                m.json,
+                                LineFormat::Json,
+                                priority,
+                            )
                         });
                     }
                     let kind = enriched.kind;

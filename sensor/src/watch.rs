@@ -149,11 +149,8 @@ mod tests {
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).expect("mkdir");
         let dir = canonical(&dir);
-        let inputs = Inputs::new([
-            dir.join("policies"),
-            dir.join("endpoints.conf"),
-            dir.join("rules.yaml"),
-        ]);
+        let inputs =
+            Inputs::new([dir.join("policies"), dir.join("endpoints.conf"), dir.join("rules.yaml")]);
         for yes in [
             "policies/allow.yaml",
             "policies/deny.yml",

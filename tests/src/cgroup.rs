@@ -39,7 +39,8 @@ impl Cgroup {
         let path = self.path.join(relative);
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         // Intermediate directories are removed after the leaf, innermost first.
-        let first = relative.split('/').next().filter(|f| *f != relative).map(|f| self.path.join(f));
+        let first =
+            relative.split('/').next().filter(|f| *f != relative).map(|f| self.path.join(f));
         Self { path, parent: first }
     }
 

@@ -26,9 +26,8 @@ spec:
 
 /// Runs `cat <file>` in `cgroup`; returns whether it succeeded.
 fn cat_in(cgroup: &Cgroup, file: &str) -> bool {
-    let mut child = cgroup.spawn(
-        Command::new("/bin/cat").arg(file).stdout(Stdio::null()).stderr(Stdio::null()),
-    );
+    let mut child = cgroup
+        .spawn(Command::new("/bin/cat").arg(file).stdout(Stdio::null()).stderr(Stdio::null()));
     child.wait().expect("wait").success()
 }
 
@@ -45,11 +44,20 @@ fn file_record(sensor: &Sensor, cgroup: u64, action: &str) -> serde_json::Value 
     })
 }
 
+/// A cgroup path below the test's parent, from the container id.
+type Layout = fn(&str) -> String;
+
 /// The cgroup layouts of the runtimes (and drivers), each with the runtime the record names.
-fn layouts() -> Vec<(&'static str, fn(&str) -> String)> {
+fn layouts() -> Vec<(&'static str, Layout)> {
     vec![
-        ("containerd", |id| format!("kubepods-besteffort-pod0b9d2a4e_1111_2222_3333_444455556666.slice:cri-containerd:{id}")),
-        ("containerd", |id| format!("kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope")),
+        ("containerd", |id| {
+            format!(
+                "kubepods-besteffort-pod0b9d2a4e_1111_2222_3333_444455556666.slice:cri-containerd:{id}"
+            )
+        }),
+        ("containerd", |id| {
+            format!("kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope")
+        }),
         ("cri-o", |id| format!("kubepods.slice/crio-{id}.scope")),
         ("cri-o", |id| format!("kubepods.slice/kubepods-pod1.slice:crio:{id}")),
         ("docker", |id| format!("system.slice/docker-{id}.scope")),

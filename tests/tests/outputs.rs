@@ -340,12 +340,15 @@ fn crafted_file_names_cannot_forge_lines_in_text_alerts() {
     );
     assert!(child.wait().expect("wait").success());
 
-    let alert_of = |lines: Vec<String>| lines.into_iter().find(|l| l.contains("Watched file opened"));
+    let alert_of =
+        |lines: Vec<String>| lines.into_iter().find(|l| l.contains("Watched file opened"));
     let stdout = wait_until("the text alert on stdout", Duration::from_secs(10), || {
         alert_of(sensor.lines())
     });
     let file = wait_until("the text alert in the file", Duration::from_secs(10), || {
-        alert_of(fs::read_to_string(&alerts).unwrap_or_default().lines().map(str::to_owned).collect())
+        alert_of(
+            fs::read_to_string(&alerts).unwrap_or_default().lines().map(str::to_owned).collect(),
+        )
     });
     let syslog = wait_until("the text alert in rsyslog", Duration::from_secs(10), || {
         rsyslog
@@ -353,16 +356,18 @@ fn crafted_file_names_cannot_forge_lines_in_text_alerts() {
             .into_iter()
             .find(|m| m["msg"].as_str().is_some_and(|s| s.contains("Watched file opened")))
     });
-    let expected = format!(
-        "file={watch}/x\\n{forged}\\r\\x1b[31mred\\x1b[2A\\x7f\\u0085\\u2028end)"
-    );
+    let expected =
+        format!("file={watch}/x\\n{forged}\\r\\x1b[31mred\\x1b[2A\\x7f\\u0085\\u2028end)");
     for (output, line) in [("stdout", &stdout), ("file", &file)] {
         assert!(line.ends_with(&expected), "{output}: {line:?}");
         assert!(!line.chars().any(char::is_control), "{output}: {line:?}");
     }
     let msg = syslog["msg"].as_str().expect("msg");
     assert!(msg.ends_with(&expected), "syslog: {msg:?}");
-    assert!(!msg.contains("#012") && !msg.contains("#033"), "raw controls reached rsyslog: {msg:?}");
+    assert!(
+        !msg.contains("#012") && !msg.contains("#033"),
+        "raw controls reached rsyslog: {msg:?}"
+    );
     assert_eq!(syslog["severity"], "4", "a WARNING rule: {syslog}");
     // No output has a line that starts with the forged text.
     let file_lines = fs::read_to_string(&alerts).expect("alerts");
@@ -401,7 +406,9 @@ fn syslog_severity_follows_the_action_and_the_falco_priority() {
     .expect("policy");
     let rules = pod.dir.join("rules.yaml");
     let mut text = String::new();
-    for p in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"] {
+    for p in
+        ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"]
+    {
         text.push_str(&format!(
             "- rule: sev {p}\n  desc: t\n  condition: evt.type = execve and proc.name = sh and \
              proc.args contains se2e-sev-{p}-marker\n  output: \"sev {p} %proc.name\"\n  priority: {p}\n"
@@ -427,7 +434,9 @@ fn syslog_severity_follows_the_action_and_the_falco_priority() {
     assert!(!run(&["/bin/cat", &format!("{data}/secret/token")]).success(), "read blocked");
     run(&["/bin/rm", &format!("{data}/secret/b")]);
     // One event per rule: like Falco (`rule_matching: first`), an event fires one rule.
-    for p in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"] {
+    for p in
+        ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"]
+    {
         run(&["/bin/sh", "-c", &format!("true se2e-sev-{p}-marker")]);
     }
     let severity_of = |what: &str, pred: &dyn Fn(&str) -> bool| {
@@ -440,9 +449,10 @@ fn syslog_severity_follows_the_action_and_the_falco_priority() {
         let sev = severity_of(action, &|s| s.contains(&format!(r#""action":"{action}""#)));
         assert_eq!(sev, "4", "{action} record: user.warning");
     }
-    for (n, p) in ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"]
-        .iter()
-        .enumerate()
+    for (n, p) in
+        ["EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG"]
+            .iter()
+            .enumerate()
     {
         let sev = severity_of(p, &|s| s.contains(&format!("sev {p} sh")));
         assert_eq!(sev, n.to_string(), "rule priority {p}");

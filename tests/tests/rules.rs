@@ -314,7 +314,8 @@ fn ancestors_started_before_the_agent_are_known() {
     let tag = unique("a");
     let bin = s.dir.join("bin");
     fs::create_dir_all(&bin).expect("mkdir");
-    let (pre, mid, leaf) = (format!("se2e-pre{tag}"), format!("se2e-mid{tag}"), format!("se2e-lf{tag}"));
+    let (pre, mid, leaf) =
+        (format!("se2e-pre{tag}"), format!("se2e-mid{tag}"), format!("se2e-lf{tag}"));
     // comm is at most 15 bytes.
     let comm = |n: &str| n.chars().take(15).collect::<String>();
     fs::copy("/bin/true", bin.join(&leaf)).expect("copy true");
@@ -334,9 +335,8 @@ fn ancestors_started_before_the_agent_are_known() {
         Command::new("chmod").arg("755").arg(bin.join(f)).status().expect("chmod");
     }
     // The tree starts before the agent, in the container's cgroup.
-    let mut tree = s.cgroup.spawn(
-        Command::new(bin.join(&pre)).stdout(Stdio::null()).stderr(Stdio::null()),
-    );
+    let mut tree =
+        s.cgroup.spawn(Command::new(bin.join(&pre)).stdout(Stdio::null()).stderr(Stdio::null()));
     let rules = format!(
         "- rule: Ancestor before the agent\n  desc: t\n  condition: evt.type = execve and \
          proc.name = {leaf} and proc.aname[2] = {pre} and proc.pname = {mid} and proc.aname[1] = {mid}\n  \

@@ -141,7 +141,9 @@ fn component_container(parent: &str, component: &str) -> Option<Container> {
             return found(component, "docker");
         }
         let kube_pod = parent.starts_with("pod")
-            || (parent.starts_with("kubepods") && parent.contains("-pod") && parent.ends_with(".slice"));
+            || (parent.starts_with("kubepods")
+                && parent.contains("-pod")
+                && parent.ends_with(".slice"));
         if kube_pod {
             return found(component, "cri"); // containerd or CRI-O: the path does not say which
         }
@@ -249,16 +251,28 @@ mod tests {
         let pod = "kubepods-burstable-pod0b9d2a4e_1111_2222_3333_444455556666.slice";
         let cases = [
             // containerd, systemd driver
-            (format!("/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{ID}.scope"), Some("containerd")),
-            (format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"), Some("containerd")),
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{ID}.scope"),
+                Some("containerd"),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"),
+                Some("containerd"),
+            ),
             // containerd/CRI-O handing a systemd-style path to a cgroupfs-driven runc
-            (format!("/kubepods.slice/kubepods-besteffort.slice/{pod}:cri-containerd:{ID}"), Some("containerd")),
+            (
+                format!("/kubepods.slice/kubepods-besteffort.slice/{pod}:cri-containerd:{ID}"),
+                Some("containerd"),
+            ),
             (format!("/case-F10/{pod}:cri-containerd:{ID}"), Some("containerd")),
             (format!("/kubepods.slice/{pod}:crio:{ID}"), Some("cri-o")),
             (format!("/system.slice:docker:{ID}"), Some("docker")),
             // CRI-O, systemd driver, and its monitor
             (format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"), Some("cri-o")),
-            (format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope/container"), Some("cri-o")),
+            (
+                format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope/container"),
+                Some("cri-o"),
+            ),
             (format!("/kubepods.slice/kubepods-pod1.slice/crio-conmon-{ID}.scope"), None),
             // Docker and Podman
             (format!("/system.slice/docker-{ID}.scope"), Some("docker")),
@@ -266,16 +280,32 @@ mod tests {
             (format!("/machine.slice/libpod-{ID}.scope"), Some("podman")),
             (format!("/machine.slice/libpod-{ID}.scope/container"), Some("podman")),
             (format!("/machine.slice/libpod-conmon-{ID}.scope"), None),
-            (format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"), Some("podman")),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
+                ),
+                Some("podman"),
+            ),
             (format!("/libpod_parent/libpod-{ID}"), Some("podman")),
             (format!("/libpod_parent/libpod-conmon-{ID}"), None),
             // kubelet, cgroupfs driver
-            (format!("/kubepods/burstable/pod0b9d2a4e-1111-2222-3333-444455556666/{ID}"), Some("cri")),
+            (
+                format!("/kubepods/burstable/pod0b9d2a4e-1111-2222-3333-444455556666/{ID}"),
+                Some("cri"),
+            ),
             (format!("/kubepods/pod0b9d2a4e-1111-2222-3333-444455556666/{ID}"), Some("cri")),
             (format!("/kubepods.slice/{pod}/{ID}"), Some("cri")),
             // nested below a container: systemd or Docker inside it
-            (format!("/kubepods.slice/{pod}/cri-containerd-{ID}.scope/init.scope"), Some("containerd")),
-            (format!("/kubepods.slice/{pod}/cri-containerd-{ID}.scope/system.slice/sshd.service"), Some("containerd")),
+            (
+                format!("/kubepods.slice/{pod}/cri-containerd-{ID}.scope/init.scope"),
+                Some("containerd"),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/{pod}/cri-containerd-{ID}.scope/system.slice/sshd.service"
+                ),
+                Some("containerd"),
+            ),
             (format!("/kubepods/besteffort/pod1/{ID}/sub/deeper/x"), Some("cri")),
             (format!("/docker/{ID}/docker/{}", "f".repeat(64)), Some("docker")),
             (format!("/{}/x/cri-containerd-{ID}.scope", "a/".repeat(40)), Some("containerd")),

@@ -53,8 +53,7 @@ impl ProcessTable {
         let mut pid = pid;
         let mut read = 0;
         for _ in 0..MAX_ANCESTRY {
-            if pid == 0 || self.by_pid.contains_key(&pid) || self.by_pid.len() >= MAX_PROCESSES
-            {
+            if pid == 0 || self.by_pid.contains_key(&pid) || self.by_pid.len() >= MAX_PROCESSES {
                 break;
             }
             let Some(info) = from_proc(pid) else { break };

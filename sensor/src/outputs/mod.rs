@@ -687,7 +687,8 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_json_stays_json() {
-        let name = "x\n12:00:00.000000000: Critical FAKE\r\t\u{1b}[31m\u{7f}\u{85}\u{2028}\u{0}é✓\\";
+        let name =
+            "x\n12:00:00.000000000: Critical FAKE\r\t\u{1b}[31m\u{7f}\u{85}\u{2028}\u{0}é✓\\";
         let text = escape_line(format!("alert file={name}"), LineFormat::Text);
         assert_eq!(
             text,

@@ -162,4 +162,3 @@ impl PolicyRuntime {
 fn ifindex_of(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
-
