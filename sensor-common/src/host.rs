@@ -188,8 +188,16 @@ pub struct FileEvent {
     /// For opens: canonical (resolved from the opened file). For unlink and rename: the
     /// working directory joined with the path given, not normalised by the kernel.
     pub path: [u8; PATH_SLOT_LEN],
-    /// Rename's new path.
+    /// Rename's new path; for an open, the path as the process passed it (Falco's
+    /// `fd.nameraw`), read at exit from the caller's memory.
     pub path2: [u8; PATH_SLOT_LEN],
+    /// An open's flags argument (`O_*`); 0 for other operations.
+    pub open_flags: u32,
+    /// The descriptor an open returned; -1 for other operations.
+    pub fd: i32,
+    /// An `openat`'s directory descriptor (`AT_FDCWD` = -100 for the working directory).
+    pub dirfd: i32,
+    pub _pad: u32,
 }
 
 /// A bind or connect from a watched cgroup (`cgroup/bind4|6`, `cgroup/connect4|6`).
@@ -307,10 +315,14 @@ pub struct BindKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenArgs {
-    /// The watched cgroup's policy mask.
     pub scope: u64,
-    /// `1 << ACCESS_*` bits from the open flags.
     pub access: u32,
+    /// The open's flags argument.
+    pub flags: u32,
+    /// The caller's pathname pointer (user memory), read again at exit for `fd.nameraw`.
+    pub filename: u64,
+    /// `openat`'s directory descriptor; `AT_FDCWD` (-100) for the others.
+    pub dirfd: i32,
     pub _pad: u32,
 }
 
@@ -342,7 +354,7 @@ const _: () = assert!(
 );
 const _: () = assert!(
     core::mem::size_of::<FileEvent>()
-        == core::mem::size_of::<EventHeader>() + 16 + 2 * PATH_SLOT_LEN
+        == core::mem::size_of::<EventHeader>() + 16 + 2 * PATH_SLOT_LEN + 16
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);

@@ -60,6 +60,14 @@ pub struct FileOp {
     pub path: String,
     pub new_path: Option<String>,
     pub path_truncated: bool,
+    /// An open's path as the process passed it (Falco's `fd.nameraw`); None when unknown.
+    pub raw_path: Option<String>,
+    /// An open's `O_*` flags.
+    pub open_flags: Option<u32>,
+    /// The descriptor an open returned.
+    pub fd: Option<i32>,
+    /// An `openat`'s directory descriptor (-100: the working directory).
+    pub dirfd: Option<i32>,
 }
 
 /// A bind or connect from a watched cgroup.
@@ -244,6 +252,11 @@ fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
         path: if raw.op == FILE_OP_OPEN { path } else { normalize(&path) },
         new_path,
         path_truncated: raw.header.flags & FLAG_PATH_TRUNCATED != 0,
+        raw_path: (raw.op == FILE_OP_OPEN && raw.path2_len > 0)
+            .then(|| text(&raw.path2, raw.path2_len as usize)),
+        open_flags: (raw.op == FILE_OP_OPEN).then_some(raw.open_flags),
+        fd: (raw.op == FILE_OP_OPEN).then_some(raw.fd),
+        dirfd: (raw.op == FILE_OP_OPEN).then_some(raw.dirfd),
     })
 }
 

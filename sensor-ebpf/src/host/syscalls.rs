@@ -29,6 +29,7 @@ const SYS_OPENAT: u32 = 257;
 const SYS_OPENAT2: u32 = 437;
 
 /// `struct pt_regs` offsets (x86_64): the syscall's argument registers and number.
+const REG_DI: u32 = 112;
 const REG_SI: u32 = 104;
 const REG_DX: u32 = 96;
 const REG_ORIG_AX: u32 = 120;
@@ -74,21 +75,24 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 
     let arg = |offset| reg(regs, offset);
     match id {
-        SYS_OPENAT => remember_open(scope, access_of(arg(REG_DX))),
-        SYS_OPEN => remember_open(scope, access_of(arg(REG_SI))),
-        SYS_CREAT => remember_open(scope, access_of(O_WRONLY | O_CREAT | O_TRUNC)),
+        SYS_OPENAT => remember_open(scope, arg(REG_DX), arg(REG_SI), arg(REG_DI) as i32),
+        SYS_OPEN => remember_open(scope, arg(REG_SI), arg(REG_DI), AT_FDCWD),
+        SYS_CREAT => remember_open(scope, O_WRONLY | O_CREAT | O_TRUNC, arg(REG_DI), AT_FDCWD),
         SYS_OPENAT2 => {
             // struct open_how starts with the u64 flags (user memory).
             // SAFETY: checked read of user memory.
             let flags =
                 unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(REG_DX) as *const u64) }
                     .unwrap_or(0);
-            remember_open(scope, access_of(flags));
+            remember_open(scope, flags, arg(REG_SI), arg(REG_DI) as i32);
         }
         _ => {}
     }
     0
 }
+
+/// `openat`'s "relative to the working directory" descriptor.
+const AT_FDCWD: i32 = -100;
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
@@ -144,8 +148,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     event.op = FILE_OP_OPEN;
     event.access = open.access;
     event.path_len = len;
-    event.path2_len = 0;
-    event.path2[0] = 0;
+    event.open_flags = open.flags;
+    event.fd = fd as i32;
+    event.dirfd = open.dirfd;
+    // The path as the process passed it (Falco's fd.nameraw), still in its memory at exit.
+    // SAFETY: checked read of user memory into the event's own buffer.
+    event.path2_len = match unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+            open.filename as *const u8,
+            &mut event.path2[..sensor_common::host::MAX_PATH_LEN],
+        )
+    } {
+        Ok(raw) => raw.len() as u32,
+        Err(_) => 0,
+    };
     emit(event);
     if action == Action::Blocked {
         kill_current();
@@ -154,9 +170,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn remember_open(scope: u64, access: u32) {
+fn remember_open(scope: u64, flags: u64, filename: u64, dirfd: i32) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let args = OpenArgs { scope, access, _pad: 0 };
+    let args =
+        OpenArgs { scope, access: access_of(flags), flags: flags as u32, filename, dirfd, _pad: 0 };
     if OPEN_ARGS.insert(&tid, &args, 0).is_err() {
         count_loss(LossCounter::OpenArgsFull);
     }

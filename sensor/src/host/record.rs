@@ -24,6 +24,10 @@ use crate::{
 pub struct Container {
     pub id: String,
     pub runtime: &'static str,
+    /// Image, privileged and start time from the pod (rules' `container.*` fields; not in
+    /// the Tetragon record).
+    #[serde(skip)]
+    pub info: Option<crate::policy::endpoints::ContainerInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -297,18 +301,20 @@ impl HostFormatter {
             return (None, None);
         };
         let view = self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pod = view
-            .endpoints
-            .endpoints
-            .iter()
-            .find(|e| {
-                e.containers.iter().any(|c| super::cgroups::bare_container_id(c) == container.id)
-            })
-            .map(|e| Pod {
-                namespace: e.namespace.clone(),
-                name: e.name.clone(),
-                pod_labels: e.labels.clone(),
-            });
-        (Some(Container { id: container.id, runtime: container.runtime }), pod)
+        let endpoint = view.endpoints.endpoints.iter().find(|e| {
+            e.containers.iter().any(|c| super::cgroups::bare_container_id(c) == container.id)
+        });
+        let pod = endpoint.map(|e| Pod {
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            pod_labels: e.labels.clone(),
+        });
+        let info = endpoint.and_then(|e| {
+            e.container_info
+                .iter()
+                .find(|i| super::cgroups::bare_container_id(&i.id) == container.id)
+                .cloned()
+        });
+        (Some(Container { id: container.id, runtime: container.runtime, info }), pod)
     }
 }

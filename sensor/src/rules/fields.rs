@@ -24,13 +24,15 @@ pub enum Class {
 }
 
 pub const CLASSES: usize = 7;
-pub const ALL_CLASSES: u16 = (1 << CLASSES) - 1;
+/// A set of [`Class`]es, one bit each.
+pub type ClassMask = u64;
+pub const ALL_CLASSES: ClassMask = (1 << CLASSES) - 1;
 
 impl Class {
     pub const ALL: [Self; CLASSES] =
         [Self::Exec, Self::Exit, Self::Open, Self::Unlink, Self::Rename, Self::Bind, Self::Connect];
 
-    pub const fn bit(self) -> u16 {
+    pub const fn bit(self) -> ClassMask {
         1 << self as u8
     }
 
@@ -83,6 +85,10 @@ pub enum Type {
     Str,
     Int,
     Bool,
+    /// An address compared with networks (`fd.net`, `fd.snet`): the value is the address.
+    Net,
+    /// An address compared with host names (`fd.sip.name`): the value is the address.
+    Dns,
 }
 
 /// Ancestors walked for `proc.aname` without an index.
@@ -132,6 +138,64 @@ pub enum Field {
     K8sPodName,
     K8sPodLabels,
     K8sPodLabel(String),
+    // Event.
+    EvtNum,
+    EvtRes,
+    EvtRawres,
+    /// `evt.arg.NAME` (the argument by Falco's name for it).
+    EvtArg(String),
+    /// `evt.arg[N]`.
+    EvtArgIndex(u8),
+    EvtArgs,
+    // Process, from /proc when the event does not carry it.
+    ProcTty,
+    ProcSname,
+    ProcVpid,
+    ProcEnv,
+    ProcDuration,
+    ProcPexe,
+    /// `proc.aexe[N]`.
+    ProcAexe(u8),
+    /// `proc.aexepath[N]`.
+    ProcAexepath(u8),
+    ProcIsExeUpperLayer,
+    ProcIsExeFromMemfd,
+    ProcExeInoCtime,
+    ProcExeInoMtime,
+    ProcExeInoCtimeDurationProcStart,
+    ProcIsVpgidLeader,
+    ThreadCapEffective,
+    ThreadCapPermitted,
+    UserLoginuid,
+    UserLoginname,
+    GroupName,
+    // File descriptor.
+    FdNum,
+    FdNameraw,
+    /// The path with symlinks resolved by the kernel (ours; `fd.name` is the path as the
+    /// process passed it, joined with its working directory, as in Falco).
+    FdRealname,
+    FdConnected,
+    FdNameChanged,
+    FdPort,
+    FdSockfamily,
+    /// `fd.ip`, `fd.cip`, `fd.lip`: the event's address.
+    FdIp,
+    FdCip,
+    FdLip,
+    /// `fd.net`, `fd.cnet`, `fd.snet`, `fd.lnet`, `fd.rnet`: the address, tested with networks.
+    FdNet(u8),
+    /// `fd.sip.name`, `fd.rip.name`, `fd.cip.name`, `fd.lip.name`.
+    FdIpName(u8),
+    // Container metadata (endpoints file or Kubernetes pod).
+    ContainerImage,
+    ContainerImageRepository,
+    ContainerImageTag,
+    ContainerImageDigest,
+    ContainerPrivileged,
+    ContainerStartTs,
+    /// Output only: `%container.info` (Falco prints the container's id and name).
+    ContainerInfo,
 }
 
 /// Every field name we know, for documentation and `rules check`.
@@ -178,6 +242,57 @@ pub const NAMES: &[&str] = &[
     "k8s.pod.name",
     "k8s.pod.labels",
     "k8s.pod.label[KEY]",
+    "evt.num",
+    "evt.res",
+    "evt.rawres",
+    "evt.arg.NAME",
+    "evt.arg[N]",
+    "evt.args",
+    "proc.tty",
+    "proc.sname",
+    "proc.vpid",
+    "proc.env",
+    "proc.duration",
+    "proc.pexe",
+    "proc.aexe[N]",
+    "proc.aexepath[N]",
+    "proc.is_exe_upper_layer",
+    "proc.is_exe_from_memfd",
+    "proc.exe_ino.ctime",
+    "proc.exe_ino.mtime",
+    "proc.exe_ino.ctime_duration_proc_start",
+    "proc.is_vpgid_leader",
+    "thread.cap_effective",
+    "thread.cap_permitted",
+    "user.loginuid",
+    "user.loginname",
+    "group.name",
+    "fd.num",
+    "fd.nameraw",
+    "fd.realname",
+    "fd.connected",
+    "fd.name_changed",
+    "fd.port",
+    "fd.sockfamily",
+    "fd.ip",
+    "fd.cip",
+    "fd.lip",
+    "fd.net",
+    "fd.cnet",
+    "fd.snet",
+    "fd.lnet",
+    "fd.rnet",
+    "fd.sip.name",
+    "fd.cip.name",
+    "fd.rip.name",
+    "fd.lip.name",
+    "container.image",
+    "container.image.repository",
+    "container.image.tag",
+    "container.image.digest",
+    "container.privileged",
+    "container.start_ts",
+    "container.info",
 ];
 
 impl Field {
@@ -230,6 +345,61 @@ impl Field {
             ("k8s.pod.name", None) => Self::K8sPodName,
             ("k8s.pod.labels", None) => Self::K8sPodLabels,
             ("k8s.pod.label", Some(key)) => Self::K8sPodLabel(key.to_owned()),
+            ("evt.num", None) => Self::EvtNum,
+            ("evt.res", None) => Self::EvtRes,
+            ("evt.rawres", None) => Self::EvtRawres,
+            ("evt.arg", Some(n)) => Self::EvtArgIndex(n.parse().ok()?),
+            ("evt.args", None) => Self::EvtArgs,
+            ("proc.tty", None) => Self::ProcTty,
+            ("proc.sname", None) => Self::ProcSname,
+            ("proc.vpid", None) => Self::ProcVpid,
+            ("proc.env", None) => Self::ProcEnv,
+            ("proc.duration", None) => Self::ProcDuration,
+            ("proc.pexe", None) => Self::ProcPexe,
+            ("proc.aexe", Some(n)) => Self::ProcAexe(n.parse().ok()?),
+            ("proc.aexepath", Some(n)) => Self::ProcAexepath(n.parse().ok()?),
+            ("proc.is_exe_upper_layer", None) => Self::ProcIsExeUpperLayer,
+            ("proc.is_exe_from_memfd", None) => Self::ProcIsExeFromMemfd,
+            ("proc.exe_ino.ctime", None) => Self::ProcExeInoCtime,
+            ("proc.exe_ino.mtime", None) => Self::ProcExeInoMtime,
+            ("proc.exe_ino.ctime_duration_proc_start", None) => {
+                Self::ProcExeInoCtimeDurationProcStart
+            }
+            ("proc.is_vpgid_leader", None) => Self::ProcIsVpgidLeader,
+            ("thread.cap_effective", None) => Self::ThreadCapEffective,
+            ("thread.cap_permitted", None) => Self::ThreadCapPermitted,
+            ("user.loginuid", None) => Self::UserLoginuid,
+            ("user.loginname", None) => Self::UserLoginname,
+            ("group.name", None) => Self::GroupName,
+            ("fd.num", None) => Self::FdNum,
+            ("fd.nameraw", None) => Self::FdNameraw,
+            ("fd.realname", None) => Self::FdRealname,
+            ("fd.connected", None) => Self::FdConnected,
+            ("fd.name_changed", None) => Self::FdNameChanged,
+            ("fd.port", None) => Self::FdPort,
+            ("fd.sockfamily", None) => Self::FdSockfamily,
+            ("fd.ip", None) => Self::FdIp,
+            ("fd.cip", None) => Self::FdCip,
+            ("fd.lip", None) => Self::FdLip,
+            ("fd.net", None) => Self::FdNet(0),
+            ("fd.cnet", None) => Self::FdNet(1),
+            ("fd.snet", None) => Self::FdNet(2),
+            ("fd.lnet", None) => Self::FdNet(3),
+            ("fd.rnet", None) => Self::FdNet(4),
+            ("fd.sip.name", None) => Self::FdIpName(0),
+            ("fd.cip.name", None) => Self::FdIpName(1),
+            ("fd.rip.name", None) => Self::FdIpName(2),
+            ("fd.lip.name", None) => Self::FdIpName(3),
+            ("container.image", None) => Self::ContainerImage,
+            ("container.image.repository", None) => Self::ContainerImageRepository,
+            ("container.image.tag", None) => Self::ContainerImageTag,
+            ("container.image.digest", None) => Self::ContainerImageDigest,
+            ("container.privileged", None) => Self::ContainerPrivileged,
+            ("container.start_ts", None) => Self::ContainerStartTs,
+            ("container.info", None) => Self::ContainerInfo,
+            (arg, None) if arg.starts_with("evt.arg.") && arg.len() > "evt.arg.".len() => {
+                Self::EvtArg(arg["evt.arg.".len()..].to_owned())
+            }
             _ => return None,
         };
         Some(field)
@@ -245,8 +415,29 @@ impl Field {
             | Self::GroupGid
             | Self::FdSport
             | Self::FdLport
-            | Self::FdRport => Type::Int,
-            Self::EvtIsOpenRead | Self::EvtIsOpenWrite => Type::Bool,
+            | Self::FdRport
+            | Self::EvtNum
+            | Self::EvtRawres
+            | Self::ProcTty
+            | Self::ProcVpid
+            | Self::ProcDuration
+            | Self::ProcExeInoCtime
+            | Self::ProcExeInoMtime
+            | Self::ProcExeInoCtimeDurationProcStart
+            | Self::UserLoginuid
+            | Self::FdNum
+            | Self::FdPort
+            | Self::ContainerStartTs => Type::Int,
+            Self::EvtIsOpenRead
+            | Self::EvtIsOpenWrite
+            | Self::ProcIsExeUpperLayer
+            | Self::ProcIsExeFromMemfd
+            | Self::ProcIsVpgidLeader
+            | Self::FdConnected
+            | Self::FdNameChanged
+            | Self::ContainerPrivileged => Type::Bool,
+            Self::FdNet(_) => Type::Net,
+            Self::FdIpName(_) => Type::Dns,
             _ => Type::Str,
         }
     }
@@ -267,6 +458,8 @@ pub enum Val<'a> {
 pub struct Users {
     path: std::path::PathBuf,
     by_uid: HashMap<u32, String>,
+    /// Group names from the `group` file beside the passwd file.
+    by_gid: HashMap<u32, String>,
     read_at: Option<Instant>,
 }
 
@@ -278,23 +471,35 @@ impl Default for Users {
 
 impl Users {
     pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
-        let mut users = Self { path: path.into(), by_uid: HashMap::new(), read_at: None };
+        let mut users =
+            Self { path: path.into(), by_uid: HashMap::new(), by_gid: HashMap::new(), read_at: None };
         users.reload();
         users
     }
 
     fn reload(&mut self) {
         self.read_at = Some(Instant::now());
-        let Ok(text) = std::fs::read_to_string(&self.path) else { return };
-        self.by_uid = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split(':');
-                let name = parts.next()?;
-                let uid = parts.nth(1)?.parse().ok()?;
-                Some((uid, name.to_owned()))
-            })
-            .collect();
+        let ids = |text: &str| -> HashMap<u32, String> {
+            text.lines()
+                .filter_map(|line| {
+                    let mut parts = line.split(':');
+                    let name = parts.next()?;
+                    let id = parts.nth(1)?.parse().ok()?;
+                    Some((id, name.to_owned()))
+                })
+                .collect()
+        };
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            self.by_uid = ids(&text);
+        }
+        if let Ok(text) = std::fs::read_to_string(self.path.with_file_name("group")) {
+            self.by_gid = ids(&text);
+        }
+    }
+
+    /// The name of group `gid`.
+    pub fn group(&self, gid: u32) -> Option<&str> {
+        self.by_gid.get(&gid).map(String::as_str)
     }
 
     /// Makes sure `uid` was looked up recently (call before evaluating).
@@ -318,6 +523,8 @@ pub struct Ctx<'a> {
     pub processes: &'a ProcessTable,
     pub users: &'a Users,
     pub hostname: &'a str,
+    /// Falco's `evt.num`: this event's number, from 1, in the order the evaluator saw them.
+    pub num: u64,
 }
 
 impl<'a> Ctx<'a> {
@@ -416,7 +623,7 @@ impl<'a> Ctx<'a> {
             Field::UserName => opt(self.users.name(h.uid)),
             Field::GroupGid => Val::Int(i64::from(h.gid)),
             Field::FdName => match (file, sock) {
-                (Some(f), _) => Val::Str(&f.path),
+                (Some(f), _) => Val::Str(falco_path(f, h.pid, scratch)),
                 (_, Some(s)) => {
                     use std::fmt::Write as _;
                     scratch.clear();
@@ -429,16 +636,23 @@ impl<'a> Ctx<'a> {
                 _ => Val::Missing,
             },
             Field::FdDirectory => match file {
-                Some(f) => Val::Str(match f.path.rfind('/') {
-                    Some(0) => "/",
-                    Some(i) => &f.path[..i],
-                    None => "",
-                }),
+                Some(f) => {
+                    let path = falco_path(f, h.pid, scratch);
+                    Val::Str(match path.rfind('/') {
+                        Some(0) => "/",
+                        Some(i) => &path[..i],
+                        None => "",
+                    })
+                }
                 None => Val::Missing,
             },
-            Field::FdFilename => {
-                opt(file.map(|f| f.path.rsplit_once('/').map_or(f.path.as_str(), |(_, n)| n)))
-            }
+            Field::FdFilename => match file {
+                Some(f) => {
+                    let path = falco_path(f, h.pid, scratch);
+                    Val::Str(path.rsplit_once('/').map_or(path, |(_, n)| n))
+                }
+                None => Val::Missing,
+            },
             Field::FdTypechar => match (file, sock) {
                 (Some(_), _) => Val::Str("f"),
                 (_, Some(s)) if s.address.is_ipv4() => Val::Str("4"),
@@ -510,8 +724,382 @@ impl<'a> Ctx<'a> {
             Field::K8sPodLabel(key) => {
                 opt(e.pod.as_ref().and_then(|p| p.pod_labels.get(key)).map(String::as_str))
             }
+            _ => self.get_more(field, scratch),
         }
     }
+
+    /// The fields beyond the event's own data: results, arguments, /proc, container
+    /// metadata.
+    fn get_more<'s>(&self, field: &'s Field, scratch: &'s mut String) -> Val<'s>
+    where
+        'a: 's,
+    {
+        use std::fmt::Write as _;
+
+        use super::procfs;
+        let e = self.event;
+        let h = &e.header;
+        let pid = h.pid;
+        let file = match &e.detail {
+            Detail::File(op) => Some(op),
+            _ => None,
+        };
+        let sock = match &e.detail {
+            Detail::Sock(op) => Some(op),
+            _ => None,
+        };
+        let int = |v: Option<i64>| v.map_or(Val::Missing, Val::Int);
+        let info = e.container.as_ref().and_then(|c| c.info.as_ref());
+        let owned = |scratch: &'s mut String, v: Option<String>| match v {
+            Some(v) => {
+                *scratch = v;
+                Val::Str(scratch)
+            }
+            None => Val::Missing,
+        };
+        match field {
+            Field::EvtNum => Val::Int(i64::try_from(self.num).unwrap_or(i64::MAX)),
+            Field::EvtRes => Val::Str("SUCCESS"),
+            Field::EvtRawres => match file.and_then(|f| f.fd) {
+                Some(fd) => Val::Int(i64::from(fd)),
+                None => Val::Int(0),
+            },
+            Field::EvtArg(name) => self.arg(name, scratch),
+            Field::EvtArgIndex(i) => match self.arg_names().get(usize::from(*i)) {
+                Some(name) => self.arg(name, scratch),
+                None => Val::Missing,
+            },
+            Field::EvtArgs => {
+                let mut out = String::new();
+                for name in self.arg_names() {
+                    let mut tmp = String::new();
+                    let shown = match self.arg(name, &mut tmp) {
+                        Val::Str(s) => s.to_owned(),
+                        Val::Int(i) => i.to_string(),
+                        Val::Bool(b) => b.to_string(),
+                        Val::Missing => continue,
+                    };
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    let _ = write!(out, "{name}={shown}");
+                }
+                owned(scratch, Some(out))
+            }
+            Field::ProcTty => int(procfs::tty(pid)),
+            Field::ProcSname => {
+                owned(scratch, procfs::session(pid).and_then(procfs::comm))
+            }
+            Field::ProcVpid => int(procfs::vpid(pid)),
+            Field::ProcEnv => owned(scratch, procfs::env(pid)),
+            Field::ProcDuration => match procfs::start_boot_ns(pid) {
+                Some(start) => {
+                    Val::Int((i64::try_from(h.boot_ns).unwrap_or(i64::MAX) - start).max(0))
+                }
+                None => Val::Missing,
+            },
+            Field::ProcPexe => match self.ancestor(1) {
+                Some((_, info)) => info.args.first().map_or(Val::Missing, |a| Val::Str(a)),
+                None => Val::Missing,
+            },
+            Field::ProcAexe(n) => match self.ancestor(*n) {
+                Some((_, info)) => info.args.first().map_or(Val::Missing, |a| Val::Str(a)),
+                None => Val::Missing,
+            },
+            Field::ProcAexepath(n) => match self.ancestor(*n) {
+                Some((_, info)) => non_empty(&info.binary),
+                None => Val::Missing,
+            },
+            Field::ProcIsExeUpperLayer => {
+                procfs::exe_upper_layer(pid).map_or(Val::Missing, Val::Bool)
+            }
+            Field::ProcIsExeFromMemfd => {
+                procfs::exe_from_memfd(pid).map_or(Val::Missing, Val::Bool)
+            }
+            Field::ProcExeInoCtime => int(procfs::exe_times(pid).map(|t| t.0)),
+            Field::ProcExeInoMtime => int(procfs::exe_times(pid).map(|t| t.1)),
+            Field::ProcExeInoCtimeDurationProcStart => {
+                // Process start (wall clock) minus the executable's ctime.
+                match (procfs::exe_times(pid), procfs::start_boot_ns(pid)) {
+                    (Some((ctime, _)), Some(start_boot)) => {
+                        let boot = i64::try_from(h.boot_ns).unwrap_or(0);
+                        let start_wall =
+                            i64::try_from(e.wall_ns).unwrap_or(0) - (boot - start_boot);
+                        Val::Int(start_wall - ctime)
+                    }
+                    _ => Val::Missing,
+                }
+            }
+            Field::ProcIsVpgidLeader => match (procfs::pgrp(pid), procfs::vpid(pid)) {
+                // Compared in the root namespace: the group leader's pid is the pgid.
+                (Some(pgrp), Some(_)) => Val::Bool(pgrp == pid),
+                _ => Val::Missing,
+            },
+            Field::ThreadCapEffective => owned(scratch, procfs::caps(h.tid, "CapEff")),
+            Field::ThreadCapPermitted => owned(scratch, procfs::caps(h.tid, "CapPrm")),
+            Field::UserLoginuid => int(procfs::loginuid(pid)),
+            Field::UserLoginname => match procfs::loginuid(pid) {
+                Some(uid) if uid >= 0 => u32::try_from(uid)
+                    .ok()
+                    .and_then(|u| self.users.name(u))
+                    .map_or(Val::Missing, Val::Str),
+                _ => Val::Missing,
+            },
+            Field::GroupName => self.users.group(h.gid).map_or(Val::Missing, Val::Str),
+            Field::FdNum => match file {
+                Some(f) => f.fd.map_or(Val::Missing, |fd| Val::Int(i64::from(fd))),
+                None => Val::Missing,
+            },
+            Field::FdNameraw => match file {
+                Some(f) => f.raw_path.as_deref().map_or(Val::Missing, Val::Str),
+                None => Val::Missing,
+            },
+            Field::FdRealname => file.map_or(Val::Missing, |f| Val::Str(&f.path)),
+            Field::FdConnected => {
+                sock.map_or(Val::Missing, |s| Val::Bool(s.operation == "connect"))
+            }
+            Field::FdNameChanged => sock.map_or(Val::Missing, |_| Val::Bool(false)),
+            Field::FdPort => sock.map_or(Val::Missing, |s| Val::Int(i64::from(s.port))),
+            Field::FdSockfamily => sock.map_or(Val::Missing, |_| Val::Str("ip")),
+            // The one address our socket events carry: the server's on connect, the local
+            // one on bind.
+            Field::FdIp | Field::FdNet(0) => match sock {
+                Some(s) => {
+                    scratch.clear();
+                    let _ = write!(scratch, "{}", s.address);
+                    Val::Str(scratch)
+                }
+                None => Val::Missing,
+            },
+            Field::FdCip | Field::FdNet(1) | Field::FdIpName(1) => Val::Missing,
+            Field::FdLip | Field::FdNet(3) | Field::FdIpName(3) => match sock {
+                Some(s) if s.operation == "bind" => {
+                    scratch.clear();
+                    let _ = write!(scratch, "{}", s.address);
+                    Val::Str(scratch)
+                }
+                _ => Val::Missing,
+            },
+            Field::FdNet(_) | Field::FdIpName(_) => match sock {
+                Some(s) if s.operation == "connect" => {
+                    scratch.clear();
+                    let _ = write!(scratch, "{}", s.address);
+                    Val::Str(scratch)
+                }
+                _ => Val::Missing,
+            },
+            Field::ContainerImage => info.and_then(|i| i.image.as_deref()).map_or(Val::Missing, Val::Str),
+            Field::ContainerImageRepository => {
+                info.and_then(|i| i.image_parts().0).map_or(Val::Missing, Val::Str)
+            }
+            Field::ContainerImageTag => {
+                info.and_then(|i| i.image_parts().1).map_or(Val::Missing, Val::Str)
+            }
+            Field::ContainerImageDigest => {
+                info.and_then(|i| i.image_parts().2).map_or(Val::Missing, Val::Str)
+            }
+            Field::ContainerPrivileged => match &e.container {
+                Some(_) => info.and_then(|i| i.privileged).map_or(Val::Missing, Val::Bool),
+                None => Val::Bool(false),
+            },
+            Field::ContainerStartTs => info
+                .and_then(|i| i.started_at.as_deref())
+                .and_then(rfc3339_ns)
+                .map_or(Val::Missing, Val::Int),
+            Field::ContainerInfo => {
+                // Falco's default: the container id and name (`%container.info`).
+                scratch.clear();
+                let id = e.container.as_ref().map_or("host", |c| c.id.get(..12).unwrap_or(&c.id));
+                let name = match (&e.container, info.and_then(|i| i.name.as_deref())) {
+                    (None, _) => "host",
+                    (Some(_), Some(n)) => n,
+                    (Some(_), None) => "<NA>",
+                };
+                let _ = write!(scratch, "container_id={id} container_name={name}");
+                Val::Str(scratch)
+            }
+            _ => Val::Missing,
+        }
+    }
+
+    /// Falco's argument names for this event, in order (`evt.arg[N]`, `evt.args`).
+    pub fn arg_names(&self) -> &'static [&'static str] {
+        match self.class {
+            Class::Open => &["fd", "dirfd", "name", "flags", "mode"],
+            Class::Exec => &["res", "exe", "args", "cwd", "flags"],
+            Class::Unlink => &["res", "name"],
+            Class::Rename => &["res", "oldpath", "newpath"],
+            Class::Bind | Class::Connect => &["res", "addr"],
+            Class::Exit => &[],
+        }
+    }
+
+    /// `evt.arg.NAME` for this event.
+    fn arg<'s>(&self, name: &str, scratch: &'s mut String) -> Val<'s>
+    where
+        'a: 's,
+    {
+        use std::fmt::Write as _;
+        let e = self.event;
+        match (&e.detail, name) {
+            (Detail::File(f), "fd") if f.operation == "open" => {
+                f.fd.map_or(Val::Missing, |fd| Val::Int(i64::from(fd)))
+            }
+            (Detail::File(f), "dirfd") if f.operation == "open" => match f.dirfd {
+                Some(-100) => Val::Str("AT_FDCWD"),
+                Some(d) => Val::Int(i64::from(d)),
+                None => Val::Missing,
+            },
+            (Detail::File(f), "name" | "path" | "filename") if f.operation != "rename" => {
+                Val::Str(&f.path)
+            }
+            (Detail::File(f), "flags") if f.operation == "open" => match f.open_flags {
+                Some(flags) => {
+                    open_flags(scratch, flags);
+                    Val::Str(scratch)
+                }
+                None => Val::Missing,
+            },
+            (Detail::File(f), "oldpath") if f.operation == "rename" => Val::Str(&f.path),
+            (Detail::File(f), "newpath") if f.operation == "rename" => {
+                f.new_path.as_deref().map_or(Val::Missing, Val::Str)
+            }
+            (Detail::File(_) | Detail::Sock(_), "res") => Val::Int(0),
+            (Detail::Exec { .. }, "res") => Val::Int(0),
+            (Detail::Exec { .. }, "exe") => {
+                e.process.args.first().map_or(Val::Missing, |a| Val::Str(a))
+            }
+            (Detail::Exec { .. }, "cwd") => non_empty(&e.process.cwd),
+            (Detail::Exec { .. }, "args") => {
+                scratch.clear();
+                for (i, a) in e.process.args.iter().skip(1).enumerate() {
+                    if i > 0 {
+                        scratch.push(' ');
+                    }
+                    scratch.push_str(a);
+                }
+                Val::Str(scratch)
+            }
+            (Detail::Exec { .. }, "flags") => {
+                match super::procfs::exe_flags(e.header.pid, e.header.uid) {
+                    Some(flags) => {
+                        *scratch = flags;
+                        Val::Str(scratch)
+                    }
+                    None => Val::Missing,
+                }
+            }
+            (Detail::Sock(s), "addr") => {
+                scratch.clear();
+                let _ = match s.address {
+                    std::net::IpAddr::V4(a) => write!(scratch, "{a}:{}", s.port),
+                    std::net::IpAddr::V6(a) => write!(scratch, "[{a}]:{}", s.port),
+                };
+                Val::Str(scratch)
+            }
+            _ => Val::Missing,
+        }
+    }
+}
+
+/// Falco's rendering of open flags: `O_RDONLY`, `O_WRONLY` or `O_RDWR`, then the other
+/// flags set, joined with `|` (`O_WRONLY|O_CREAT|O_TRUNC`).
+pub fn open_flags(out: &mut String, flags: u32) {
+    const NAMES: [(u32, &str); 12] = [
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o400, "O_NOCTTY"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o10000, "O_DSYNC"),
+        (0o40000, "O_DIRECT"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o20000000, "O_TMPFILE"),
+    ];
+    out.clear();
+    out.push_str(match flags & 3 {
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_RDONLY",
+    });
+    for (bit, name) in NAMES {
+        // O_TMPFILE includes O_DIRECTORY's bit.
+        if flags & bit == bit {
+            out.push('|');
+            out.push_str(name);
+        }
+    }
+}
+
+/// Falco's `fd.name` for a file event: the path as the process passed it, joined with its
+/// working directory and normalised lexically (symlinks not resolved). When the kernel could
+/// not read the path the process passed (or it is relative to a directory descriptor), the
+/// resolved path stands in.
+fn falco_path<'s>(f: &'s crate::decode::FileOp, pid: u32, scratch: &'s mut String) -> &'s str {
+    let Some(raw) = f.raw_path.as_deref().filter(|r| !r.is_empty()) else {
+        return &f.path;
+    };
+    if raw.starts_with('/') {
+        let clean = !raw.contains("//")
+            && !raw.contains("/./")
+            && !raw.contains("/../")
+            && !raw.ends_with("/.")
+            && !raw.ends_with("/..")
+            && (raw.len() == 1 || !raw.ends_with('/'));
+        if clean {
+            return raw;
+        }
+        *scratch = crate::decode::normalize(raw);
+        return scratch;
+    }
+    if f.dirfd.is_some_and(|d| d != -100) {
+        return &f.path;
+    }
+    match super::procfs::cwd(pid) {
+        Some(cwd) => {
+            *scratch = crate::decode::normalize(&format!("{cwd}/{raw}"));
+            scratch
+        }
+        None => &f.path,
+    }
+}
+
+/// `2024-05-01T10:00:00Z` (Kubernetes' `startedAt`; fractions and offsets accepted) →
+/// nanoseconds since the epoch.
+fn rfc3339_ns(t: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
+        .ok()?;
+    let mut rest = &t[19..];
+    let mut frac_ns = 0_i64;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        let mut v: i64 = f[..digits.min(9)].parse().unwrap_or(0);
+        for _ in digits.min(9)..9 {
+            v *= 10;
+        }
+        frac_ns = v;
+        rest = &f[digits..];
+    }
+    let offset_s = match rest.as_bytes().first() {
+        Some(b'Z' | b'z') | None => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            let v = oh * 3600 + om * 60;
+            if sign == b'+' { v } else { -v }
+        }
+        _ => return None,
+    };
+    let days = i64::from(date.to_julian_day()) - 2_440_588;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    Some(secs * 1_000_000_000 + frac_ns)
 }
 
 fn non_empty(s: &str) -> Val<'_> {
