@@ -9,7 +9,7 @@ use sensor_common::{
     host::{
         Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_OPEN, FILE_OP_RENAME,
         FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND,
-        SockEvent, SyscallEvent,
+        SockEvent, SyscallArgsEvent, SyscallEvent,
     },
     net::{FAMILY_IPV4, FlowEvent},
 };
@@ -88,6 +88,18 @@ pub struct SyscallOp {
     pub nr: u32,
 }
 
+/// A syscall a Falco rule names (ptrace, symlink, dup, ...): its raw arguments, result and
+/// string arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallArgsOp {
+    pub header: Header,
+    pub nr: u32,
+    pub ret: i64,
+    pub args: [u64; 6],
+    /// The string arguments the kernel copied, by argument index.
+    pub strings: Vec<(usize, String)>,
+}
+
 /// A flow's first packet (or a dropped packet) with the verdict the kernel reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
@@ -122,6 +134,7 @@ pub enum HostEvent {
     File(FileOp),
     Sock(SockOp),
     Syscall(SyscallOp),
+    SyscallArgs(SyscallArgsOp),
     Flow(Flow),
 }
 
@@ -161,6 +174,25 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
         k if k == EventKind::Sock as u32 => decode_sock(record).map(HostEvent::Sock),
         k if k == EventKind::Syscall as u32 => read::<SyscallEvent>(record, "syscall")
             .map(|raw| HostEvent::Syscall(SyscallOp { header: header(&raw.header), nr: raw.nr })),
+        k if k == EventKind::SyscallArgs as u32 => {
+            read::<SyscallArgsEvent>(record, "syscall args").map(|raw| {
+                let mut strings = Vec::new();
+                let mut slot = 0;
+                for i in 0..6 {
+                    if raw.str_mask & (1 << i) != 0 && slot < 2 {
+                        strings.push((i, text(&raw.strs[slot], raw.str_len[slot] as usize)));
+                        slot += 1;
+                    }
+                }
+                HostEvent::SyscallArgs(SyscallArgsOp {
+                    header: header(&raw.header),
+                    nr: raw.nr,
+                    ret: raw.ret,
+                    args: raw.args,
+                    strings,
+                })
+            })
+        }
         k if k == EventKind::Flow as u32 => decode_flow(record).map(HostEvent::Flow),
         other => Err(DecodeError::UnknownKind(other)),
     }

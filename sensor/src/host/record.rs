@@ -16,7 +16,7 @@ use super::{
     process::{ProcessInfo, ProcessTable},
 };
 use crate::{
-    decode::{FileOp, Header, HostEvent, SockOp},
+    decode::{FileOp, Header, HostEvent, SockOp, SyscallArgsOp},
     sys::BootClock,
 };
 
@@ -109,6 +109,8 @@ pub enum Detail {
     File(FileOp),
     Sock(SockOp),
     Syscall { nr: u32 },
+    /// A syscall a Falco rule names, with its arguments and result.
+    SyscallArgs(SyscallArgsOp),
 }
 
 /// A host event with everything enrichment found: the process, its parent, container and
@@ -192,6 +194,11 @@ impl HostFormatter {
                 let info = self.processes.get(op.header.pid);
                 ("process_syscall", op.header, info, Detail::Syscall { nr: op.nr })
             }
+            HostEvent::SyscallArgs(op) => {
+                let info = self.processes.get(op.header.pid);
+                let header = op.header.clone();
+                ("process_syscall", header, info, Detail::SyscallArgs(op))
+            }
             HostEvent::Flow(_) => return None,
         };
         // Events from before the agent started carry no ppid: the process table may know it.
@@ -255,6 +262,12 @@ impl HostFormatter {
                 body.protocol = Some(op.protocol);
                 body.address = Some(op.address.to_string());
                 body.port = Some(op.port);
+            }
+            Detail::SyscallArgs(op) => {
+                body.syscall = Some(
+                    crate::rules::syscalls::by_nr(op.nr)
+                        .map_or_else(|| op.nr.to_string(), |s| s.name.to_owned()),
+                );
             }
             Detail::Syscall { nr } => {
                 body.syscall = Some(

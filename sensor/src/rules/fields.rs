@@ -21,23 +21,73 @@ pub enum Class {
     Rename = 4,
     Bind = 5,
     Connect = 6,
+    // One class per syscall of [`super::syscalls::SPECS`].
+    Ptrace = 7,
+    Symlink = 8,
+    Symlinkat = 9,
+    Link = 10,
+    Linkat = 11,
+    Socket = 12,
+    Dup = 13,
+    Dup2 = 14,
+    Dup3 = 15,
+    InitModule = 16,
+    FinitModule = 17,
+    Chmod = 18,
+    Fchmod = 19,
+    Fchmodat = 20,
+    Mkdir = 21,
+    Mkdirat = 22,
+    Setns = 23,
+    Unshare = 24,
+    Setuid = 25,
+    Mount = 26,
+    Userfaultfd = 27,
 }
 
-pub const CLASSES: usize = 7;
+pub const CLASSES: usize = 28;
 /// A set of [`Class`]es, one bit each.
 pub type ClassMask = u64;
 pub const ALL_CLASSES: ClassMask = (1 << CLASSES) - 1;
 
 impl Class {
-    pub const ALL: [Self; CLASSES] =
-        [Self::Exec, Self::Exit, Self::Open, Self::Unlink, Self::Rename, Self::Bind, Self::Connect];
+    pub const ALL: [Self; CLASSES] = [
+        Self::Exec,
+        Self::Exit,
+        Self::Open,
+        Self::Unlink,
+        Self::Rename,
+        Self::Bind,
+        Self::Connect,
+        Self::Ptrace,
+        Self::Symlink,
+        Self::Symlinkat,
+        Self::Link,
+        Self::Linkat,
+        Self::Socket,
+        Self::Dup,
+        Self::Dup2,
+        Self::Dup3,
+        Self::InitModule,
+        Self::FinitModule,
+        Self::Chmod,
+        Self::Fchmod,
+        Self::Fchmodat,
+        Self::Mkdir,
+        Self::Mkdirat,
+        Self::Setns,
+        Self::Unshare,
+        Self::Setuid,
+        Self::Mount,
+        Self::Userfaultfd,
+    ];
 
     pub const fn bit(self) -> ClassMask {
         1 << self as u8
     }
 
     /// The `evt.type` we print for the class.
-    pub const fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Exec => "execve",
             Self::Exit => "procexit",
@@ -46,7 +96,14 @@ impl Class {
             Self::Rename => "renameat2",
             Self::Bind => "bind",
             Self::Connect => "connect",
+            other => super::syscalls::by_class(other).map_or("unknown", |s| s.name),
         }
+    }
+
+    /// Whether events of the class come from the rules' own syscall table (and are seen as an
+    /// enter and an exit event).
+    pub fn is_syscall(self) -> bool {
+        self as u8 >= Self::Ptrace as u8
     }
 
     /// The class of an `evt.type` name, None for syscalls we do not observe.
@@ -59,7 +116,7 @@ impl Class {
             "rename" | "renameat" | "renameat2" => Self::Rename,
             "bind" => Self::Bind,
             "connect" => Self::Connect,
-            _ => return None,
+            other => return super::syscalls::SPECS.iter().find(|s| s.name == other).map(|s| s.class),
         })
     }
 
@@ -76,6 +133,7 @@ impl Class {
             Detail::Sock(op) if op.operation == "bind" => Self::Bind,
             Detail::Sock(_) => Self::Connect,
             Detail::Syscall { .. } => return None,
+            Detail::SyscallArgs(op) => super::syscalls::by_nr(op.nr)?.class,
         })
     }
 }
@@ -525,6 +583,15 @@ pub struct Ctx<'a> {
     pub hostname: &'a str,
     /// Falco's `evt.num`: this event's number, from 1, in the order the evaluator saw them.
     pub num: u64,
+    /// Which of Falco's two events of a syscall this view is (`evt.dir`).
+    pub dir: Dir,
+}
+
+/// Falco's event direction: `>` for a syscall's enter event, `<` for its exit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Enter,
+    Exit,
 }
 
 impl<'a> Ctx<'a> {
@@ -563,10 +630,19 @@ impl<'a> Ctx<'a> {
             _ => None,
         };
         let opt = |v: Option<&'s str>| v.map_or(Val::Missing, Val::Str);
+        if let Detail::SyscallArgs(op) = &e.detail
+            && let Some(spec) = super::syscalls::by_nr(op.nr)
+            && let Some(val) = self.syscall_field(field, op, spec, scratch)
+        {
+            return val;
+        }
         match field {
             Field::EvtType => Val::Str(self.class.name()),
             Field::EvtTime => Val::Int(i64::try_from(e.wall_ns).unwrap_or(0)),
-            Field::EvtDir => Val::Str("<"),
+            Field::EvtDir => Val::Str(match self.dir {
+                Dir::Enter => ">",
+                Dir::Exit => "<",
+            }),
             Field::EvtIsOpenRead => file
                 .filter(|f| f.operation == "open")
                 .map_or(Val::Missing, |f| Val::Bool(f.access.contains(&"read"))),
@@ -931,7 +1007,142 @@ impl<'a> Ctx<'a> {
             Class::Rename => &["res", "oldpath", "newpath"],
             Class::Bind | Class::Connect => &["res", "addr"],
             Class::Exit => &[],
+            _ => &[],
         }
+    }
+
+    /// The fields a rule-named syscall event answers itself: its type, direction, result,
+    /// arguments (Falco's names for this direction), and the descriptor it names. None:
+    /// the field is the process's or the container's, answered as for any event.
+    fn syscall_field<'s>(
+        &self,
+        field: &'s Field,
+        op: &'s crate::decode::SyscallArgsOp,
+        spec: &'static super::syscalls::Spec,
+        scratch: &'s mut String,
+    ) -> Option<Val<'s>>
+    where
+        'a: 's,
+    {
+        use std::fmt::Write as _;
+
+        use super::syscalls::Param;
+        let params = match self.dir {
+            Dir::Enter => spec.enter,
+            Dir::Exit => spec.exit,
+        };
+        let exit = self.dir == Dir::Exit;
+        // The descriptor the event is about: the first `fd`-like argument, or the result of
+        // a call that returns one.
+        let fd: Option<i64> = match spec.class {
+            Class::Dup | Class::Dup2 | Class::Dup3 | Class::Setns | Class::Fchmod => {
+                Some(op.args[0] as i32 as i64)
+            }
+            Class::FinitModule => Some(op.args[0] as i32 as i64),
+            Class::Socket if exit && op.ret >= 0 => Some(op.ret),
+            _ => None,
+        };
+        let sock = || fd.and_then(|fd| super::procfs::fd_target(self.event.header.pid, fd));
+        let users = self.users;
+        let param_val = |p: &Param, scratch: &'s mut String| param_value(op, users, p, scratch);
+        let name_of = |p: &Param| match *p {
+            Param::Res(n) | Param::Arg(n, _, _) => n,
+        };
+        Some(match field {
+            Field::EvtType => Val::Str(spec.name),
+            Field::EvtRes if exit => {
+                if op.ret < 0 {
+                    *scratch = super::syscalls::errno_name(op.ret);
+                    Val::Str(scratch)
+                } else {
+                    Val::Str("SUCCESS")
+                }
+            }
+            Field::EvtRawres if exit => Val::Int(op.ret),
+            Field::EvtRes | Field::EvtRawres => Val::Missing,
+            Field::EvtArg(name) => match params.iter().find(|p| name_of(p) == name) {
+                Some(p) => param_val(p, scratch),
+                None => Val::Missing,
+            },
+            Field::EvtArgIndex(i) => match params.get(usize::from(*i)) {
+                Some(p) => param_val(p, scratch),
+                None => Val::Missing,
+            },
+            Field::EvtArgs => {
+                let mut out = String::new();
+                for p in params {
+                    let mut tmp = String::new();
+                    let shown = match param_value(op, users, p, &mut tmp) {
+                        Val::Str(s) => s.to_owned(),
+                        Val::Int(i) => i.to_string(),
+                        Val::Bool(b) => b.to_string(),
+                        Val::Missing => continue,
+                    };
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    let _ = write!(out, "{}={shown}", name_of(p));
+                }
+                *scratch = out;
+                Val::Str(scratch)
+            }
+            Field::FdNum => fd.map_or(Val::Missing, Val::Int),
+            Field::FdType | Field::FdTypechar => {
+                let (ty, ch) = match sock() {
+                    Some(Ok(s)) if s.v6 => ("ipv6", "6"),
+                    Some(Ok(_)) => ("ipv4", "4"),
+                    Some(Err(t)) if t.starts_with('/') => ("file", "f"),
+                    Some(Err(t)) if t.starts_with("pipe:") => ("pipe", "p"),
+                    Some(Err(t)) if t.starts_with("socket:") => ("unix", "u"),
+                    _ => return Some(Val::Missing),
+                };
+                Val::Str(if *field == Field::FdType { ty } else { ch })
+            }
+            Field::FdL4proto => match sock() {
+                Some(Ok(s)) => Val::Str(s.proto),
+                _ => Val::Missing,
+            },
+            Field::FdName => match sock() {
+                Some(Ok(s)) => {
+                    *scratch = format!("{}->{}", s.local, s.remote);
+                    Val::Str(scratch)
+                }
+                Some(Err(t)) => {
+                    *scratch = t;
+                    Val::Str(scratch)
+                }
+                None => Val::Missing,
+            },
+            Field::FdSip | Field::FdRip | Field::FdIp => match sock() {
+                Some(Ok(s)) => {
+                    *scratch = s.remote.ip().to_string();
+                    Val::Str(scratch)
+                }
+                _ => Val::Missing,
+            },
+            Field::FdCip | Field::FdLip => match sock() {
+                Some(Ok(s)) => {
+                    *scratch = s.local.ip().to_string();
+                    Val::Str(scratch)
+                }
+                _ => Val::Missing,
+            },
+            Field::FdSport | Field::FdRport | Field::FdPort => match sock() {
+                Some(Ok(s)) => Val::Int(i64::from(s.remote.port())),
+                _ => Val::Missing,
+            },
+            Field::FdLport => match sock() {
+                Some(Ok(s)) => Val::Int(i64::from(s.local.port())),
+                _ => Val::Missing,
+            },
+            Field::FdDirectory
+            | Field::FdFilename
+            | Field::FdNameraw
+            | Field::FdRealname
+            | Field::EvtIsOpenRead
+            | Field::EvtIsOpenWrite => Val::Missing,
+            _ => return None,
+        })
     }
 
     /// `evt.arg.NAME` for this event.
@@ -998,6 +1209,47 @@ impl<'a> Ctx<'a> {
                 Val::Str(scratch)
             }
             _ => Val::Missing,
+        }
+    }
+}
+
+/// One parameter of a rule-named syscall, printed as Falco prints its type.
+fn param_value<'t>(
+    op: &'t crate::decode::SyscallArgsOp,
+    users: &'t Users,
+    p: &super::syscalls::Param,
+    scratch: &'t mut String,
+) -> Val<'t> {
+    use std::fmt::Write as _;
+
+    use super::syscalls::{Kind, Param};
+    match *p {
+        Param::Res(_) => Val::Int(op.ret),
+        Param::Arg(_, i, kind) => {
+            let raw = op.args[i];
+            match kind {
+                Kind::Str => {
+                    op.strings.iter().find(|(j, _)| *j == i).map_or(Val::Missing, |(_, s)| Val::Str(s))
+                }
+                Kind::Int => Val::Int(raw as i32 as i64),
+                Kind::Hex => {
+                    scratch.clear();
+                    let _ = write!(scratch, "{raw:#x}");
+                    Val::Str(scratch)
+                }
+                Kind::Mode => {
+                    super::syscalls::mode(scratch, raw);
+                    Val::Str(scratch)
+                }
+                Kind::PtraceRequest => super::syscalls::ptrace_request(raw)
+                    .map_or_else(|| Val::Int(raw as i64), Val::Str),
+                Kind::SocketDomain => super::syscalls::socket_domain(raw)
+                    .map_or_else(|| Val::Int(raw as i64), Val::Str),
+                Kind::Uid => match users.name(raw as u32) {
+                    Some(name) => Val::Str(name),
+                    None => Val::Int(raw as i64),
+                },
+            }
         }
     }
 }

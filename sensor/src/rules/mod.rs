@@ -13,6 +13,7 @@ pub mod output;
 pub mod parse;
 pub mod procfs;
 pub mod runtime;
+pub mod syscalls;
 
 use std::{
     collections::HashMap,
@@ -22,7 +23,7 @@ use std::{
 use self::{
     compile::{Defs, Node, Skip},
     condition::{Expr, Op},
-    fields::{CLASSES, Class, Ctx, Users},
+    fields::{CLASSES, Class, Ctx, Dir, Users},
     parse::{Definitions, Origin, ParseError},
 };
 use crate::host::{process::ProcessTable, record::Enriched};
@@ -116,6 +117,8 @@ pub enum Cgroups {
 pub struct Interest {
     pub prefixes: Vec<String>,
     pub cgroups: Cgroups,
+    /// Syscall numbers of rule-named syscalls ([`syscalls::SPECS`]) the rules need, sorted.
+    pub syscalls: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +219,7 @@ impl RuleSet {
         set.by_class = by_class.map(Vec::into_boxed_slice);
         set.interest.prefixes.sort();
         set.interest.prefixes.dedup();
+        set.interest.syscalls.sort_unstable();
         set
     }
 
@@ -225,7 +229,18 @@ impl RuleSet {
             | Class::Rename.bit()
             | Class::Bind.bit()
             | Class::Connect.bit();
-        if rule.classes & KERNEL_FILTERED == 0 {
+        // A rule that names no event type (all classes) does not turn on every syscall.
+        let syscall_classes = if rule.classes == fields::ALL_CLASSES {
+            0
+        } else {
+            rule.classes & !(KERNEL_FILTERED | Class::Exec.bit() | Class::Exit.bit())
+        };
+        for spec in syscalls::SPECS {
+            if syscall_classes & spec.class.bit() != 0 && !self.interest.syscalls.contains(&spec.nr) {
+                self.interest.syscalls.push(spec.nr);
+            }
+        }
+        if rule.classes & (KERNEL_FILTERED | syscall_classes) == 0 {
             return;
         }
         let cgroups = if compile::needs_container(&rule.condition) {
@@ -470,15 +485,20 @@ impl Evaluator {
             return None;
         }
         self.users.prepare(event.header.uid);
-        let ctx = Ctx {
-            event,
-            class,
-            processes,
-            users: &self.users,
-            hostname: &self.hostname,
-            num: self.events,
-        };
-        let rule = set.first_match(&ctx, &mut self.scratch)?;
+        // A rule-named syscall is Falco's enter event, then its exit event.
+        let dirs: &[Dir] = if class.is_syscall() { &[Dir::Enter, Dir::Exit] } else { &[Dir::Exit] };
+        let (rule, ctx) = dirs.iter().find_map(|&dir| {
+            let ctx = Ctx {
+                event,
+                class,
+                processes,
+                users: &self.users,
+                hostname: &self.hostname,
+                num: self.events,
+                dir,
+            };
+            set.first_match(&ctx, &mut self.scratch).map(|rule| (rule, ctx))
+        })?;
         let alert = output::alert(rule, &ctx, &mut self.scratch);
         let json = serde_json::to_string(&alert).unwrap_or_default();
         Some(Match { rule, json, text: alert.output })
@@ -488,15 +508,19 @@ impl Evaluator {
     pub fn matches(&mut self, set: &RuleSet, event: &Enriched, processes: &ProcessTable) -> bool {
         let Some(class) = Class::of(event) else { return false };
         self.events += 1;
-        let ctx = Ctx {
-            event,
-            class,
-            processes,
-            users: &self.users,
-            hostname: &self.hostname,
-            num: self.events,
-        };
-        set.first_match(&ctx, &mut self.scratch).is_some()
+        let dirs: &[Dir] = if class.is_syscall() { &[Dir::Enter, Dir::Exit] } else { &[Dir::Exit] };
+        dirs.iter().any(|&dir| {
+            let ctx = Ctx {
+                event,
+                class,
+                processes,
+                users: &self.users,
+                hostname: &self.hostname,
+                num: self.events,
+                dir,
+            };
+            set.first_match(&ctx, &mut self.scratch).is_some()
+        })
     }
 }
 

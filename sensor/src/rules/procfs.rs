@@ -222,6 +222,64 @@ pub fn cwd(pid: u32) -> Option<String> {
     fs::read_link(dir(pid).join("cwd")).ok().map(|p| p.display().to_string())
 }
 
+/// An internet socket behind a descriptor, from `/proc/<pid>/net/{tcp,udp}{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InetSocket {
+    pub v6: bool,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+}
+
+/// What a descriptor is: `Ok(socket)` for an internet socket, `Err(target)` with the
+/// `/proc/<pid>/fd/<fd>` link target otherwise (`/path`, `pipe:[..]`, `socket:[..]` of
+/// another family).
+pub fn fd_target(pid: u32, fd: i64) -> Option<Result<InetSocket, String>> {
+    let target = fs::read_link(dir(pid).join(format!("fd/{fd}"))).ok()?.display().to_string();
+    let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
+        return Some(Err(target));
+    };
+    for (file, proto, v6) in
+        [("tcp", "tcp", false), ("tcp6", "tcp", true), ("udp", "udp", false), ("udp6", "udp", true)]
+    {
+        let Ok(table) = fs::read_to_string(dir(pid).join("net").join(file)) else { continue };
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(9) != Some(&inode) {
+                continue;
+            }
+            let (Some(local), Some(remote)) =
+                (cols.get(1).and_then(|a| hex_addr(a)), cols.get(2).and_then(|a| hex_addr(a)))
+            else {
+                continue;
+            };
+            return Some(Ok(InetSocket { v6, proto, local, remote }));
+        }
+    }
+    Some(Err(target))
+}
+
+/// `0100007F:1F90` (IPv4, little-endian words) or 32 hex digits (IPv6) and a port.
+fn hex_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: std::net::IpAddr = match addr.len() {
+        8 => std::net::Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.swap_bytes()).into(),
+        32 => {
+            let mut bytes = [0_u8; 16];
+            for word in 0..4 {
+                let w = u32::from_str_radix(&addr[word * 8..word * 8 + 8], 16).ok()?;
+                bytes[word * 4..word * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(v6.into(), Into::into)
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +297,23 @@ mod tests {
         assert_eq!(cap_names((1 << 21) | 1), "CAP_CHOWN CAP_SYS_ADMIN");
         assert!(loginuid(me).is_some());
         assert!(tty(u32::MAX).is_none());
+        assert_eq!(
+            hex_addr("0100007F:1F90"),
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
+    }
+
+    #[test]
+    fn a_connected_socket_is_found_by_its_descriptor() {
+        use std::os::fd::AsRawFd as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let sock = fd_target(std::process::id(), i64::from(client.as_raw_fd()))
+            .expect("fd")
+            .expect("inet socket");
+        assert_eq!(sock.proto, "tcp");
+        assert_eq!(sock.remote.port(), port);
+        assert!(!sock.v6);
     }
 }
