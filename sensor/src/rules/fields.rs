@@ -1378,7 +1378,8 @@ mod tests {
         assert_eq!(Field::parse("proc.aname"), Some(Field::ProcAname(None)));
         assert_eq!(Field::parse("k8s.pod.label[app]"), Some(Field::K8sPodLabel("app".into())));
         assert_eq!(Field::parse("proc.aname[x]"), None);
-        assert_eq!(Field::parse("fd.num"), None);
+        assert_eq!(Field::parse("evt.buffer"), None);
+        assert_eq!(Field::parse("evt.arg.request"), Some(Field::EvtArg("request".into())));
         assert_eq!(Field::parse("user.uid").map(|f| f.kind()), Some(Type::Int));
         for name in NAMES {
             let concrete = name.replace("[N]", "[2]").replace("[KEY]", "[app]");
