@@ -297,7 +297,7 @@ fn falco_style_corpus_every_rule_fires_on_a_real_action() {
          cat data/../data/secret/token >/dev/null; : > corpus.log; \
          ln -s {data}/secret/token link1; ln {data}/secret/token hard1; chmod u+s victim; \
          perl -e 'syscall(101, 0, 0, 0, 0)'; perl -e 'socket(S, 17, 3, 0) or die'; \
-         perl -e '{redirect}'; perl -e 'syscall(313, -1, q{{}}, 0); sleep 1'; mkdir corpus-dir; \
+         perl -e '{redirect}'; perl -e 'my $a = q{{}}; syscall(313, -1, $a, 0); sleep 1'; mkdir corpus-dir; \
          unshare -U true; {b}/corpus-image; {b}/corpus-other list-marker; \
          '{b}/corpus marker' list-marker"
     ));
@@ -362,8 +362,10 @@ fn falco_style_corpus_every_rule_fires_on_a_real_action() {
     assert!(f(&a, "fd.name").as_str().is_some_and(|n| n.contains("->127.0.0.1:")), "{a}");
 
     let a = fired("Corpus module load");
-    assert_eq!(f(&a, "evt.res"), "EBADF", "{a}");
-    assert_eq!(f(&a, "evt.rawres"), -9, "{a}");
+    // EBADF for the bad descriptor, or ENOSYS on a kernel built without modules.
+    let res = f(&a, "evt.res");
+    assert!(res == "EBADF" || res == "ENOSYS", "{a}");
+    assert!(f(&a, "evt.rawres").as_i64().is_some_and(|r| r == -9 || r == -38), "{a}");
     assert!(f(&a, "thread.cap_effective").as_str().is_some_and(|c| c.contains("CAP_SYS_MODULE")), "{a}");
 
     let a = fired("Corpus mkdir");

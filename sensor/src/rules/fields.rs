@@ -771,14 +771,12 @@ impl<'a> Ctx<'a> {
                 Val::Str(e.container.as_ref().map_or("host", |c| c.id.get(..12).unwrap_or(&c.id)))
             }
             Field::ContainerFullId => Val::Str(e.container.as_ref().map_or("host", |c| &c.id)),
-            // No runtime socket: a container's name is unknown; host processes are `host`.
-            Field::ContainerName => {
-                if e.container.is_some() {
-                    Val::Missing
-                } else {
-                    Val::Str("host")
-                }
-            }
+            // The name the pod gives the container (no runtime socket: unknown otherwise);
+            // host processes are `host`.
+            Field::ContainerName => match &e.container {
+                Some(c) => c.info.as_ref().and_then(|i| i.name.as_deref()).map_or(Val::Missing, Val::Str),
+                None => Val::Str("host"),
+            },
             Field::ContainerRuntime => opt(e.container.as_ref().map(|c| c.runtime)),
             Field::K8sNsName => opt(e.pod.as_ref().map(|p| p.namespace.as_str())),
             Field::K8sPodName => opt(e.pod.as_ref().map(|p| p.name.as_str())),
@@ -1035,6 +1033,9 @@ impl<'a> Ctx<'a> {
         // The descriptor the event is about: the first `fd`-like argument, or the result of
         // a call that returns one.
         let fd: Option<i64> = match spec.class {
+            // After a dup the old descriptor may already be closed: the exit event's
+            // descriptor is the new one (the same open file).
+            Class::Dup | Class::Dup2 | Class::Dup3 if exit && op.ret >= 0 => Some(op.ret),
             Class::Dup | Class::Dup2 | Class::Dup3 | Class::Setns | Class::Fchmod => {
                 Some(op.args[0] as i32 as i64)
             }
