@@ -68,6 +68,9 @@ pub struct FileOp {
     pub fd: Option<i32>,
     /// An `openat`'s directory descriptor (-100: the working directory).
     pub dirfd: Option<i32>,
+    /// Falco's `fd.name` for an open (the path as passed, joined with the working directory),
+    /// filled by the enrichment.
+    pub falco_name: Option<String>,
 }
 
 /// A bind or connect from a watched cgroup.
@@ -174,8 +177,8 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
         k if k == EventKind::Sock as u32 => decode_sock(record).map(HostEvent::Sock),
         k if k == EventKind::Syscall as u32 => read::<SyscallEvent>(record, "syscall")
             .map(|raw| HostEvent::Syscall(SyscallOp { header: header(&raw.header), nr: raw.nr })),
-        k if k == EventKind::SyscallArgs as u32 => {
-            read::<SyscallArgsEvent>(record, "syscall args").map(|raw| {
+        k if k == EventKind::SyscallArgs as u32 => read::<SyscallArgsEvent>(record, "syscall args")
+            .map(|raw| {
                 let mut strings = Vec::new();
                 let mut slot = 0;
                 for i in 0..6 {
@@ -191,8 +194,7 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
                     args: raw.args,
                     strings,
                 })
-            })
-        }
+            }),
         k if k == EventKind::Flow as u32 => decode_flow(record).map(HostEvent::Flow),
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -289,6 +291,7 @@ fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
         open_flags: (raw.op == FILE_OP_OPEN).then_some(raw.open_flags),
         fd: (raw.op == FILE_OP_OPEN).then_some(raw.fd),
         dirfd: (raw.op == FILE_OP_OPEN).then_some(raw.dirfd),
+        falco_name: None,
     })
 }
 

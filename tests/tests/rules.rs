@@ -303,9 +303,7 @@ fn falco_style_corpus_every_rule_fires_on_a_real_action() {
     ));
     let cid = &s.container_id[..12];
     let fired = |rule: &str| {
-        sensor.wait_event(rule, |v| {
-            v["rule"] == rule && v["output_fields"]["container.id"] == cid
-        })
+        sensor.wait_event(rule, |v| v["rule"] == rule && v["output_fields"]["container.id"] == cid)
     };
     let f = |a: &serde_json::Value, k: &str| a["output_fields"][k].clone();
 
@@ -315,7 +313,12 @@ fn falco_style_corpus_every_rule_fires_on_a_real_action() {
     assert!(f(&a, "user.loginuid").is_i64(), "{a}");
     assert!(f(&a, "proc.tty").is_i64(), "{a}");
     assert!(f(&a, "evt.arg.flags").is_string(), "{a}");
-    assert!(a["output"].as_str().is_some_and(|o| o.contains(&format!("container_id={cid} container_name=web"))), "{a}");
+    assert!(
+        a["output"]
+            .as_str()
+            .is_some_and(|o| o.contains(&format!("container_id={cid} container_name=web"))),
+        "{a}"
+    );
 
     let a = fired("Corpus lowercased name");
     assert_eq!(f(&a, "proc.name"), "corpus-shell", "{a}");
@@ -366,7 +369,10 @@ fn falco_style_corpus_every_rule_fires_on_a_real_action() {
     let res = f(&a, "evt.res");
     assert!(res == "EBADF" || res == "ENOSYS", "{a}");
     assert!(f(&a, "evt.rawres").as_i64().is_some_and(|r| r == -9 || r == -38), "{a}");
-    assert!(f(&a, "thread.cap_effective").as_str().is_some_and(|c| c.contains("CAP_SYS_MODULE")), "{a}");
+    assert!(
+        f(&a, "thread.cap_effective").as_str().is_some_and(|c| c.contains("CAP_SYS_MODULE")),
+        "{a}"
+    );
 
     let a = fired("Corpus mkdir");
     assert_eq!(f(&a, "evt.arg.path"), "corpus-dir", "{a}");

@@ -104,11 +104,16 @@ pub struct Record<'a> {
 /// What happened, beyond who did it.
 #[derive(Debug)]
 pub enum Detail {
-    Exec { binary_truncated: bool, args_truncated: bool },
+    Exec {
+        binary_truncated: bool,
+        args_truncated: bool,
+    },
     Exit,
     File(FileOp),
     Sock(SockOp),
-    Syscall { nr: u32 },
+    Syscall {
+        nr: u32,
+    },
     /// A syscall a Falco rule names, with its arguments and result.
     SyscallArgs(SyscallArgsOp),
 }
@@ -182,6 +187,9 @@ impl HostFormatter {
                         crate::decode::normalize(&format!("{}/{p}", info.cwd))
                     }
                 });
+                if op.operation == "open" {
+                    op.falco_name = Some(crate::rules::fields::falco_name(&op, op.header.pid));
+                }
                 let header = op.header.clone();
                 ("process_file", header, info, Detail::File(op))
             }

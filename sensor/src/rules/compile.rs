@@ -37,7 +37,11 @@ pub enum Node {
     /// A test on a transformed field (`tolower(proc.name) = bash`).
     Xform(Field, Box<[Transform]>, Test),
     /// A field compared with another field (`proc.name = val(proc.pname)`).
-    FieldCmp { lhs: (Field, Box<[Transform]>), op: Op, rhs: (Field, Box<[Transform]>) },
+    FieldCmp {
+        lhs: (Field, Box<[Transform]>),
+        op: Op,
+        rhs: (Field, Box<[Transform]>),
+    },
     /// `evt.type` against a set of classes.
     Class(ClassMask),
     /// `evt.type` naming only events we do not observe: never matches.
@@ -261,10 +265,28 @@ pub fn unquote_item(item: &str) -> String {
     item.to_owned()
 }
 
-/// Compiles an expanded condition.
+/// Whether evaluating the node may read `/proc` (or do other per-event system calls).
+fn costly(node: &Node) -> bool {
+    match node {
+        Node::And(v) | Node::Or(v) => v.iter().any(costly),
+        Node::Not(n) => costly(n),
+        Node::Test(f, _) | Node::Xform(f, _, _) => f.reads_proc(),
+        Node::FieldCmp { lhs, rhs, .. } => lhs.0.reads_proc() || rhs.0.reads_proc(),
+        Node::Const(_) | Node::Class(_) | Node::UnknownTypes(_) => false,
+    }
+}
+
+/// Compiles an expanded condition. Within an `and`, tests that read `/proc` go last (the
+/// tests have no side effects, so the order does not change the result, only how often the
+/// costly ones run).
 pub fn compile(expr: &Expr, defs: &Defs<'_>) -> Result<Node, Skip> {
     Ok(match expr {
-        Expr::And(v) => Node::And(v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?),
+        Expr::And(v) => {
+            let mut nodes: Vec<Node> =
+                v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?;
+            nodes.sort_by_key(costly);
+            Node::And(nodes.into_boxed_slice())
+        }
         Expr::Or(v) => Node::Or(v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?),
         Expr::Not(e) => Node::Not(Box::new(compile(e, defs)?)),
         Expr::Macro(name) => return Err(Skip::UnknownMacro(name.clone())),
@@ -282,9 +304,19 @@ fn check(name: &str, op: Op, value: &Value, defs: &Defs<'_>) -> Result<Node, Ski
     let (field, transforms) = field_ref(name)?;
     if let Value::Field(rhs) = value {
         let (rfield, rtransforms) = field_ref(rhs)?;
-        if !matches!(op, Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Contains
-            | Op::StartsWith | Op::EndsWith | Op::IContains)
-        {
+        if !matches!(
+            op,
+            Op::Eq
+                | Op::Ne
+                | Op::Lt
+                | Op::Le
+                | Op::Gt
+                | Op::Ge
+                | Op::Contains
+                | Op::StartsWith
+                | Op::EndsWith
+                | Op::IContains
+        ) {
             return Err(Skip::Operator(format!("{op:?} with a field on the right")));
         }
         let lkind = if transforms.is_empty() { field.kind() } else { Type::Str };
@@ -577,7 +609,11 @@ enum Owned {
     Bool(bool),
 }
 
-fn owned(ctx: &Ctx<'_>, (field, transforms): &(Field, Box<[Transform]>), scratch: &mut String) -> Option<Owned> {
+fn owned(
+    ctx: &Ctx<'_>,
+    (field, transforms): &(Field, Box<[Transform]>),
+    scratch: &mut String,
+) -> Option<Owned> {
     Some(match ctx.get(field, scratch) {
         Val::Str(s) => Owned::Str(transformed(s, transforms)),
         Val::Int(i) => Owned::Int(i),

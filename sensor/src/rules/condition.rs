@@ -255,7 +255,10 @@ pub fn quoted(text: &str, start: usize) -> Result<(String, usize), SyntaxError> 
                     b'"' | b'\'' => {
                         return Err(err(
                             i - 2,
-                            format!("invalid \\{} escape in a {}-quoted string", e as char, quote as char),
+                            format!(
+                                "invalid \\{} escape in a {}-quoted string",
+                                e as char, quote as char
+                            ),
                         ));
                     }
                     b'x' => {
@@ -439,38 +442,39 @@ impl Parser {
             return Ok(Expr::Macro(name));
         };
         self.pos += 1;
-        let value = match op {
-            Op::Exists => Value::None,
-            _ if self.peek() == Some(&Tok::LParen) => {
-                self.pos += 1;
-                Value::List(self.items()?)
-            }
-            _ => match self.next() {
-                Some(Tok::Word(w)) if self.peek() == Some(&Tok::LParen) => {
-                    if w == "val" || TRANSFORMERS.contains(&w.as_str()) {
-                        let text = self.field_expr(w)?;
-                        Value::Field(text.strip_prefix("val(").map_or(text.clone(), |t| {
-                            t.strip_suffix(')').unwrap_or(t).to_owned()
-                        }))
-                    } else {
-                        // A list modifier (`startswith oneof (a, b)`): parsed, not evaluated.
-                        self.pos += 1;
-                        self.items()?;
-                        Value::Unsupported(format!("`{w} (...)` after `{name}`"))
+        let value =
+            match op {
+                Op::Exists => Value::None,
+                _ if self.peek() == Some(&Tok::LParen) => {
+                    self.pos += 1;
+                    Value::List(self.items()?)
+                }
+                _ => match self.next() {
+                    Some(Tok::Word(w)) if self.peek() == Some(&Tok::LParen) => {
+                        if w == "val" || TRANSFORMERS.contains(&w.as_str()) {
+                            let text = self.field_expr(w)?;
+                            Value::Field(text.strip_prefix("val(").map_or(text.clone(), |t| {
+                                t.strip_suffix(')').unwrap_or(t).to_owned()
+                            }))
+                        } else {
+                            // A list modifier (`startswith oneof (a, b)`): parsed, not evaluated.
+                            self.pos += 1;
+                            self.items()?;
+                            Value::Unsupported(format!("`{w} (...)` after `{name}`"))
+                        }
                     }
-                }
-                Some(Tok::Word(w)) if op.takes_list() => {
-                    // `in list_name` without parentheses.
-                    Value::List(vec![Item { text: w, quoted: false }])
-                }
-                Some(Tok::Word(w)) => Value::One(w),
-                Some(Tok::Quoted(q)) => Value::One(q),
-                _ => {
-                    self.pos -= 1;
-                    return Err(self.error(format!("expected a value after `{name}` {op:?}")));
-                }
-            },
-        };
+                    Some(Tok::Word(w)) if op.takes_list() => {
+                        // `in list_name` without parentheses.
+                        Value::List(vec![Item { text: w, quoted: false }])
+                    }
+                    Some(Tok::Word(w)) => Value::One(w),
+                    Some(Tok::Quoted(q)) => Value::One(q),
+                    _ => {
+                        self.pos -= 1;
+                        return Err(self.error(format!("expected a value after `{name}` {op:?}")));
+                    }
+                },
+            };
         Ok(Expr::Check { field: name, op, value })
     }
 

@@ -116,7 +116,9 @@ impl Class {
             "rename" | "renameat" | "renameat2" => Self::Rename,
             "bind" => Self::Bind,
             "connect" => Self::Connect,
-            other => return super::syscalls::SPECS.iter().find(|s| s.name == other).map(|s| s.class),
+            other => {
+                return super::syscalls::SPECS.iter().find(|s| s.name == other).map(|s| s.class);
+            }
         })
     }
 
@@ -463,6 +465,31 @@ impl Field {
         Some(field)
     }
 
+    /// Whether extracting the field reads `/proc` (or the descriptor tables): evaluated last.
+    pub fn reads_proc(&self) -> bool {
+        matches!(
+            self,
+            Self::ProcTty
+                | Self::ProcSname
+                | Self::ProcVpid
+                | Self::ProcEnv
+                | Self::ProcDuration
+                | Self::ProcIsExeUpperLayer
+                | Self::ProcIsExeFromMemfd
+                | Self::ProcExeInoCtime
+                | Self::ProcExeInoMtime
+                | Self::ProcExeInoCtimeDurationProcStart
+                | Self::ProcIsVpgidLeader
+                | Self::ThreadCapEffective
+                | Self::ThreadCapPermitted
+                | Self::UserLoginuid
+                | Self::UserLoginname
+                | Self::EvtArg(_)
+                | Self::EvtArgIndex(_)
+                | Self::EvtArgs
+        )
+    }
+
     pub const fn kind(&self) -> Type {
         match self {
             Self::EvtTime
@@ -529,8 +556,12 @@ impl Default for Users {
 
 impl Users {
     pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
-        let mut users =
-            Self { path: path.into(), by_uid: HashMap::new(), by_gid: HashMap::new(), read_at: None };
+        let mut users = Self {
+            path: path.into(),
+            by_uid: HashMap::new(),
+            by_gid: HashMap::new(),
+            read_at: None,
+        };
         users.reload();
         users
     }
@@ -774,7 +805,9 @@ impl<'a> Ctx<'a> {
             // The name the pod gives the container (no runtime socket: unknown otherwise);
             // host processes are `host`.
             Field::ContainerName => match &e.container {
-                Some(c) => c.info.as_ref().and_then(|i| i.name.as_deref()).map_or(Val::Missing, Val::Str),
+                Some(c) => {
+                    c.info.as_ref().and_then(|i| i.name.as_deref()).map_or(Val::Missing, Val::Str)
+                }
                 None => Val::Str("host"),
             },
             Field::ContainerRuntime => opt(e.container.as_ref().map(|c| c.runtime)),
@@ -861,9 +894,7 @@ impl<'a> Ctx<'a> {
                 owned(scratch, Some(out))
             }
             Field::ProcTty => int(procfs::tty(pid)),
-            Field::ProcSname => {
-                owned(scratch, procfs::session(pid).and_then(procfs::comm))
-            }
+            Field::ProcSname => owned(scratch, procfs::session(pid).and_then(procfs::comm)),
             Field::ProcVpid => int(procfs::vpid(pid)),
             Field::ProcEnv => owned(scratch, procfs::env(pid)),
             Field::ProcDuration => match procfs::start_boot_ns(pid) {
@@ -962,7 +993,9 @@ impl<'a> Ctx<'a> {
                 }
                 _ => Val::Missing,
             },
-            Field::ContainerImage => info.and_then(|i| i.image.as_deref()).map_or(Val::Missing, Val::Str),
+            Field::ContainerImage => {
+                info.and_then(|i| i.image.as_deref()).map_or(Val::Missing, Val::Str)
+            }
             Field::ContainerImageRepository => {
                 info.and_then(|i| i.image_parts().0).map_or(Val::Missing, Val::Str)
             }
@@ -1229,9 +1262,11 @@ fn param_value<'t>(
         Param::Arg(_, i, kind) => {
             let raw = op.args[i];
             match kind {
-                Kind::Str => {
-                    op.strings.iter().find(|(j, _)| *j == i).map_or(Val::Missing, |(_, s)| Val::Str(s))
-                }
+                Kind::Str => op
+                    .strings
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map_or(Val::Missing, |(_, s)| Val::Str(s)),
                 Kind::Int => Val::Int(raw as i32 as i64),
                 Kind::Hex => {
                     scratch.clear();
@@ -1290,34 +1325,26 @@ pub fn open_flags(out: &mut String, flags: u32) {
 /// Falco's `fd.name` for a file event: the path as the process passed it, joined with its
 /// working directory and normalised lexically (symlinks not resolved). When the kernel could
 /// not read the path the process passed (or it is relative to a directory descriptor), the
-/// resolved path stands in.
-fn falco_path<'s>(f: &'s crate::decode::FileOp, pid: u32, scratch: &'s mut String) -> &'s str {
+/// resolved path stands in. Computed once per event by the enrichment.
+pub fn falco_name(f: &crate::decode::FileOp, pid: u32) -> String {
     let Some(raw) = f.raw_path.as_deref().filter(|r| !r.is_empty()) else {
-        return &f.path;
+        return f.path.clone();
     };
     if raw.starts_with('/') {
-        let clean = !raw.contains("//")
-            && !raw.contains("/./")
-            && !raw.contains("/../")
-            && !raw.ends_with("/.")
-            && !raw.ends_with("/..")
-            && (raw.len() == 1 || !raw.ends_with('/'));
-        if clean {
-            return raw;
-        }
-        *scratch = crate::decode::normalize(raw);
-        return scratch;
+        return crate::decode::normalize(raw);
     }
     if f.dirfd.is_some_and(|d| d != -100) {
-        return &f.path;
+        return f.path.clone();
     }
     match super::procfs::cwd(pid) {
-        Some(cwd) => {
-            *scratch = crate::decode::normalize(&format!("{cwd}/{raw}"));
-            scratch
-        }
-        None => &f.path,
+        Some(cwd) => crate::decode::normalize(&format!("{cwd}/{raw}")),
+        None => f.path.clone(),
     }
+}
+
+/// `fd.name` of a file event (see [`falco_name`]).
+fn falco_path<'s>(f: &'s crate::decode::FileOp, _pid: u32, _scratch: &'s mut String) -> &'s str {
+    f.falco_name.as_deref().unwrap_or(&f.path)
 }
 
 /// `2024-05-01T10:00:00Z` (Kubernetes' `startedAt`; fractions and offsets accepted) →

@@ -236,7 +236,8 @@ impl RuleSet {
             rule.classes & !(KERNEL_FILTERED | Class::Exec.bit() | Class::Exit.bit())
         };
         for spec in syscalls::SPECS {
-            if syscall_classes & spec.class.bit() != 0 && !self.interest.syscalls.contains(&spec.nr) {
+            if syscall_classes & spec.class.bit() != 0 && !self.interest.syscalls.contains(&spec.nr)
+            {
                 self.interest.syscalls.push(spec.nr);
             }
         }

@@ -42,8 +42,7 @@ pub fn start_boot_ns(pid: u32) -> Option<i64> {
 /// A field of `/proc/<pid>/status` (`CapEff`, `NSpid`, ...), its value text.
 fn status(pid: u32, key: &str) -> Option<String> {
     let text = fs::read_to_string(dir(pid).join("status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_owned()))
 }
 
 /// The pid in the process's own pid namespace (the last `NSpid`).

@@ -35,7 +35,8 @@ impl RulesRuntime {
     /// Gives the runtime the kernel's `RULE_SYSCALLS` map, kept in step with each load.
     pub fn set_syscall_map(&mut self, map: SyscallMap) {
         self.syscalls = Some(map);
-        let set = Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let set =
+            Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner));
         self.sync_syscalls(&set.interest.syscalls);
     }
 

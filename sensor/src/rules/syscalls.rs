@@ -74,7 +74,12 @@ pub const SPECS: &[Spec] = &[
         class: Class::Symlinkat,
         strings: 0b101,
         enter: &[],
-        exit: &[Res("res"), Arg("target", 0, Str), Arg("linkdirfd", 1, Int), Arg("linkpath", 2, Str)],
+        exit: &[
+            Res("res"),
+            Arg("target", 0, Str),
+            Arg("linkdirfd", 1, Int),
+            Arg("linkpath", 2, Str),
+        ],
     },
     Spec {
         name: "link",

@@ -369,8 +369,9 @@ fn unsupported_constructs_skip_one_rule_and_bad_escapes_reject() {
     assert!(skipped.iter().any(|(n, r)| *n == "modifier" && r.contains("oneof")), "{skipped:?}");
     assert!(skipped.iter().any(|(n, r)| *n == "buffer" && r.contains("evt.buffer")), "{skipped:?}");
     // As in libsinsp, an unknown escape is a syntax error.
-    let err = from_text(Path::new("r.yaml"), &rule("bad", r#"proc.name = "a\qb""#), Priority::Debug)
-        .expect_err("bad escape");
+    let err =
+        from_text(Path::new("r.yaml"), &rule("bad", r#"proc.name = "a\qb""#), Priority::Debug)
+            .expect_err("bad escape");
     assert!(err.to_string().contains("escape"), "{err}");
 }
 
@@ -383,9 +384,7 @@ fn networks_and_output_fields_and_sorted_tags() {
     );
     let users = Users::new("/nonexistent");
     let mut ev = Evaluator::with_users("node-a".into(), users);
-    let m = ev
-        .evaluate(&s, &exec("sh", &["sh"], true), &ProcessTable::default())
-        .expect("matches");
+    let m = ev.evaluate(&s, &exec("sh", &["sh"], true), &ProcessTable::default()).expect("matches");
     let v: serde_json::Value = serde_json::from_str(&m.json).expect("json");
     assert_eq!(v["tags"], serde_json::json!(["T1059", "alpha", "zeta"]));
     assert_eq!(v["output_fields"]["evt.time"], 1_777_629_600_123_456_789_i64);
