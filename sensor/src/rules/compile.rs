@@ -255,12 +255,13 @@ impl Defs<'_> {
 pub fn unquote_item(item: &str) -> String {
     let t = item.trim();
     let b = t.as_bytes();
-    if b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0] {
-        if let Ok((text, end)) = super::condition::quoted(t, 0)
-            && end == t.len()
-        {
-            return text;
-        }
+    if b.len() >= 2
+        && (b[0] == b'"' || b[0] == b'\'')
+        && b[b.len() - 1] == b[0]
+        && let Ok((text, end)) = super::condition::quoted(t, 0)
+        && end == t.len()
+    {
+        return text;
     }
     item.to_owned()
 }
