@@ -23,6 +23,13 @@ pub const BIND_RULES_MAP: &str = "BIND_RULES";
 pub const SYSCALL_RULES_MAP: &str = "SYSCALL_RULES";
 /// Per-thread scratch between a syscall's entry and exit: tid (u32) → [`OpenArgs`].
 pub const OPEN_ARGS_MAP: &str = "OPEN_ARGS";
+/// Syscalls the loaded rules need (nr → [`SyscallInterest`]): the kernel sends a
+/// [`SyscallArgsEvent`] for these only, so an event type no rule names costs nothing.
+pub const RULE_SYSCALLS_MAP: &str = "RULE_SYSCALLS";
+/// Most syscalls the rules can ask for at once.
+pub const RULE_SYSCALLS_MAX_ENTRIES: u32 = 64;
+/// Bytes kept of a string argument (a path) of a [`SyscallArgsEvent`].
+pub const SYSCALL_STR_LEN: usize = 256;
 
 pub const HOST_SCOPES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
@@ -75,6 +82,8 @@ pub enum EventKind {
     File = 4,
     Sock = 5,
     Syscall = 6,
+    /// A syscall a rule names, with its arguments and result ([`SyscallArgsEvent`]).
+    SyscallArgs = 7,
 }
 
 /// What the kernel did about a host event ([`EventHeader::action`]).
@@ -188,8 +197,16 @@ pub struct FileEvent {
     /// For opens: canonical (resolved from the opened file). For unlink and rename: the
     /// working directory joined with the path given, not normalised by the kernel.
     pub path: [u8; PATH_SLOT_LEN],
-    /// Rename's new path.
+    /// Rename's new path; for an open, the path as the process passed it (Falco's
+    /// `fd.nameraw`), read at exit from the caller's memory.
     pub path2: [u8; PATH_SLOT_LEN],
+    /// An open's flags argument (`O_*`); 0 for other operations.
+    pub open_flags: u32,
+    /// The descriptor an open returned; -1 for other operations.
+    pub fd: i32,
+    /// An `openat`'s directory descriptor (`AT_FDCWD` = -100 for the working directory).
+    pub dirfd: i32,
+    pub _pad: u32,
 }
 
 /// A bind or connect from a watched cgroup (`cgroup/bind4|6`, `cgroup/connect4|6`).
@@ -304,13 +321,52 @@ pub struct BindKey {
 }
 
 /// What sys_enter_openat saw, for sys_exit_openat.
+/// What the rules want of one syscall: the cgroups (the rules' bit in both generations) and
+/// which arguments are user strings to copy (bit i: argument i; the first two are copied).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallInterest {
+    pub observe: u64,
+    pub strings: u32,
+    pub _pad: u32,
+}
+
+/// A rule-watched syscall's arguments, kept from entry to exit (per thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SavedSyscall {
+    pub nr: u32,
+    pub strings: u32,
+    pub args: [u64; 6],
+}
+
+/// A syscall a rule names: number, raw arguments, result, and up to two string arguments
+/// (read from the caller's memory at exit).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgsEvent {
+    pub header: EventHeader,
+    pub nr: u32,
+    /// Which arguments `strs` hold (bit i: argument i), in argument order.
+    pub str_mask: u32,
+    /// The syscall's return value.
+    pub ret: i64,
+    pub args: [u64; 6],
+    pub str_len: [u32; 2],
+    pub strs: [[u8; SYSCALL_STR_LEN]; 2],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenArgs {
-    /// The watched cgroup's policy mask.
     pub scope: u64,
-    /// `1 << ACCESS_*` bits from the open flags.
     pub access: u32,
+    /// The open's flags argument.
+    pub flags: u32,
+    /// The caller's pathname pointer (user memory), read again at exit for `fd.nameraw`.
+    pub filename: u64,
+    /// `openat`'s directory descriptor; `AT_FDCWD` (-100) for the others.
+    pub dirfd: i32,
     pub _pad: u32,
 }
 
@@ -328,6 +384,9 @@ mod pod {
     unsafe impl aya::Pod for super::PathKey {}
     unsafe impl aya::Pod for super::BindKey {}
     unsafe impl aya::Pod for super::OpenArgs {}
+    unsafe impl aya::Pod for super::SyscallInterest {}
+    unsafe impl aya::Pod for super::SavedSyscall {}
+    unsafe impl aya::Pod for super::SyscallArgsEvent {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
@@ -342,7 +401,7 @@ const _: () = assert!(
 );
 const _: () = assert!(
     core::mem::size_of::<FileEvent>()
-        == core::mem::size_of::<EventHeader>() + 16 + 2 * PATH_SLOT_LEN
+        == core::mem::size_of::<EventHeader>() + 16 + 2 * PATH_SLOT_LEN + 16
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);

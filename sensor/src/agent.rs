@@ -260,6 +260,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         config.rules_min_priority,
         metrics.clone(),
     );
+    rules.set_syscall_map(take_map(&mut ebpf, host::RULE_SYSCALLS_MAP)?);
     let (_rules_watcher, mut rules_changes) = if rules.is_empty() {
         (None, mpsc::channel(1).1)
     } else {

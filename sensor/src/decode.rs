@@ -9,7 +9,7 @@ use sensor_common::{
     host::{
         Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_OPEN, FILE_OP_RENAME,
         FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND,
-        SockEvent, SyscallEvent,
+        SockEvent, SyscallArgsEvent, SyscallEvent,
     },
     net::{FAMILY_IPV4, FlowEvent},
 };
@@ -60,6 +60,17 @@ pub struct FileOp {
     pub path: String,
     pub new_path: Option<String>,
     pub path_truncated: bool,
+    /// An open's path as the process passed it (Falco's `fd.nameraw`); None when unknown.
+    pub raw_path: Option<String>,
+    /// An open's `O_*` flags.
+    pub open_flags: Option<u32>,
+    /// The descriptor an open returned.
+    pub fd: Option<i32>,
+    /// An `openat`'s directory descriptor (-100: the working directory).
+    pub dirfd: Option<i32>,
+    /// Falco's `fd.name` for an open (the path as passed, joined with the working directory),
+    /// filled by the enrichment.
+    pub falco_name: Option<String>,
 }
 
 /// A bind or connect from a watched cgroup.
@@ -78,6 +89,18 @@ pub struct SockOp {
 pub struct SyscallOp {
     pub header: Header,
     pub nr: u32,
+}
+
+/// A syscall a Falco rule names (ptrace, symlink, dup, ...): its raw arguments, result and
+/// string arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallArgsOp {
+    pub header: Header,
+    pub nr: u32,
+    pub ret: i64,
+    pub args: [u64; 6],
+    /// The string arguments the kernel copied, by argument index.
+    pub strings: Vec<(usize, String)>,
 }
 
 /// A flow's first packet (or a dropped packet) with the verdict the kernel reached.
@@ -114,6 +137,7 @@ pub enum HostEvent {
     File(FileOp),
     Sock(SockOp),
     Syscall(SyscallOp),
+    SyscallArgs(SyscallArgsOp),
     Flow(Flow),
 }
 
@@ -153,6 +177,24 @@ pub fn decode_host(record: &[u8]) -> Result<HostEvent, DecodeError> {
         k if k == EventKind::Sock as u32 => decode_sock(record).map(HostEvent::Sock),
         k if k == EventKind::Syscall as u32 => read::<SyscallEvent>(record, "syscall")
             .map(|raw| HostEvent::Syscall(SyscallOp { header: header(&raw.header), nr: raw.nr })),
+        k if k == EventKind::SyscallArgs as u32 => read::<SyscallArgsEvent>(record, "syscall args")
+            .map(|raw| {
+                let mut strings = Vec::new();
+                let mut slot = 0;
+                for i in 0..6 {
+                    if raw.str_mask & (1 << i) != 0 && slot < 2 {
+                        strings.push((i, text(&raw.strs[slot], raw.str_len[slot] as usize)));
+                        slot += 1;
+                    }
+                }
+                HostEvent::SyscallArgs(SyscallArgsOp {
+                    header: header(&raw.header),
+                    nr: raw.nr,
+                    ret: raw.ret,
+                    args: raw.args,
+                    strings,
+                })
+            }),
         k if k == EventKind::Flow as u32 => decode_flow(record).map(HostEvent::Flow),
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -244,6 +286,12 @@ fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
         path: if raw.op == FILE_OP_OPEN { path } else { normalize(&path) },
         new_path,
         path_truncated: raw.header.flags & FLAG_PATH_TRUNCATED != 0,
+        raw_path: (raw.op == FILE_OP_OPEN && raw.path2_len > 0)
+            .then(|| text(&raw.path2, raw.path2_len as usize)),
+        open_flags: (raw.op == FILE_OP_OPEN).then_some(raw.open_flags),
+        fd: (raw.op == FILE_OP_OPEN).then_some(raw.fd),
+        dirfd: (raw.op == FILE_OP_OPEN).then_some(raw.dirfd),
+        falco_name: None,
     })
 }
 

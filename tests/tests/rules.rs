@@ -105,6 +105,7 @@ fn shell_in_container_and_file_read_fire_falco_alerts_disabled_rule_does_not() {
     assert!(time.len() == 30 && time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
     let fields = &alert["output_fields"];
     let cmdline = format!("sh -c true e2e-marker; cat {data}/secret/token >/dev/null");
+    assert!(fields["evt.time"].as_i64().is_some_and(|t| t > 1_700_000_000_000_000_000), "{alert}");
     assert_eq!(
         fields,
         &serde_json::json!({
@@ -114,6 +115,7 @@ fn shell_in_container_and_file_read_fire_falco_alerts_disabled_rule_does_not() {
             "k8s.ns.name": "shop",
             "k8s.pod.name": "web-1",
             "user.name": "root",
+            "evt.time": fields["evt.time"],
         }),
         "{alert}"
     );
@@ -130,7 +132,11 @@ fn shell_in_container_and_file_read_fire_falco_alerts_disabled_rule_does_not() {
     assert_eq!(read["priority"], "Warning", "{read}");
     assert_eq!(
         read["output_fields"],
-        serde_json::json!({"fd.name": format!("{data}/secret/token"), "proc.name": "cat"}),
+        serde_json::json!({
+            "fd.name": format!("{data}/secret/token"),
+            "proc.name": "cat",
+            "evt.time": read["output_fields"]["evt.time"],
+        }),
         "{read}"
     );
     let m = sensor.metrics();
@@ -199,7 +205,7 @@ fn rules_check_lists_loaded_and_skipped_rules_and_fails_on_a_bad_file() {
     fs::write(
         &good,
         "- rule: ok\n  desc: d\n  condition: evt.type = execve\n  output: x\n  priority: notice\n\
-         - rule: tty\n  desc: d\n  condition: proc.tty != 0\n  output: x\n  priority: notice\n",
+         - rule: tty\n  desc: d\n  condition: evt.buffer bcontains 00\n  output: x\n  priority: notice\n",
     )
     .expect("write");
     let out = Command::new(sensor_e2e::sensor::sensor_bin())
@@ -211,7 +217,7 @@ fn rules_check_lists_loaded_and_skipped_rules_and_fails_on_a_bad_file() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("loaded  ") && text.contains("a.yaml:1: ok [Notice, enabled]"), "{text}");
     assert!(
-        text.contains("skipped ") && text.contains("a.yaml:6: tty: unknown field `proc.tty`"),
+        text.contains("skipped ") && text.contains("a.yaml:6: tty: unknown field `evt.buffer`"),
         "{text}"
     );
 
@@ -241,6 +247,160 @@ fn rules_check_lists_loaded_and_skipped_rules_and_fails_on_a_bad_file() {
     assert!(!out.status.success(), "bad file must fail");
     assert!(err.contains("b.yaml:1: rule `x`: condition:"), "{err}");
     fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// The Falco-style corpus (`tests/rules/falco_style_rules.yaml`): every rule fires on a real
+/// action in the test container, with Falco's output fields.
+#[test]
+fn falco_style_corpus_every_rule_fires_on_a_real_action() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let data = s.data();
+    let dir = fs::canonicalize(&s.dir).expect("canonical").display().to_string();
+    // The pod's container: image, privileged and start time, as the Kubernetes source fills.
+    fs::write(
+        s.dir.join("endpoints.yaml"),
+        format!(
+            "endpoints:\n- namespace: shop\n  name: web-1\n  labels: {{app: web}}\n  containers: [\"containerd://{id}\"]\n  container_info:\n  - id: \"containerd://{id}\"\n    name: web\n    image: docker.io/library/nginx:1.25\n    image_id: docker.io/library/nginx@sha256:abcd\n    privileged: true\n    started_at: \"2026-05-01T10:00:00Z\"\n",
+            id = s.container_id
+        ),
+    )
+    .expect("endpoints");
+    // Trigger programs: renamed copies of `true`, and a script with a child of its name.
+    let bin = s.dir.join("bin");
+    fs::create_dir_all(bin.join("twin")).expect("mkdir");
+    for name in ["corpus-shell", "corpus-other", "corpus-image", "corpus marker"] {
+        fs::copy("/bin/true", bin.join(name)).expect("copy");
+    }
+    fs::copy("/bin/true", bin.join("twin/corpus-twin")).expect("copy");
+    fs::write(bin.join("corpus-twin"), format!("#!/bin/sh\n{}/twin/corpus-twin\n", bin.display()))
+        .expect("script");
+    Command::new("chmod").args(["+x"]).arg(bin.join("corpus-twin")).status().expect("chmod");
+    fs::write(s.dir.join("victim"), "x").expect("victim");
+    let corpus = fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules/falco_style_rules.yaml"),
+    )
+    .expect("corpus");
+    let sensor = s.start(&corpus);
+    sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(16.0));
+    sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
+    let b = bin.display();
+    let redirect = "use Socket; socket(L,PF_INET,SOCK_STREAM,0) or die; \
+        bind(L,pack_sockaddr_in(0,inet_aton(q{127.0.0.1}))) or die; listen(L,1); \
+        my ($p)=sockaddr_in(getsockname(L)); socket(C,PF_INET,SOCK_STREAM,0) or die; \
+        connect(C,pack_sockaddr_in($p,inet_aton(q{127.0.0.1}))) or die; \
+        open(STDOUT, q{>&}, \\*C) or die; sleep 2;";
+    s.sh(&format!(
+        "cd {dir} && true corpus-marker 2>&1; {b}/corpus-shell; {b}/corpus-twin; \
+         cat data/../data/secret/token >/dev/null; : > corpus.log; \
+         ln -s {data}/secret/token link1; ln {data}/secret/token hard1; chmod u+s victim; \
+         perl -e 'syscall(101, 0, 0, 0, 0)'; perl -e 'socket(S, 17, 3, 0) or die'; \
+         perl -e '{redirect}'; perl -e 'my $a = q{{}}; syscall(313, -1, $a, 0); sleep 1'; mkdir corpus-dir; \
+         unshare -U true; {b}/corpus-image; {b}/corpus-other list-marker; \
+         '{b}/corpus marker' list-marker"
+    ));
+    let cid = &s.container_id[..12];
+    let fired = |rule: &str| {
+        sensor.wait_event(rule, |v| v["rule"] == rule && v["output_fields"]["container.id"] == cid)
+    };
+    let f = |a: &serde_json::Value, k: &str| a["output_fields"][k].clone();
+
+    let a = fired("Corpus terminal shell");
+    assert_eq!(a["tags"], serde_json::json!(["T1059", "container", "maturity_stable", "shell"]));
+    assert_eq!(f(&a, "container.name"), "web", "{a}");
+    assert!(f(&a, "user.loginuid").is_i64(), "{a}");
+    assert!(f(&a, "proc.tty").is_i64(), "{a}");
+    assert!(f(&a, "evt.arg.flags").is_string(), "{a}");
+    assert!(
+        a["output"]
+            .as_str()
+            .is_some_and(|o| o.contains(&format!("container_id={cid} container_name=web"))),
+        "{a}"
+    );
+
+    let a = fired("Corpus lowercased name");
+    assert_eq!(f(&a, "proc.name"), "corpus-shell", "{a}");
+    assert_eq!(f(&a, "proc.pexe"), "/bin/sh", "{a}");
+
+    let a = fired("Corpus same name as parent");
+    assert_eq!(f(&a, "proc.pname"), "corpus-twin", "{a}");
+
+    let a = fired("Corpus traversal read");
+    assert_eq!(f(&a, "fd.name"), format!("{data}/secret/token"), "{a}");
+    assert_eq!(f(&a, "fd.nameraw"), "data/../data/secret/token", "{a}");
+    assert_eq!(f(&a, "fd.realname"), format!("{data}/secret/token"), "{a}");
+    assert!(f(&a, "fd.num").as_i64().is_some_and(|n| n >= 0), "{a}");
+
+    let a = fired("Corpus truncate");
+    assert_eq!(f(&a, "fd.name"), format!("{dir}/corpus.log"), "{a}");
+    assert_eq!(f(&a, "evt.arg.flags"), "O_WRONLY|O_CREAT|O_TRUNC", "{a}");
+    assert_eq!(f(&a, "evt.res"), "SUCCESS", "{a}");
+
+    let a = fired("Corpus symlink");
+    assert_eq!(f(&a, "evt.arg.target"), format!("{data}/secret/token"), "{a}");
+    assert_eq!(f(&a, "evt.arg.linkpath"), "link1", "{a}");
+    assert_eq!(f(&a, "evt.res"), "SUCCESS", "{a}");
+
+    let a = fired("Corpus hardlink");
+    assert_eq!(f(&a, "evt.arg.oldpath"), format!("{data}/secret/token"), "{a}");
+    assert_eq!(f(&a, "evt.arg.newpath"), "hard1", "{a}");
+
+    let a = fired("Corpus setuid bit");
+    assert_eq!(f(&a, "evt.arg.filename"), "victim", "{a}");
+    assert!(f(&a, "evt.arg.mode").as_str().is_some_and(|m| m.contains("S_ISUID")), "{a}");
+
+    let a = fired("Corpus ptrace traceme");
+    assert_eq!(f(&a, "evt.arg.request"), "PTRACE_TRACEME", "{a}");
+    assert_eq!(f(&a, "proc.name"), "perl", "{a}");
+
+    let a = fired("Corpus packet socket");
+    assert!(f(&a, "evt.args").as_str().is_some_and(|m| m.starts_with("domain=AF_PACKET")), "{a}");
+
+    let a = fired("Corpus redirect to network");
+    assert_eq!(f(&a, "evt.rawres"), 1, "{a}");
+    assert_eq!(f(&a, "fd.type"), "ipv4", "{a}");
+    assert_eq!(f(&a, "fd.l4proto"), "tcp", "{a}");
+    assert!(f(&a, "fd.name").as_str().is_some_and(|n| n.contains("->127.0.0.1:")), "{a}");
+
+    let a = fired("Corpus module load");
+    // EBADF for the bad descriptor, or ENOSYS on a kernel built without modules.
+    let res = f(&a, "evt.res");
+    assert!(res == "EBADF" || res == "ENOSYS", "{a}");
+    assert!(f(&a, "evt.rawres").as_i64().is_some_and(|r| r == -9 || r == -38), "{a}");
+    assert!(
+        f(&a, "thread.cap_effective").as_str().is_some_and(|c| c.contains("CAP_SYS_MODULE")),
+        "{a}"
+    );
+
+    let a = fired("Corpus mkdir");
+    assert_eq!(f(&a, "evt.arg.path"), "corpus-dir", "{a}");
+
+    let a = fired("Corpus namespace change");
+    assert_eq!(f(&a, "evt.arg.flags"), "0x10000000", "{a}");
+
+    let a = fired("Corpus image");
+    assert_eq!(f(&a, "container.image.repository"), "docker.io/library/nginx", "{a}");
+    assert_eq!(f(&a, "container.image.tag"), "1.25", "{a}");
+    assert_eq!(f(&a, "container.image.digest"), "sha256:abcd", "{a}");
+    assert_eq!(f(&a, "container.start_ts"), 1_777_629_600_000_000_000_i64, "{a}");
+
+    // Enabled by an override, condition appended, the list extended after its use.
+    sensor_e2e::wait_until("both marker alerts", std::time::Duration::from_secs(10), || {
+        let names: Vec<_> = alerts(&sensor, "Corpus marker list")
+            .into_iter()
+            .filter(|v| v["output_fields"]["container.id"] == cid)
+            .map(|v| v["output_fields"]["proc.name"].clone())
+            .collect();
+        (names.contains(&"corpus-other".into()) && names.contains(&"corpus marker".into()))
+            .then_some(())
+    });
+    let marker: Vec<_> = alerts(&sensor, "Corpus marker list")
+        .into_iter()
+        .filter(|v| v["output_fields"]["container.id"] == cid)
+        .collect();
+    assert_eq!(marker.len(), 2, "{marker:?}");
 }
 
 /// Sum of every `sensor_*_reloads_total` sample (rules and policy, applied and rejected).

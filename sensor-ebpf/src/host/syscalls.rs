@@ -9,12 +9,13 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind, FILE_OP_OPEN,
-    FLAG_PATH_TRUNCATED, FileEvent, FileMasks, LossCounter, OpenArgs, SyscallEvent,
+    FLAG_PATH_TRUNCATED, FileEvent, FileMasks, LossCounter, OpenArgs, RULE_SYSCALLS_MAX_ENTRIES,
+    SYSCALL_STR_LEN, SavedSyscall, SyscallArgsEvent, SyscallEvent, SyscallInterest,
 };
 
 use super::{
@@ -29,8 +30,12 @@ const SYS_OPENAT: u32 = 257;
 const SYS_OPENAT2: u32 = 437;
 
 /// `struct pt_regs` offsets (x86_64): the syscall's argument registers and number.
+const REG_DI: u32 = 112;
 const REG_SI: u32 = 104;
 const REG_DX: u32 = 96;
+const REG_R10: u32 = 56;
+const REG_R8: u32 = 72;
+const REG_R9: u32 = 64;
 const REG_ORIG_AX: u32 = 120;
 
 const O_ACCMODE: u64 = 3;
@@ -41,6 +46,18 @@ const O_TRUNC: u64 = 0o1000;
 
 #[map]
 pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscalls the rules name (filled by the agent from the loaded rules).
+#[map]
+static RULE_SYSCALLS: HashMap<u32, SyscallInterest> =
+    HashMap::with_max_entries(RULE_SYSCALLS_MAX_ENTRIES, 0);
+
+/// A rule-watched syscall's arguments from entry, per thread, until its exit.
+#[map]
+static SYSCALL_ARGS: HashMap<u32, SavedSyscall> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static SYSCALL_SCRATCH: PerCpuArray<SyscallArgsEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn reg(regs: *const u8, offset: u32) -> u64 {
@@ -73,29 +90,47 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }
 
     let arg = |offset| reg(regs, offset);
+    // SAFETY: the value is copied out at once.
+    if let Some(interest) = unsafe { RULE_SYSCALLS.get(&id) }.copied()
+        && interest.observe & scope != 0
+    {
+        let saved = SavedSyscall {
+            nr: id,
+            strings: interest.strings,
+            args: [arg(REG_DI), arg(REG_SI), arg(REG_DX), arg(REG_R10), arg(REG_R8), arg(REG_R9)],
+        };
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if SYSCALL_ARGS.insert(&tid, &saved, 0).is_err() {
+            count_loss(LossCounter::OpenArgsFull);
+        }
+        return 0;
+    }
     match id {
-        SYS_OPENAT => remember_open(scope, access_of(arg(REG_DX))),
-        SYS_OPEN => remember_open(scope, access_of(arg(REG_SI))),
-        SYS_CREAT => remember_open(scope, access_of(O_WRONLY | O_CREAT | O_TRUNC)),
+        SYS_OPENAT => remember_open(scope, arg(REG_DX), arg(REG_SI), arg(REG_DI) as i32),
+        SYS_OPEN => remember_open(scope, arg(REG_SI), arg(REG_DI), AT_FDCWD),
+        SYS_CREAT => remember_open(scope, O_WRONLY | O_CREAT | O_TRUNC, arg(REG_DI), AT_FDCWD),
         SYS_OPENAT2 => {
             // struct open_how starts with the u64 flags (user memory).
             // SAFETY: checked read of user memory.
             let flags =
                 unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(REG_DX) as *const u64) }
                     .unwrap_or(0);
-            remember_open(scope, access_of(flags));
+            remember_open(scope, flags, arg(REG_SI), arg(REG_DI) as i32);
         }
         _ => {}
     }
     0
 }
 
+/// `openat`'s "relative to the working directory" descriptor.
+const AT_FDCWD: i32 = -100;
+
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let id = reg(regs, REG_ORIG_AX) as u32;
     if !matches!(id, SYS_OPENAT | SYS_OPEN | SYS_CREAT | SYS_OPENAT2) {
-        return 0;
+        return rule_syscall_exit(&ctx, id);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
@@ -144,8 +179,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     event.op = FILE_OP_OPEN;
     event.access = open.access;
     event.path_len = len;
-    event.path2_len = 0;
-    event.path2[0] = 0;
+    event.open_flags = open.flags;
+    event.fd = fd as i32;
+    event.dirfd = open.dirfd;
+    // The path as the process passed it (Falco's fd.nameraw), still in its memory at exit.
+    // SAFETY: checked read of user memory into the event's own buffer.
+    event.path2_len = match unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+            open.filename as *const u8,
+            &mut event.path2[..sensor_common::host::MAX_PATH_LEN],
+        )
+    } {
+        Ok(raw) => raw.len() as u32,
+        Err(_) => 0,
+    };
     emit(event);
     if action == Action::Blocked {
         kill_current();
@@ -153,10 +200,59 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The exit of a syscall the rules named: its arguments (kept at entry), result and string
+/// arguments go to user space.
 #[inline(always)]
-fn remember_open(scope: u64, access: u32) {
+fn rule_syscall_exit(ctx: &RawTracePointContext, id: u32) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let args = OpenArgs { scope, access, _pad: 0 };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALL_ARGS.remove(&tid);
+    if saved.nr != id {
+        return 0;
+    }
+    let Some(event) = SYSCALL_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, used by this program only until it returns.
+    let event = unsafe { &mut *event };
+    fill_header(&mut event.header, EventKind::SyscallArgs as u32, Action::Observed, 0);
+    event.nr = id;
+    event.ret = ctx.arg::<u64>(1) as i64;
+    event.args = saved.args;
+    event.str_mask = 0;
+    event.str_len = [0; 2];
+    let mut slot = 0;
+    let mut i = 0;
+    while i < 6 {
+        if slot < 2 && saved.strings & (1 << i) != 0 {
+            // SAFETY: checked read of user memory into the event's own buffer.
+            let len = match unsafe {
+                aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+                    saved.args[i] as *const u8,
+                    &mut event.strs[slot][..SYSCALL_STR_LEN],
+                )
+            } {
+                Ok(s) => s.len() as u32,
+                Err(_) => 0,
+            };
+            event.str_len[slot] = len;
+            event.str_mask |= 1 << i;
+            slot += 1;
+        }
+        i += 1;
+    }
+    emit(event);
+    0
+}
+
+#[inline(always)]
+fn remember_open(scope: u64, flags: u64, filename: u64, dirfd: i32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let args =
+        OpenArgs { scope, access: access_of(flags), flags: flags as u32, filename, dirfd, _pad: 0 };
     if OPEN_ARGS.insert(&tid, &args, 0).is_err() {
         count_loss(LossCounter::OpenArgsFull);
     }

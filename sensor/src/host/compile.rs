@@ -242,6 +242,7 @@ mod tests {
         let interest = Interest {
             prefixes: vec!["/etc/sh".into(), "/srv/".into()],
             cgroups: Cgroups::Containers,
+            ..Interest::default()
         };
         let c = compile(&p, &e, &i, 1, &interest);
         let rules = 1_u64 << (32 + RULES_BIT_INDEX);
@@ -252,7 +253,8 @@ mod tests {
         assert_eq!(shadow.observe, rules, "a longer policy path carries the rules prefix");
         let srv = c.file.get(&PathPrefix { bytes: b"/srv/".to_vec() }).expect("rules prefix");
         assert_eq!((srv.observe, srv.audit, srv.block), (rules, [0; 5], [0; 5]));
-        let all = compile(&p, &e, &i, 0, &Interest { prefixes: vec![], cgroups: Cgroups::All });
+        let all =
+            compile(&p, &e, &i, 0, &Interest { cgroups: Cgroups::All, ..Interest::default() });
         assert_eq!(all.scopes.get(&11), Some(&((1 << 1) | (1 << RULES_BIT_INDEX))));
     }
 }

@@ -16,7 +16,7 @@ use super::{
     process::{ProcessInfo, ProcessTable},
 };
 use crate::{
-    decode::{FileOp, Header, HostEvent, SockOp},
+    decode::{FileOp, Header, HostEvent, SockOp, SyscallArgsOp},
     sys::BootClock,
 };
 
@@ -24,6 +24,10 @@ use crate::{
 pub struct Container {
     pub id: String,
     pub runtime: &'static str,
+    /// Image, privileged and start time from the pod (rules' `container.*` fields; not in
+    /// the Tetragon record).
+    #[serde(skip)]
+    pub info: Option<crate::policy::endpoints::ContainerInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,11 +104,18 @@ pub struct Record<'a> {
 /// What happened, beyond who did it.
 #[derive(Debug)]
 pub enum Detail {
-    Exec { binary_truncated: bool, args_truncated: bool },
+    Exec {
+        binary_truncated: bool,
+        args_truncated: bool,
+    },
     Exit,
     File(FileOp),
     Sock(SockOp),
-    Syscall { nr: u32 },
+    Syscall {
+        nr: u32,
+    },
+    /// A syscall a Falco rule names, with its arguments and result.
+    SyscallArgs(SyscallArgsOp),
 }
 
 /// A host event with everything enrichment found: the process, its parent, container and
@@ -180,6 +191,9 @@ impl HostFormatter {
                         crate::decode::normalize(&format!("{}/{p}", info.cwd))
                     }
                 });
+                if op.operation == "open" {
+                    op.falco_name = Some(crate::rules::fields::falco_name(&op, op.header.pid));
+                }
                 let header = op.header.clone();
                 ("process_file", header, info, Detail::File(op))
             }
@@ -191,6 +205,11 @@ impl HostFormatter {
             HostEvent::Syscall(op) => {
                 let info = self.processes.get(op.header.pid);
                 ("process_syscall", op.header, info, Detail::Syscall { nr: op.nr })
+            }
+            HostEvent::SyscallArgs(op) => {
+                let info = self.processes.get(op.header.pid);
+                let header = op.header.clone();
+                ("process_syscall", header, info, Detail::SyscallArgs(op))
             }
             HostEvent::Flow(_) => return None,
         };
@@ -258,6 +277,12 @@ impl HostFormatter {
                 body.address = Some(op.address.to_string());
                 body.port = Some(op.port);
             }
+            Detail::SyscallArgs(op) => {
+                body.syscall = Some(
+                    crate::rules::syscalls::by_nr(op.nr)
+                        .map_or_else(|| op.nr.to_string(), |s| s.name.to_owned()),
+                );
+            }
             Detail::Syscall { nr } => {
                 body.syscall = Some(
                     super::policy::syscall_name(*nr).map_or_else(|| nr.to_string(), str::to_owned),
@@ -305,18 +330,20 @@ impl HostFormatter {
             return (None, None);
         };
         let view = self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pod = view
-            .endpoints
-            .endpoints
-            .iter()
-            .find(|e| {
-                e.containers.iter().any(|c| super::cgroups::bare_container_id(c) == container.id)
-            })
-            .map(|e| Pod {
-                namespace: e.namespace.clone(),
-                name: e.name.clone(),
-                pod_labels: e.labels.clone(),
-            });
-        (Some(Container { id: container.id, runtime: container.runtime }), pod)
+        let endpoint = view.endpoints.endpoints.iter().find(|e| {
+            e.containers.iter().any(|c| super::cgroups::bare_container_id(c) == container.id)
+        });
+        let pod = endpoint.map(|e| Pod {
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            pod_labels: e.labels.clone(),
+        });
+        let info = endpoint.and_then(|e| {
+            e.container_info
+                .iter()
+                .find(|i| super::cgroups::bare_container_id(&i.id) == container.id)
+                .cloned()
+        });
+        (Some(Container { id: container.id, runtime: container.runtime, info }), pod)
     }
 }

@@ -8,7 +8,10 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::Deserialize;
 
-use crate::policy::{endpoints::Endpoint, selector::Labels};
+use crate::policy::{
+    endpoints::{ContainerInfo, Endpoint},
+    selector::Labels,
+};
 
 /// The parts of a Pod the sensor reads (`kube::core::Object` spec and status).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -18,6 +21,26 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     #[serde(default)]
     pub host_network: bool,
+    #[serde(default)]
+    pub containers: Vec<ContainerSpec>,
+    #[serde(default)]
+    pub init_containers: Vec<ContainerSpec>,
+}
+
+/// A container's name and whether it runs privileged.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SecurityContext {
+    #[serde(default)]
+    pub privileged: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -48,6 +71,27 @@ pub struct PodIp {
 pub struct ContainerStatus {
     #[serde(default, rename = "containerID")]
     pub container_id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
+    #[serde(default)]
+    pub state: Option<ContainerState>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContainerState {
+    #[serde(default)]
+    pub running: Option<ContainerRunning>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRunning {
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 pub type Pod = kube::core::Object<PodSpec, PodStatus>;
@@ -60,6 +104,8 @@ pub struct PodEntry {
     pub ips: Box<[IpAddr]>,
     /// Container ids without the runtime prefix (local pods only; empty for remote ones).
     pub containers: Box<[String]>,
+    /// Image, privileged flag and start time of those containers (local pods only).
+    pub container_info: Box<[ContainerInfo]>,
 }
 
 impl PodEntry {
@@ -99,11 +145,14 @@ impl PodEntry {
         } else {
             Box::default()
         };
+        let container_info =
+            if keep_containers { container_info(pod, status) } else { Box::default() };
         let meta = &pod.metadata;
         Some(Self {
             labels: Arc::new(meta.labels.clone().unwrap_or_default()),
             ips: ips.into(),
             containers,
+            container_info,
         })
     }
 
@@ -115,8 +164,43 @@ impl PodEntry {
             ips: self.ips.to_vec(),
             interface,
             containers: self.containers.to_vec(),
+            container_info: self.container_info.to_vec(),
         }
     }
+}
+
+/// Each container's image (`status.containerStatuses[].image`, `imageID`), privileged flag
+/// (`spec.containers[].securityContext.privileged`) and start (`state.running.startedAt`).
+fn container_info(pod: &Pod, status: &PodStatus) -> Box<[ContainerInfo]> {
+    let spec = &pod.spec;
+    status
+        .container_statuses
+        .iter()
+        .chain(&status.init_container_statuses)
+        .chain(&status.ephemeral_container_statuses)
+        .filter_map(|c| {
+            let id = c.container_id.as_deref()?;
+            let id = id.rsplit("://").next().unwrap_or(id).to_owned();
+            let privileged = spec
+                .containers
+                .iter()
+                .chain(&spec.init_containers)
+                .find(|s| s.name == c.name)
+                .and_then(|s| s.security_context.as_ref()?.privileged);
+            Some(ContainerInfo {
+                id,
+                name: Some(c.name.clone()),
+                image: Some(c.image.clone()).filter(|i| !i.is_empty()),
+                image_id: Some(c.image_id.clone()).filter(|i| !i.is_empty()),
+                privileged,
+                started_at: c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref())
+                    .and_then(|r| r.started_at.clone()),
+            })
+        })
+        .collect()
 }
 
 /// The policy kinds the sensor watches, with their API coordinates.

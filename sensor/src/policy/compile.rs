@@ -434,6 +434,7 @@ spec:
                 ips: vec![format!("10.77.9.{i}").parse().expect("ip")],
                 interface: None,
                 containers: vec![],
+                container_info: Vec::new(),
             });
         }
         let c = compile(&[], &eps);

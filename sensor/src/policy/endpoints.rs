@@ -40,6 +40,54 @@ pub struct Endpoint {
     /// the `containerd://` style prefix): host events and host policies find the pod by them.
     #[serde(default)]
     pub containers: Vec<String>,
+    /// What is known of each container for the rules' `container.*` fields (image, privileged,
+    /// start time), from the pod's status and spec.
+    #[serde(default)]
+    pub container_info: Vec<ContainerInfo>,
+}
+
+/// A container's metadata, as Kubernetes reports it (`status.containerStatuses[]` and
+/// `spec.containers[].securityContext`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerInfo {
+    /// The container id (with or without the `containerd://` style prefix).
+    pub id: String,
+    /// The container's name in the pod.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The image as given: `registry/repository:tag` or `...@sha256:...`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The resolved image id, `...@sha256:<digest>` (`imageID`).
+    #[serde(default)]
+    pub image_id: Option<String>,
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    /// When the container started, RFC 3339 (`state.running.startedAt`).
+    #[serde(default)]
+    pub started_at: Option<String>,
+}
+
+impl ContainerInfo {
+    /// `(repository, tag, digest)` of the image reference, as Falco splits it:
+    /// `docker.io/library/nginx:1.25@sha256:ab` → (`docker.io/library/nginx`, `1.25`, `sha256:ab`).
+    pub fn image_parts(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        let Some(image) = self.image.as_deref() else { return (None, None, None) };
+        let (rest, mut digest) = match image.split_once('@') {
+            Some((r, d)) => (r, Some(d)),
+            None => (image, None),
+        };
+        if digest.is_none() {
+            digest = self.image_id.as_deref().and_then(|i| i.split_once('@')).map(|(_, d)| d);
+        }
+        // A `:` after the last `/` is the tag (a registry port comes before a `/`).
+        let slash = rest.rfind('/').map_or(0, |i| i + 1);
+        match rest[slash..].find(':') {
+            Some(colon) => (Some(&rest[..slash + colon]), Some(&rest[slash + colon + 1..]), digest),
+            None => (Some(rest), None, digest),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -173,8 +173,11 @@ pub(super) fn exec(comm: &str, args: &[&str], in_container: bool) -> Enriched {
         detail: Detail::Exec { binary_truncated: false, args_truncated: false },
         process: process(&format!("/usr/bin/{comm}"), args, comm, 99),
         parent: process("/usr/bin/bash", &["bash", "-l"], "bash", 98),
-        container: in_container
-            .then(|| Container { id: "abcdef0123456789".repeat(4), runtime: "containerd" }),
+        container: in_container.then(|| Container {
+            id: "abcdef0123456789".repeat(4),
+            runtime: "containerd",
+            info: None,
+        }),
         pod: in_container.then(|| Pod {
             namespace: "shop".into(),
             name: "web-1".into(),
@@ -194,6 +197,11 @@ pub(super) fn open(path: &str, access: &[&'static str]) -> Enriched {
         path: path.into(),
         new_path: None,
         path_truncated: false,
+        raw_path: Some(path.into()),
+        open_flags: Some(0),
+        fd: Some(3),
+        dirfd: Some(-100),
+        falco_name: Some(path.into()),
     });
     e
 }

@@ -37,8 +37,14 @@ pub fn check(args: &RulesCheckArgs) -> Result<String, RulesError> {
     }
     let _ = writeln!(
         out,
-        "kernel interest: file opens under {:?}, cgroups {:?}",
-        set.interest.prefixes, set.interest.cgroups
+        "kernel interest: file opens under {:?}, cgroups {:?}, syscalls {:?}",
+        set.interest.prefixes,
+        set.interest.cgroups,
+        set.interest
+            .syscalls
+            .iter()
+            .map(|nr| super::syscalls::by_nr(*nr).map_or("?", |s| s.name))
+            .collect::<Vec<_>>()
     );
     Ok(out)
 }

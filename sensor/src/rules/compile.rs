@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     condition::{Expr, Item, Op, Value},
-    fields::{ALL_CLASSES, Class, Ctx, Field, MAX_ANCESTORS, Type, Val},
+    fields::{ALL_CLASSES, Class, ClassMask, Ctx, Field, MAX_ANCESTORS, Type, Val},
 };
 
 /// Why a rule cannot be compiled; the rule is skipped, the rest loads.
@@ -34,8 +34,16 @@ pub enum Node {
     Not(Box<Node>),
     Const(bool),
     Test(Field, Test),
+    /// A test on a transformed field (`tolower(proc.name) = bash`).
+    Xform(Field, Box<[Transform]>, Test),
+    /// A field compared with another field (`proc.name = val(proc.pname)`).
+    FieldCmp {
+        lhs: (Field, Box<[Transform]>),
+        op: Op,
+        rhs: (Field, Box<[Transform]>),
+    },
     /// `evt.type` against a set of classes.
-    Class(u16),
+    Class(ClassMask),
     /// `evt.type` naming only events we do not observe: never matches.
     UnknownTypes(Box<[String]>),
 }
@@ -54,9 +62,123 @@ pub enum Test {
     Glob(glob::Pattern),
     /// Path prefixes (`/etc` matches `/etc` and `/etc/x`, not `/etc_x`) and globs.
     Pmatch(Box<[Box<str>]>, Box<[glob::Pattern]>),
+    IGlob(glob::Pattern),
     Int(Op, i64),
     IntIn(Box<[i64]>),
     Bool(bool),
+    /// Raw bytes (from hex) contained in / at the start of the value.
+    BContains(Box<[u8]>),
+    BStartsWith(Box<[u8]>),
+    /// Anchored at both ends, as libsinsp's RE2 `ANCHOR_BOTH`.
+    Regex(regex::Regex),
+    /// An address field against networks: `=`/`in` hold when one contains the address.
+    Net(bool, Box<[Cidr]>),
+    /// `fd.*ip.name` against host names: holds when the address is one the names resolve
+    /// to (resolved in the background, as Falco's DNS manager does).
+    Dns(Box<[Box<str>]>),
+}
+
+/// Falco's field transformers, applied in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    ToLower,
+    ToUpper,
+    /// Base64-decode (the value unchanged when it is not base64).
+    B64,
+    /// The last path component.
+    Basename,
+}
+
+impl Transform {
+    fn apply(self, s: &str) -> String {
+        match self {
+            Self::ToLower => s.to_lowercase(),
+            Self::ToUpper => s.to_uppercase(),
+            Self::B64 => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_else(|| s.to_owned())
+            }
+            Self::Basename => {
+                let trimmed = s.trim_end_matches('/');
+                trimmed.rsplit('/').next().unwrap_or(trimmed).to_owned()
+            }
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network (`10.0.0.0/8`; a bare address is a host network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+            None => {
+                let addr: std::net::IpAddr = text.parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(V6(v6), V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (V6(net), V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A field reference as written (`proc.name`, `tolower(proc.name)`): the field and the
+/// transformers to apply, innermost first.
+pub fn field_ref(text: &str) -> Result<(Field, Vec<Transform>), Skip> {
+    let mut transforms = Vec::new();
+    let mut rest = text.trim();
+    while let Some(open) = rest.find('(') {
+        let name = &rest[..open];
+        let t = match name {
+            "tolower" => Transform::ToLower,
+            "toupper" => Transform::ToUpper,
+            "b64" => Transform::B64,
+            "basename" => Transform::Basename,
+            "val" => {
+                rest = rest[open + 1..].strip_suffix(')').unwrap_or(&rest[open + 1..]);
+                continue;
+            }
+            other => return Err(Skip::Operator(format!("transformer `{other}()`"))),
+        };
+        transforms.push(t);
+        rest = rest[open + 1..].strip_suffix(')').unwrap_or(&rest[open + 1..]);
+    }
+    transforms.reverse();
+    let field = Field::parse(rest).ok_or_else(|| Skip::UnknownField(rest.to_owned()))?;
+    if !transforms.is_empty() && field.kind() != Type::Str {
+        return Err(Skip::Operator(format!("transformer on non-string field `{rest}`")));
+    }
+    Ok((field, transforms))
 }
 
 #[derive(Debug)]
@@ -114,12 +236,14 @@ impl Defs<'_> {
         })
     }
 
-    /// The items of a list value with list names replaced by their items.
+    /// The items of a list value with list names replaced by their items. A list's items
+    /// are pasted into the condition as Falco does, so a YAML item written `'"(systemd)"'`
+    /// is the quoted string `(systemd)`.
     fn items(&self, items: &[Item]) -> Vec<String> {
         let mut out = Vec::new();
         for item in items {
             match self.lists.get(&item.text) {
-                Some(list) if !item.quoted => out.extend(list.iter().cloned()),
+                Some(list) if !item.quoted => out.extend(list.iter().map(|i| unquote_item(i))),
                 _ => out.push(item.text.clone()),
             }
         }
@@ -127,10 +251,43 @@ impl Defs<'_> {
     }
 }
 
-/// Compiles an expanded condition.
+/// A list item as the condition lexer reads it: a quoted item loses its quotes and escapes.
+pub fn unquote_item(item: &str) -> String {
+    let t = item.trim();
+    let b = t.as_bytes();
+    if b.len() >= 2
+        && (b[0] == b'"' || b[0] == b'\'')
+        && b[b.len() - 1] == b[0]
+        && let Ok((text, end)) = super::condition::quoted(t, 0)
+        && end == t.len()
+    {
+        return text;
+    }
+    item.to_owned()
+}
+
+/// Whether evaluating the node may read `/proc` (or do other per-event system calls).
+fn costly(node: &Node) -> bool {
+    match node {
+        Node::And(v) | Node::Or(v) => v.iter().any(costly),
+        Node::Not(n) => costly(n),
+        Node::Test(f, _) | Node::Xform(f, _, _) => f.reads_proc(),
+        Node::FieldCmp { lhs, rhs, .. } => lhs.0.reads_proc() || rhs.0.reads_proc(),
+        Node::Const(_) | Node::Class(_) | Node::UnknownTypes(_) => false,
+    }
+}
+
+/// Compiles an expanded condition. Within an `and`, tests that read `/proc` go last (the
+/// tests have no side effects, so the order does not change the result, only how often the
+/// costly ones run).
 pub fn compile(expr: &Expr, defs: &Defs<'_>) -> Result<Node, Skip> {
     Ok(match expr {
-        Expr::And(v) => Node::And(v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?),
+        Expr::And(v) => {
+            let mut nodes: Vec<Node> =
+                v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?;
+            nodes.sort_by_key(costly);
+            Node::And(nodes.into_boxed_slice())
+        }
         Expr::Or(v) => Node::Or(v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?),
         Expr::Not(e) => Node::Not(Box::new(compile(e, defs)?)),
         Expr::Macro(name) => return Err(Skip::UnknownMacro(name.clone())),
@@ -142,12 +299,47 @@ fn check(name: &str, op: Op, value: &Value, defs: &Defs<'_>) -> Result<Node, Ski
     if let Op::Unsupported(word) = op {
         return Err(Skip::Operator(word.to_owned()));
     }
-    let field = Field::parse(name).ok_or_else(|| Skip::UnknownField(name.to_owned()))?;
+    if let Value::Unsupported(what) = value {
+        return Err(Skip::Operator(what.clone()));
+    }
+    let (field, transforms) = field_ref(name)?;
+    if let Value::Field(rhs) = value {
+        let (rfield, rtransforms) = field_ref(rhs)?;
+        if !matches!(
+            op,
+            Op::Eq
+                | Op::Ne
+                | Op::Lt
+                | Op::Le
+                | Op::Gt
+                | Op::Ge
+                | Op::Contains
+                | Op::StartsWith
+                | Op::EndsWith
+                | Op::IContains
+        ) {
+            return Err(Skip::Operator(format!("{op:?} with a field on the right")));
+        }
+        let lkind = if transforms.is_empty() { field.kind() } else { Type::Str };
+        let rkind = if rtransforms.is_empty() { rfield.kind() } else { Type::Str };
+        if lkind != rkind {
+            return Err(Skip::BadValue(format!("`{name}` and `{rhs}` have different types")));
+        }
+        return Ok(Node::FieldCmp {
+            lhs: (field, transforms.into_boxed_slice()),
+            op,
+            rhs: (rfield, rtransforms.into_boxed_slice()),
+        });
+    }
     let values: Vec<String> = match value {
-        Value::None => Vec::new(),
+        Value::None | Value::Field(_) | Value::Unsupported(_) => Vec::new(),
         Value::One(v) => vec![v.clone()],
         Value::List(items) => defs.items(items),
     };
+    if !transforms.is_empty() {
+        let test = str_test(name, op, value, values)?;
+        return Ok(Node::Xform(field, transforms.into_boxed_slice(), test));
+    }
     let one = || -> Result<&str, Skip> {
         match (value, values.as_slice()) {
             (Value::One(_), [v]) => Ok(v.as_str()),
@@ -199,27 +391,80 @@ fn check(name: &str, op: Op, value: &Value, defs: &Defs<'_>) -> Result<Node, Ski
                 return Err(Skip::BadValue(format!("`{name}` {op:?} {v}: expected true or false")));
             }
         },
-        Type::Str => match op {
-            Op::Eq => Test::StrEq(one()?.into()),
-            Op::Ne => Test::StrNe(one()?.into()),
-            Op::In | Op::Intersects => Test::StrIn(StrSet::new(values)),
-            Op::StartsWith => Test::StartsWith(one()?.into()),
-            Op::EndsWith => Test::EndsWith(one()?.into()),
-            Op::Contains => Test::Contains(one()?.into()),
-            Op::IContains => Test::IContains(one()?.to_ascii_lowercase().into()),
-            Op::Glob => Test::Glob(glob_of(one()?)?),
-            Op::Pmatch => {
-                let (globs, prefixes): (Vec<String>, Vec<String>) =
-                    values.into_iter().partition(|v| v.contains(['*', '?', '[']));
-                Test::Pmatch(
-                    prefixes.into_iter().map(|p| p.trim_end_matches('/').into()).collect(),
-                    globs.iter().map(|g| glob_of(g)).collect::<Result<_, _>>()?,
-                )
+        Type::Str => str_test(name, op, value, values)?,
+        Type::Net => {
+            let nets = values
+                .iter()
+                .map(|v| {
+                    Cidr::parse(v)
+                        .ok_or_else(|| Skip::BadValue(format!("`{name}`: `{v}` is not a network")))
+                })
+                .collect::<Result<Box<[_]>, _>>()?;
+            match op {
+                Op::Eq | Op::In | Op::Intersects => Test::Net(true, nets),
+                Op::Ne => Test::Net(false, nets),
+                _ => return Err(Skip::Operator(format!("{op:?} on network field `{name}`"))),
             }
-            _ => return Err(Skip::Operator(format!("{op:?} on string field `{name}`"))),
+        }
+        Type::Dns => match op {
+            Op::Eq | Op::In | Op::Intersects => {
+                let names: Box<[Box<str>]> =
+                    values.into_iter().map(String::into_boxed_str).collect();
+                super::dns::watch(&names);
+                Test::Dns(names)
+            }
+            _ => return Err(Skip::Operator(format!("{op:?} on host-name field `{name}`"))),
         },
     };
     Ok(Node::Test(field, test))
+}
+
+/// A string test for `op` and its value(s).
+fn str_test(name: &str, op: Op, value: &Value, values: Vec<String>) -> Result<Test, Skip> {
+    let one = || -> Result<&str, Skip> {
+        match (value, values.as_slice()) {
+            (Value::One(_), [v]) => Ok(v.as_str()),
+            _ => Err(Skip::BadValue(format!("`{name}` {op:?} needs a single value"))),
+        }
+    };
+    Ok(match op {
+        Op::Eq => Test::StrEq(one()?.into()),
+        Op::Ne => Test::StrNe(one()?.into()),
+        Op::In | Op::Intersects => Test::StrIn(StrSet::new(values)),
+        Op::StartsWith => Test::StartsWith(one()?.into()),
+        Op::EndsWith => Test::EndsWith(one()?.into()),
+        Op::Contains => Test::Contains(one()?.into()),
+        Op::IContains => Test::IContains(one()?.to_ascii_lowercase().into()),
+        Op::Glob => Test::Glob(glob_of(one()?)?),
+        Op::IGlob => Test::IGlob(glob_of(&one()?.to_lowercase())?),
+        Op::BContains => Test::BContains(hex_bytes(name, one()?)?),
+        Op::BStartsWith => Test::BStartsWith(hex_bytes(name, one()?)?),
+        Op::Regex => Test::Regex(
+            regex::Regex::new(&format!("^(?:{})$", one()?))
+                .map_err(|e| Skip::BadValue(format!("`{name}` regex: {e}")))?,
+        ),
+        Op::Pmatch => {
+            let (globs, prefixes): (Vec<String>, Vec<String>) =
+                values.into_iter().partition(|v| v.contains(['*', '?', '[']));
+            Test::Pmatch(
+                prefixes.into_iter().map(|p| p.trim_end_matches('/').into()).collect(),
+                globs.iter().map(|g| glob_of(g)).collect::<Result<_, _>>()?,
+            )
+        }
+        _ => return Err(Skip::Operator(format!("{op:?} on string field `{name}`"))),
+    })
+}
+
+/// `bcontains` / `bstartswith` values: hex digits, two per byte.
+fn hex_bytes(name: &str, hex: &str) -> Result<Box<[u8]>, Skip> {
+    let bad = || Skip::BadValue(format!("`{name}`: `{hex}` is not an even number of hex digits"));
+    if hex.len() % 2 != 0 || hex.is_empty() {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(bad))
+        .collect()
 }
 
 fn glob_of(pattern: &str) -> Result<glob::Pattern, Skip> {
@@ -228,7 +473,7 @@ fn glob_of(pattern: &str) -> Result<glob::Pattern, Skip> {
 
 /// The classes a condition can match (Falco's event-type analysis): `and` intersects, `or`
 /// unites, and anything not about evt.type allows every class.
-pub fn classes(node: &Node) -> u16 {
+pub fn classes(node: &Node) -> ClassMask {
     match node {
         Node::Class(mask) => *mask,
         Node::UnknownTypes(_) => 0,
@@ -339,6 +584,84 @@ pub fn eval(node: &Node, ctx: &Ctx<'_>, scratch: &mut String) -> bool {
             })
         }
         Node::Test(field, test) => test_val(test, ctx.get(field, scratch)),
+        Node::Xform(field, transforms, test) => match ctx.get(field, scratch) {
+            Val::Str(s) => {
+                let t = transformed(s, transforms);
+                test_val(test, Val::Str(&t))
+            }
+            other => test_val(test, other),
+        },
+        Node::FieldCmp { lhs, op, rhs } => field_cmp(ctx, lhs, *op, rhs, scratch),
+    }
+}
+
+fn transformed(s: &str, transforms: &[Transform]) -> String {
+    let mut out = s.to_owned();
+    for t in transforms {
+        out = t.apply(&out);
+    }
+    out
+}
+
+/// An owned field value for field-to-field comparisons.
+enum Owned {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+fn owned(
+    ctx: &Ctx<'_>,
+    (field, transforms): &(Field, Box<[Transform]>),
+    scratch: &mut String,
+) -> Option<Owned> {
+    Some(match ctx.get(field, scratch) {
+        Val::Str(s) => Owned::Str(transformed(s, transforms)),
+        Val::Int(i) => Owned::Int(i),
+        Val::Bool(b) => Owned::Bool(b),
+        Val::Missing => return None,
+    })
+}
+
+fn field_cmp(
+    ctx: &Ctx<'_>,
+    lhs: &(Field, Box<[Transform]>),
+    op: Op,
+    rhs: &(Field, Box<[Transform]>),
+    scratch: &mut String,
+) -> bool {
+    let (Some(l), Some(r)) = (owned(ctx, lhs, scratch), owned(ctx, rhs, scratch)) else {
+        return false;
+    };
+    match (l, r) {
+        (Owned::Str(l), Owned::Str(r)) => match op {
+            Op::Eq => l == r,
+            Op::Ne => l != r,
+            Op::Contains => l.contains(&r),
+            Op::IContains => l.to_lowercase().contains(&r.to_lowercase()),
+            Op::StartsWith => l.starts_with(&r),
+            Op::EndsWith => l.ends_with(&r),
+            Op::Lt => l < r,
+            Op::Le => l <= r,
+            Op::Gt => l > r,
+            Op::Ge => l >= r,
+            _ => false,
+        },
+        (Owned::Int(l), Owned::Int(r)) => match op {
+            Op::Eq => l == r,
+            Op::Ne => l != r,
+            Op::Lt => l < r,
+            Op::Le => l <= r,
+            Op::Gt => l > r,
+            Op::Ge => l >= r,
+            _ => false,
+        },
+        (Owned::Bool(l), Owned::Bool(r)) => match op {
+            Op::Eq => l == r,
+            Op::Ne => l != r,
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -354,6 +677,20 @@ fn test_val(test: &Test, val: Val<'_>) -> bool {
         (Test::Contains(p), Val::Str(s)) => s.contains(&**p),
         (Test::IContains(p), Val::Str(s)) => icontains(s, p),
         (Test::Glob(g), Val::Str(s)) => g.matches(s),
+        (Test::IGlob(g), Val::Str(s)) => g.matches(&s.to_lowercase()),
+        (Test::BContains(b), Val::Str(s)) => {
+            s.as_bytes().windows(b.len().max(1)).any(|w| w == &**b)
+        }
+        (Test::BStartsWith(b), Val::Str(s)) => s.as_bytes().starts_with(b),
+        (Test::Regex(r), Val::Str(s)) => r.is_match(s),
+        (Test::Net(want, nets), Val::Str(s)) => match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => nets.iter().any(|n| n.contains(ip)) == *want,
+            Err(_) => false,
+        },
+        (Test::Dns(names), Val::Str(s)) => match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => super::dns::any_resolves_to(names, ip),
+            Err(_) => false,
+        },
         (Test::Pmatch(prefixes, globs), Val::Str(s)) => {
             prefixes.iter().any(|p| {
                 s.strip_prefix(&**p)

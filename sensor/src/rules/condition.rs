@@ -22,7 +22,13 @@ pub enum Op {
     Contains,
     IContains,
     Glob,
+    IGlob,
     Exists,
+    /// Bytes (the value is hex) contained in the field's raw bytes.
+    BContains,
+    /// Bytes (the value is hex) at the start of the field's raw bytes.
+    BStartsWith,
+    Regex,
     /// Parsed so the rule can be skipped with a clear reason; not evaluated.
     Unsupported(&'static str),
 }
@@ -39,10 +45,10 @@ impl Op {
             "icontains" => Self::IContains,
             "glob" => Self::Glob,
             "exists" => Self::Exists,
-            "regex" => Self::Unsupported("regex"),
-            "bcontains" => Self::Unsupported("bcontains"),
-            "bstartswith" => Self::Unsupported("bstartswith"),
-            "iglob" => Self::Unsupported("iglob"),
+            "regex" => Self::Regex,
+            "bcontains" => Self::BContains,
+            "bstartswith" => Self::BStartsWith,
+            "iglob" => Self::IGlob,
             _ => return None,
         })
     }
@@ -60,7 +66,15 @@ pub enum Value {
     One(String),
     /// Items as written; an unquoted item may name a list.
     List(Vec<Item>),
+    /// Another field (`val(proc.pname)`, or a transformer over a field such as
+    /// `tolower(proc.pname)`), written as in the condition.
+    Field(String),
+    /// A construct we parse but do not evaluate (`oneof (...)`): the rule is skipped.
+    Unsupported(String),
 }
+
+/// Falco's field transformers (`tolower(proc.name)`).
+pub const TRANSFORMERS: &[&str] = &["tolower", "toupper", "b64", "basename", "len"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -96,6 +110,17 @@ enum Tok {
     Quoted(String),
 }
 
+/// Whether the token just lexed puts the lexer in value position: after a comparison or a
+/// word operator, a bare value is Falco's `BareStr` (`[^ \b\t\n\r(),="']+`), so `evt.dir=<`
+/// and `proc.args contains 2>&1` are one value each.
+fn expects_value(tok: Option<&(usize, Tok)>) -> bool {
+    match tok {
+        Some((_, Tok::Cmp(_))) => true,
+        Some((_, Tok::Word(w))) => Op::word(w).is_some_and(|op| op != Op::Exists),
+        _ => false,
+    }
+}
+
 fn lex(text: &str) -> Result<Vec<(usize, Tok)>, SyntaxError> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
@@ -103,6 +128,26 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, SyntaxError> {
     while i < bytes.len() {
         let c = bytes[i];
         let start = i;
+        if expects_value(out.last())
+            && !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b',' | b'"' | b'\'')
+        {
+            while i < bytes.len()
+                && !matches!(
+                    bytes[i],
+                    b' ' | 8 | b'\t' | b'\n' | b'\r' | b'(' | b')' | b',' | b'=' | b'"' | b'\''
+                )
+            {
+                i += 1;
+            }
+            if i == start {
+                // `=` right after an operator (`a == = b`): let the normal path report it.
+                i += 1;
+                out.push((start, Tok::Cmp(Op::Eq)));
+                continue;
+            }
+            out.push((start, Tok::Word(text[start..i].to_owned())));
+            continue;
+        }
         match c {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b'(' => {
@@ -138,37 +183,8 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, SyntaxError> {
                 i += len;
             }
             b'"' | b'\'' => {
-                let mut value = String::new();
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None => {
-                            return Err(SyntaxError {
-                                column: start + 1,
-                                message: "unterminated string".into(),
-                            });
-                        }
-                        Some(&b) if b == c => {
-                            i += 1;
-                            break;
-                        }
-                        Some(b'\\') if bytes.get(i + 1).is_some() => {
-                            let escaped = bytes[i + 1];
-                            value.push(match escaped {
-                                b'n' => '\n',
-                                b't' => '\t',
-                                other => other as char,
-                            });
-                            i += 2;
-                        }
-                        Some(_) => {
-                            // Copy one UTF-8 character.
-                            let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
-                            value.push(ch);
-                            i += ch.len_utf8();
-                        }
-                    }
-                }
+                let (value, end) = quoted(text, start)?;
+                i = end;
                 out.push((start, Tok::Quoted(value)));
             }
             _ => {
@@ -202,6 +218,72 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, SyntaxError> {
         }
     }
     Ok(out)
+}
+
+/// The string quoted at `start` (by `"` or `'`) and the index after its closing quote.
+///
+/// Escapes as libsinsp's `unescape_str`: `\b \f \n \r \t \\ \/`, the string's own quote,
+/// `\ ` (kept as a backslash, for rules written before escaping was checked), plus `\xHH`
+/// (one byte, hex). Any other escape, or the other quote escaped, is an error as in Falco.
+pub fn quoted(text: &str, start: usize) -> Result<(String, usize), SyntaxError> {
+    let bytes = text.as_bytes();
+    let quote = bytes[start];
+    let mut out: Vec<u8> = Vec::new();
+    let mut i = start + 1;
+    let err = |at: usize, message: String| SyntaxError { column: at + 1, message };
+    loop {
+        match bytes.get(i) {
+            None => return Err(err(start, "unterminated string".into())),
+            Some(&b) if b == quote => {
+                i += 1;
+                break;
+            }
+            Some(b'\\') => {
+                let Some(&e) = bytes.get(i + 1) else {
+                    return Err(err(start, "unterminated string".into()));
+                };
+                i += 2;
+                match e {
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b' ' | b'\\' => out.push(b'\\'),
+                    b'/' => out.push(b'/'),
+                    b'"' | b'\'' if e == quote => out.push(e),
+                    b'"' | b'\'' => {
+                        return Err(err(
+                            i - 2,
+                            format!(
+                                "invalid \\{} escape in a {}-quoted string",
+                                e as char, quote as char
+                            ),
+                        ));
+                    }
+                    b'x' => {
+                        let hex = text
+                            .get(i..i + 2)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                            .ok_or_else(|| err(i - 2, "`\\x` needs two hex digits".into()))?;
+                        out.push(hex);
+                        i += 2;
+                    }
+                    other => {
+                        return Err(err(
+                            i - 2,
+                            format!("unsupported string escape sequence: \\{}", other as char),
+                        ));
+                    }
+                }
+            }
+            Some(&b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok((String::from_utf8_lossy(&out).into_owned(), i))
 }
 
 struct Parser {
@@ -316,7 +398,37 @@ impl Parser {
         }
     }
 
+    /// A field, or a transformer over one (`tolower(proc.name)`), as written: the name was
+    /// just read; a transformer's `(` is next.
+    fn field_expr(&mut self, name: String) -> Result<String, SyntaxError> {
+        if !(TRANSFORMERS.contains(&name.as_str()) || name == "val")
+            || self.peek() != Some(&Tok::LParen)
+        {
+            return Ok(name);
+        }
+        self.pos += 1;
+        let inner = match self.next() {
+            Some(Tok::Word(w)) => self.field_expr(w)?,
+            _ => {
+                self.pos -= 1;
+                return Err(self.error(format!("expected a field inside `{name}(`")));
+            }
+        };
+        match self.next() {
+            Some(Tok::RParen) => Ok(format!("{name}({inner})")),
+            _ => {
+                self.pos -= 1;
+                Err(self.error(format!("expected `)` closing `{name}(`")))
+            }
+        }
+    }
+
     fn check_or_macro(&mut self, name: String) -> Result<Expr, SyntaxError> {
+        let name = if TRANSFORMERS.contains(&name.as_str()) && self.peek() == Some(&Tok::LParen) {
+            self.field_expr(name)?
+        } else {
+            name
+        };
         let op = match self.peek() {
             Some(Tok::Cmp(op)) => Some(*op),
             Some(Tok::Word(w)) => Op::word(w),
@@ -330,25 +442,39 @@ impl Parser {
             return Ok(Expr::Macro(name));
         };
         self.pos += 1;
-        let value = match op {
-            Op::Exists => Value::None,
-            _ if self.peek() == Some(&Tok::LParen) => {
-                self.pos += 1;
-                Value::List(self.items()?)
-            }
-            _ => match self.next() {
-                Some(Tok::Word(w)) if op.takes_list() => {
-                    // `in list_name` without parentheses.
-                    Value::List(vec![Item { text: w, quoted: false }])
+        let value =
+            match op {
+                Op::Exists => Value::None,
+                _ if self.peek() == Some(&Tok::LParen) => {
+                    self.pos += 1;
+                    Value::List(self.items()?)
                 }
-                Some(Tok::Word(w)) => Value::One(w),
-                Some(Tok::Quoted(q)) => Value::One(q),
-                _ => {
-                    self.pos -= 1;
-                    return Err(self.error(format!("expected a value after `{name}` {op:?}")));
-                }
-            },
-        };
+                _ => match self.next() {
+                    Some(Tok::Word(w)) if self.peek() == Some(&Tok::LParen) => {
+                        if w == "val" || TRANSFORMERS.contains(&w.as_str()) {
+                            let text = self.field_expr(w)?;
+                            Value::Field(text.strip_prefix("val(").map_or(text.clone(), |t| {
+                                t.strip_suffix(')').unwrap_or(t).to_owned()
+                            }))
+                        } else {
+                            // A list modifier (`startswith oneof (a, b)`): parsed, not evaluated.
+                            self.pos += 1;
+                            self.items()?;
+                            Value::Unsupported(format!("`{w} (...)` after `{name}`"))
+                        }
+                    }
+                    Some(Tok::Word(w)) if op.takes_list() => {
+                        // `in list_name` without parentheses.
+                        Value::List(vec![Item { text: w, quoted: false }])
+                    }
+                    Some(Tok::Word(w)) => Value::One(w),
+                    Some(Tok::Quoted(q)) => Value::One(q),
+                    _ => {
+                        self.pos -= 1;
+                        return Err(self.error(format!("expected a value after `{name}` {op:?}")));
+                    }
+                },
+            };
         Ok(Expr::Check { field: name, op, value })
     }
 

@@ -7,10 +7,13 @@ pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod condition;
+pub mod dns;
 pub mod fields;
 pub mod output;
 pub mod parse;
+pub mod procfs;
 pub mod runtime;
+pub mod syscalls;
 
 use std::{
     collections::HashMap,
@@ -20,7 +23,7 @@ use std::{
 use self::{
     compile::{Defs, Node, Skip},
     condition::{Expr, Op},
-    fields::{CLASSES, Class, Ctx, Users},
+    fields::{CLASSES, Class, Ctx, Dir, Users},
     parse::{Definitions, Origin, ParseError},
 };
 use crate::host::{process::ProcessTable, record::Enriched};
@@ -84,7 +87,7 @@ pub struct CompiledRule {
     pub condition: Node,
     pub output: Vec<output::Seg>,
     /// Bit per [`Class`] the condition can match.
-    pub classes: u16,
+    pub classes: fields::ClassMask,
     pub origin: Origin,
     /// `falcosecurity_falco_rules_matches_total` labels.
     pub labels: Vec<(String, String)>,
@@ -114,6 +117,8 @@ pub enum Cgroups {
 pub struct Interest {
     pub prefixes: Vec<String>,
     pub cgroups: Cgroups,
+    /// Syscall numbers of rule-named syscalls ([`syscalls::SPECS`]) the rules need, sorted.
+    pub syscalls: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -214,16 +219,29 @@ impl RuleSet {
         set.by_class = by_class.map(Vec::into_boxed_slice);
         set.interest.prefixes.sort();
         set.interest.prefixes.dedup();
+        set.interest.syscalls.sort_unstable();
         set
     }
 
     fn add_interest(&mut self, rule: &CompiledRule) {
-        const KERNEL_FILTERED: u16 = Class::Open.bit()
+        const KERNEL_FILTERED: fields::ClassMask = Class::Open.bit()
             | Class::Unlink.bit()
             | Class::Rename.bit()
             | Class::Bind.bit()
             | Class::Connect.bit();
-        if rule.classes & KERNEL_FILTERED == 0 {
+        // A rule that names no event type (all classes) does not turn on every syscall.
+        let syscall_classes = if rule.classes == fields::ALL_CLASSES {
+            0
+        } else {
+            rule.classes & !(KERNEL_FILTERED | Class::Exec.bit() | Class::Exit.bit())
+        };
+        for spec in syscalls::SPECS {
+            if syscall_classes & spec.class.bit() != 0 && !self.interest.syscalls.contains(&spec.nr)
+            {
+                self.interest.syscalls.push(spec.nr);
+            }
+        }
+        if rule.classes & (KERNEL_FILTERED | syscall_classes) == 0 {
             return;
         }
         let cgroups = if compile::needs_container(&rule.condition) {
@@ -272,19 +290,36 @@ impl RuleSet {
     }
 }
 
+/// Every list with the lists it names replaced by their items, wherever in the files those
+/// are defined (Falco pastes list references after loading all files). A list that names
+/// itself, directly or through others, keeps the name as an item.
 fn flatten_lists(defs: &Definitions) -> HashMap<String, Vec<String>> {
-    let mut lists: HashMap<String, Vec<String>> = HashMap::new();
-    for (name, def) in &defs.lists {
-        let mut items = Vec::new();
-        for item in &def.items {
-            match lists.get(item) {
-                Some(earlier) => items.extend(earlier.iter().cloned()),
-                None => items.push(item.clone()),
+    let raw: HashMap<&str, &Vec<String>> =
+        defs.lists.iter().map(|(name, def)| (name.as_str(), &def.items)).collect();
+    fn expand<'a>(
+        name: &'a str,
+        raw: &HashMap<&'a str, &'a Vec<String>>,
+        stack: &mut Vec<&'a str>,
+        out: &mut Vec<String>,
+    ) {
+        stack.push(name);
+        for item in raw.get(name).map(|v| v.as_slice()).unwrap_or_default() {
+            if raw.contains_key(item.as_str()) && !stack.contains(&item.as_str()) {
+                expand(item, raw, stack, out);
+            } else {
+                out.push(item.clone());
             }
         }
-        lists.insert(name.clone(), items);
+        stack.pop();
     }
-    lists
+    defs.lists
+        .iter()
+        .map(|(name, _)| {
+            let mut items = Vec::new();
+            expand(name, &raw, &mut Vec::new(), &mut items);
+            (name.clone(), items)
+        })
+        .collect()
 }
 
 fn compile_rule(def: &parse::RuleDef, defs: &Defs<'_>) -> Result<CompiledRule, Skip> {
@@ -425,15 +460,17 @@ pub struct Evaluator {
     scratch: String,
     pub users: Users,
     pub hostname: String,
+    /// Events seen so far (Falco's `evt.num` of the next one is this + 1).
+    events: u64,
 }
 
 impl Evaluator {
     pub fn new(hostname: String) -> Self {
-        Self { scratch: String::with_capacity(256), users: Users::default(), hostname }
+        Self::with_users(hostname, Users::default())
     }
 
     pub fn with_users(hostname: String, users: Users) -> Self {
-        Self { scratch: String::with_capacity(256), users, hostname }
+        Self { scratch: String::with_capacity(256), users, hostname, events: 0 }
     }
 
     /// The first matching rule for `event`, with its Falco JSON alert and the text form.
@@ -444,12 +481,25 @@ impl Evaluator {
         processes: &ProcessTable,
     ) -> Option<Match<'r>> {
         let class = Class::of(event)?;
+        self.events += 1;
         if set.by_class[class as usize].is_empty() {
             return None;
         }
         self.users.prepare(event.header.uid);
-        let ctx = Ctx { event, class, processes, users: &self.users, hostname: &self.hostname };
-        let rule = set.first_match(&ctx, &mut self.scratch)?;
+        // A rule-named syscall is Falco's enter event, then its exit event.
+        let dirs: &[Dir] = if class.is_syscall() { &[Dir::Enter, Dir::Exit] } else { &[Dir::Exit] };
+        let (rule, ctx) = dirs.iter().find_map(|&dir| {
+            let ctx = Ctx {
+                event,
+                class,
+                processes,
+                users: &self.users,
+                hostname: &self.hostname,
+                num: self.events,
+                dir,
+            };
+            set.first_match(&ctx, &mut self.scratch).map(|rule| (rule, ctx))
+        })?;
         let alert = output::alert(rule, &ctx, &mut self.scratch);
         let json = serde_json::to_string(&alert).unwrap_or_default();
         Some(Match { rule, json, text: alert.output })
@@ -458,8 +508,20 @@ impl Evaluator {
     /// Whether any rule matches (the benchmark's path: no alert is built).
     pub fn matches(&mut self, set: &RuleSet, event: &Enriched, processes: &ProcessTable) -> bool {
         let Some(class) = Class::of(event) else { return false };
-        let ctx = Ctx { event, class, processes, users: &self.users, hostname: &self.hostname };
-        set.first_match(&ctx, &mut self.scratch).is_some()
+        self.events += 1;
+        let dirs: &[Dir] = if class.is_syscall() { &[Dir::Enter, Dir::Exit] } else { &[Dir::Exit] };
+        dirs.iter().any(|&dir| {
+            let ctx = Ctx {
+                event,
+                class,
+                processes,
+                users: &self.users,
+                hostname: &self.hostname,
+                num: self.events,
+                dir,
+            };
+            set.first_match(&ctx, &mut self.scratch).is_some()
+        })
     }
 }
 

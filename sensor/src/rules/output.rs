@@ -55,6 +55,16 @@ pub fn compile(template: &str) -> Result<Vec<Seg>, String> {
             rest = after;
             continue;
         }
+        if name == "container.info" {
+            // Falco's default for `%container.info`: the container's id and name.
+            lit.push_str("container_id=");
+            segs.push(Seg::Lit(std::mem::take(&mut lit)));
+            segs.push(Seg::Field(Field::ContainerId, "container.id".to_owned()));
+            segs.push(Seg::Lit(" container_name=".to_owned()));
+            segs.push(Seg::Field(Field::ContainerName, "container.name".to_owned()));
+            rest = after;
+            continue;
+        }
         let field = Field::parse(name).ok_or_else(|| name.to_owned())?;
         if !lit.is_empty() {
             segs.push(Seg::Lit(std::mem::take(&mut lit)));
@@ -101,7 +111,8 @@ pub struct Alert<'a> {
     pub priority: &'static str,
     pub rule: &'a str,
     pub source: &'static str,
-    pub tags: &'a [String],
+    /// Sorted as Falco keeps them (a `std::set<std::string>`: byte order, no duplicates).
+    pub tags: Vec<&'a str>,
     pub time: String,
 }
 
@@ -132,6 +143,10 @@ pub fn render(
             }
         }
     }
+    // Falco's `output_fields` always carry the event time (nanoseconds since the epoch).
+    fields
+        .entry("evt.time")
+        .or_insert_with(|| serde_json::Value::from(i64::try_from(ctx.event.wall_ns).unwrap_or(0)));
     (text, fields)
 }
 
@@ -145,7 +160,12 @@ pub fn alert<'a>(rule: &'a super::CompiledRule, ctx: &Ctx<'a>, scratch: &mut Str
         priority: rule.priority.name(),
         rule: &rule.name,
         source: "syscall",
-        tags: &rule.tags,
+        tags: {
+            let mut tags: Vec<&str> = rule.tags.iter().map(String::as_str).collect();
+            tags.sort_unstable();
+            tags.dedup();
+            tags
+        },
         time: rfc3339(ctx.event.wall_ns),
     }
 }
@@ -177,7 +197,7 @@ mod tests {
                 "L. 100%"
             ]
         );
-        assert_eq!(compile("x %fd.num").expect_err("unknown"), "fd.num");
+        assert_eq!(compile("x %evt.buffer").expect_err("unknown"), "evt.buffer");
         assert_eq!(compile("%(proc.name)x").map(|s| s.len()).ok(), Some(2));
     }
 

@@ -141,9 +141,9 @@ fn unknown_fields_and_event_types_skip_only_that_rule() {
     let s = set(&format!(
         "{}{}{}{}",
         rule("good", "proc.name = sh"),
-        rule("tty", "proc.tty != 0"),
-        rule("ptrace", "evt.type = ptrace"),
-        "- rule: quiet\n  desc: d\n  condition: fd.num >= 0\n  output: x\n  priority: debug\n  skip-if-unknown-filter: true\n",
+        rule("tty", "evt.buffer contains x"),
+        rule("ptrace", "evt.type = accept"),
+        "- rule: quiet\n  desc: d\n  condition: evt.is_open_exec = true\n  output: x\n  priority: debug\n  skip-if-unknown-filter: true\n",
     ));
     assert_eq!(s.rules.len(), 1);
     let reasons: Vec<_> =
@@ -151,14 +151,14 @@ fn unknown_fields_and_event_types_skip_only_that_rule() {
     assert_eq!(
         reasons,
         [
-            ("tty", "unknown field `proc.tty`", 6),
-            ("ptrace", "no event type we observe: evt.type only names ptrace", 11),
-            ("quiet", "unknown field `fd.num`", 16),
+            ("tty", "unknown field `evt.buffer`", 6),
+            ("ptrace", "no event type we observe: evt.type only names accept", 11),
+            ("quiet", "unknown field `evt.is_open_exec`", 16),
         ]
     );
     assert!(s.skipped[2].quiet);
-    let out = set(&rule("o", "proc.name = sh").replace("x %proc.name", "%proc.tty"));
-    assert_eq!(out.skipped[0].reason, "unknown field `proc.tty (in output)`");
+    let out = set(&rule("o", "proc.name = sh").replace("x %proc.name", "%container.mounts"));
+    assert_eq!(out.skipped[0].reason, "unknown field `container.mounts (in output)`");
 }
 
 #[test]
@@ -305,4 +305,89 @@ fn throughput() {
             t.matched
         );
     }
+}
+
+#[test]
+fn falco_constructs_bare_values_escapes_transformers_and_field_comparison() {
+    let sh = exec("sh", &["sh", "-c", "echo a 2>&1 > /dev/null"], true);
+    let f = open("/etc/shadow", &["read"]);
+    for (cond, event, want) in [
+        // Bare values hold `<`, `>` and `&` (Falco's BareStr).
+        ("evt.type = execve and evt.dir=<", &sh, true),
+        ("evt.type = execve and evt.dir = >", &sh, false),
+        ("proc.args contains 2>&1", &sh, true),
+        ("proc.args contains >", &sh, true),
+        // Escapes: \x41 is one byte; \" inside "...".
+        (r#"proc.name = "s\x68""#, &sh, true),
+        (r#"proc.args contains "a\x20""#, &sh, true),
+        // Transformers and val().
+        ("toupper(proc.name) = SH", &sh, true),
+        ("tolower(toupper(proc.name)) = sh", &sh, true),
+        ("basename(fd.name) = shadow", &f, true),
+        ("proc.name = val(proc.name)", &sh, true),
+        ("proc.exepath != val(proc.name)", &sh, true),
+        ("b64(proc.name) = sh", &sh, true),
+        // Bytes, regex (anchored), iglob.
+        ("proc.name bcontains 68", &sh, true),
+        ("proc.name bstartswith 7368", &sh, true),
+        ("proc.name bstartswith 68", &sh, false),
+        (r#"proc.name regex "s.""#, &sh, true),
+        (r#"proc.name regex "h""#, &sh, false),
+        ("fd.name iglob /ETC/SHA*", &f, true),
+        // Output-only fields answer in conditions too.
+        ("evt.num > 0 and not evt.num = 0", &sh, true),
+        ("evt.res = SUCCESS and evt.rawres >= 0", &f, true),
+        ("fd.num >= 0 and evt.arg.flags contains O_RDONLY", &f, true),
+    ] {
+        assert_eq!(matches(cond, event), want, "{cond}");
+    }
+}
+
+#[test]
+fn list_items_are_pasted_as_falco_does_quotes_and_forward_references() {
+    let s = set(&format!(
+        "- list: outer\n  items: [inner_late, '\"(sh)\"']\n- list: inner_late\n  items: [bash]\n{}{}",
+        rule("quoted", "proc.name in (outer) and proc.args contains quoted"),
+        rule("late", "proc.name in (outer)"),
+    ));
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    assert_eq!(eval_one(&s, &exec("bash", &["bash"], false)).as_deref(), Some("late"));
+    assert_eq!(eval_one(&s, &exec("(sh)", &["(sh)"], false)).as_deref(), Some("late"));
+    assert_eq!(eval_one(&s, &exec("sh", &["sh"], false)), None);
+}
+
+#[test]
+fn unsupported_constructs_skip_one_rule_and_bad_escapes_reject() {
+    let s = set(&format!(
+        "{}{}{}",
+        rule("modifier", "evt.type = execve and proc.name startswith oneof (a, b)"),
+        rule("buffer", "evt.type = execve and evt.buffer bcontains 00"),
+        rule("ok", "evt.type = execve"),
+    ));
+    let skipped: Vec<_> = s.skipped.iter().map(|k| (k.name.as_str(), k.reason.as_str())).collect();
+    assert_eq!(s.rules.len(), 1);
+    assert!(skipped.iter().any(|(n, r)| *n == "modifier" && r.contains("oneof")), "{skipped:?}");
+    assert!(skipped.iter().any(|(n, r)| *n == "buffer" && r.contains("evt.buffer")), "{skipped:?}");
+    // As in libsinsp, an unknown escape is a syntax error.
+    let err =
+        from_text(Path::new("r.yaml"), &rule("bad", r#"proc.name = "a\qb""#), Priority::Debug)
+            .expect_err("bad escape");
+    assert!(err.to_string().contains("escape"), "{err}");
+}
+
+#[test]
+fn networks_and_output_fields_and_sorted_tags() {
+    let b = bind(8080);
+    assert!(matches("fd.net = 0.0.0.0/0 and not fd.net in (10.0.0.0/8)", &b));
+    let s = set(
+        "- rule: t\n  desc: d\n  condition: evt.type = execve\n  output: \"x %proc.name %container.info\"\n  priority: NOTICE\n  tags: [zeta, T1059, alpha]\n",
+    );
+    let users = Users::new("/nonexistent");
+    let mut ev = Evaluator::with_users("node-a".into(), users);
+    let m = ev.evaluate(&s, &exec("sh", &["sh"], true), &ProcessTable::default()).expect("matches");
+    let v: serde_json::Value = serde_json::from_str(&m.json).expect("json");
+    assert_eq!(v["tags"], serde_json::json!(["T1059", "alpha", "zeta"]));
+    assert_eq!(v["output_fields"]["evt.time"], 1_777_629_600_123_456_789_i64);
+    assert!(v["output_fields"].get("container.id").is_some(), "{v}");
+    assert!(v["output"].as_str().is_some_and(|o| o.contains("container_id=")), "{v}");
 }
