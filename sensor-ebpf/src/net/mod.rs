@@ -49,7 +49,7 @@ static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceCounters> =
     PerCpuHashMap::with_max_entries(IFACE_STATS_MAX_ENTRIES, 0);
 
 #[map]
-static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
+pub(crate) static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> =
@@ -134,8 +134,7 @@ fn handle(ctx: &TcContext, hook: Direction) -> i32 {
 /// a plain forward.
 #[inline(always)]
 fn unclassified(ifindex: u32, direction: u8, tuple: &Tuple, reason: NetCounter) -> (i32, u8) {
-    let config = NET_CONFIG.get(0).copied().unwrap_or(NetConfig::default());
-    let decision = policy::fail_closed(&config, ifindex, direction, reason.drop_reason());
+    let decision = policy::fail_closed(ifindex, direction, reason.drop_reason());
     if decision.verdict == VERDICT_FORWARDED {
         return (TC_ACT_UNSPEC, 0);
     }
@@ -205,7 +204,7 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
         }
     }
 
-    let decision = policy::decide(&config, ifindex, direction, tuple);
+    let decision = policy::decide(ifindex, direction, tuple);
     emit(ifindex, direction, tuple, &decision, now, false, Record::Verdict);
     if decision.verdict == VERDICT_DROPPED {
         // No conntrack entry for a dropped flow: every retry is decided (and reported) again.
@@ -264,7 +263,7 @@ unsafe fn established(
         if (*entry).revision != config.revision {
             // The connection's own orientation: a reply is decided as its first packet was.
             let original = if is_reply { tuple.reversed() } else { *tuple };
-            let decision = policy::decide(config, ifindex, direction, &original);
+            let decision = policy::decide(ifindex, direction, &original);
             let changed = (*entry).verdict != decision.verdict;
             remember(entry, &decision, config.revision);
             if changed {

@@ -18,7 +18,7 @@ use sensor_common::net::{
     PolicyKey, PolicyValue, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
 };
 
-use super::parse::Tuple;
+use super::{NET_CONFIG, parse::Tuple};
 
 /// `BPF_F_NO_PREALLOC`: required for LPM tries.
 const NO_PREALLOC: u32 = 1;
@@ -88,11 +88,20 @@ const fn direction_flags(endpoint: &EndpointInfo, direction: u8) -> u32 {
     endpoint.flags >> direction
 }
 
+/// The live policy configuration. Read once per decision: BPF-to-BPF calls take at most five
+/// arguments, so the callees below read it themselves rather than take it (LLVM would pass
+/// its fields one by one).
+#[inline(always)]
+fn config() -> NetConfig {
+    NET_CONFIG.get(0).copied().unwrap_or(NetConfig::default())
+}
+
 /// A packet whose L4 identity is unknown (`reason` is its drop reason): an endpoint that a
 /// policy selects in this direction fails closed (DROPPED in enforce mode, AUDIT in detect
 /// mode); one only audit policies select records AUDIT; any other passes (FORWARDED).
 #[inline(never)]
-pub fn fail_closed(config: &NetConfig, ifindex: u32, direction: u8, reason: u8) -> Decision {
+pub fn fail_closed(ifindex: u32, direction: u8, reason: u8) -> Decision {
+    let config = &config();
     let mut d = Decision::forwarded();
     let Some(endpoint) = endpoint(config.generation, ifindex) else {
         return d;
@@ -135,8 +144,13 @@ fn lookup(
 
 // A BPF-to-BPF call, not inlined: its stack frame (lookup keys) is not added to every
 // caller's, which keeps the tc programs under the 512-byte stack limit.
+///
+/// The caller read `NET_CONFIG` for the conntrack revision before this reads it again: a
+/// policy change in between leaves an entry stamped with the older revision, which only makes
+/// its next packet decide again.
 #[inline(never)]
-pub fn decide(config: &NetConfig, ifindex: u32, direction: u8, t: &Tuple) -> Decision {
+pub fn decide(ifindex: u32, direction: u8, t: &Tuple) -> Decision {
+    let config = &config();
     let generation = config.generation;
     let mut d = Decision::forwarded();
     let remote = if direction == POLICY_INGRESS { t.saddr } else { t.daddr };
