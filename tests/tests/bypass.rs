@@ -370,7 +370,9 @@ fn variants(t: &Topology) -> Vec<Variant> {
                     Some("fragment_not_found"),
                 ),
             ],
-            reaches: Reaches::Tcp,
+            // Linux discards an IPv6 first fragment without the whole upper-layer header
+            // (RFC 8200 section 4.5); IPv4 reassembles it.
+            reaches: Reaches::Nothing,
         },
         Variant {
             name: "IPv6 fragments with a destination options header in the fragmentable part",
