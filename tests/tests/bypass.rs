@@ -92,7 +92,9 @@ fn topology(subnet: u8) -> Topology {
     add_ipv6(&client, "eth0", &format!("{c6}/64"));
     add_ipv6(&server, "eth0", &format!("{s6}/64"));
     node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-    for (ns, via) in [(&client, format!("fd00:77:{subnet}::1")), (&server, format!("fd00:77:{}::1", subnet + 1))] {
+    for (ns, via) in
+        [(&client, format!("fd00:77:{subnet}::1")), (&server, format!("fd00:77:{}::1", subnet + 1))]
+    {
         sensor_e2e::run("ip", &["-n", &ns.name, "-6", "route", "add", "fd00:77::/32", "via", &via]);
     }
     let dir = std::env::temp_dir().join(unique("se2e-byp-"));
@@ -378,11 +380,7 @@ fn variants(t: &Topology) -> Vec<Variant> {
             name: "IPv6 fragments with a destination options header in the fragmentable part",
             v6: true,
             frames: vec![
-                frame(
-                    f6(0x6003, NEXT_DEST_OPTS, &dest_then_udp, 0, 40),
-                    Some(POLICY_DENIED),
-                    None,
-                ),
+                frame(f6(0x6003, NEXT_DEST_OPTS, &dest_then_udp, 0, 40), Some(POLICY_DENIED), None),
                 frame(
                     f6(0x6003, NEXT_DEST_OPTS, &dest_then_udp, 40, 80),
                     Some(POLICY_DENIED),
@@ -396,7 +394,11 @@ fn variants(t: &Topology) -> Vec<Variant> {
             v6: true,
             frames: vec![
                 frame(f6(0x6004, PROTO_UDP, &udp6, 0, 40), Some(POLICY_DENIED), None),
-                frame(f6(0x6004, PROTO_UDP, &udp6, 16, 72), Some(INVALID), Some("fragment_overlap")),
+                frame(
+                    f6(0x6004, PROTO_UDP, &udp6, 16, 72),
+                    Some(INVALID),
+                    Some("fragment_overlap"),
+                ),
             ],
             reaches: Reaches::Nothing,
         },
@@ -423,11 +425,7 @@ fn variants(t: &Topology) -> Vec<Variant> {
         Variant {
             name: "IPv6 UDP behind 7 destination options headers",
             v6: true,
-            frames: vec![frame(
-                chain(7, PROTO_UDP, &udp6),
-                Some(EXTHDR),
-                Some("ipv6_ext_limit"),
-            )],
+            frames: vec![frame(chain(7, PROTO_UDP, &udp6), Some(EXTHDR), Some("ipv6_ext_limit"))],
             reaches: Reaches::Udp(DENIED),
         },
         Variant {
@@ -555,19 +553,15 @@ fn run_variants(mode: &str, subnet: u8) {
         }
         // Each frame is counted under its reason, exactly.
         let want = expected(&v, enforce);
-        wait_until(
-            &format!("{mode}: counters of {:?}", v.name),
-            Duration::from_secs(10),
-            || {
-                let now = counts(&sensor, &v);
-                let done = want.iter().all(|(key, n)| {
-                    let b = before.iter().find(|(k, _)| k == key).map_or(0.0, |(_, x)| *x);
-                    let a = now.iter().find(|(k, _)| k == key).map_or(0.0, |(_, x)| *x);
-                    (a - b - n).abs() < 0.5
-                });
-                done.then_some(())
-            },
-        );
+        wait_until(&format!("{mode}: counters of {:?}", v.name), Duration::from_secs(10), || {
+            let now = counts(&sensor, &v);
+            let done = want.iter().all(|(key, n)| {
+                let b = before.iter().find(|(k, _)| k == key).map_or(0.0, |(_, x)| *x);
+                let a = now.iter().find(|(k, _)| k == key).map_or(0.0, |(_, x)| *x);
+                (a - b - n).abs() < 0.5
+            });
+            done.then_some(())
+        });
         t.marker(&marker);
         let mut buf = [0_u8; 256];
         let received = |socket: &UdpSocket, buf: &mut [u8]| -> Option<usize> {
@@ -575,7 +569,12 @@ fn run_variants(mode: &str, subnet: u8) {
         };
         if enforce {
             if let Some(socket) = &target {
-                assert_eq!(received(socket, &mut buf), None, "{}: a datagram was delivered", v.name);
+                assert_eq!(
+                    received(socket, &mut buf),
+                    None,
+                    "{}: a datagram was delivered",
+                    v.name
+                );
             }
             assert_eq!(
                 t.server_tcp_segments(),
@@ -618,8 +617,10 @@ fn run_variants(mode: &str, subnet: u8) {
     let m = sensor.metrics();
     if enforce {
         assert!(
-            m.sum("cilium_drop_count_total", &[("reason", "First logical datagram fragment not found")])
-                >= 4.0,
+            m.sum(
+                "cilium_drop_count_total",
+                &[("reason", "First logical datagram fragment not found")]
+            ) >= 4.0,
             "{}",
             m.text
         );
@@ -661,22 +662,31 @@ fn kernel_fragmented_datagrams_follow_their_first_fragment() {
         let denied = t.server_udp(v6, DENIED);
         let sender = t.client.enter(|| UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind"));
         let mut buf = vec![0_u8; 4096];
-        let n = wait_until("the fragmented datagram to the allowed port", Duration::from_secs(10), || {
-            sender.send_to(&payload, (server, ALLOWED)).expect("send");
-            std::thread::sleep(Duration::from_millis(50));
-            allowed.recv_from(&mut buf).ok().map(|(n, _)| n)
-        });
+        let n = wait_until(
+            "the fragmented datagram to the allowed port",
+            Duration::from_secs(10),
+            || {
+                sender.send_to(&payload, (server, ALLOWED)).expect("send");
+                std::thread::sleep(Duration::from_millis(50));
+                allowed.recv_from(&mut buf).ok().map(|(n, _)| n)
+            },
+        );
         assert_eq!(n, payload.len(), "v6={v6}: reassembled datagram");
         let before = sensor.metrics().sum("hubble_drop_total", &[("reason", POLICY_DENIED)]);
         sender.send_to(&payload, (server, DENIED)).expect("send");
         // 3 fragments at 1500 bytes of MTU, each a policy drop (none "not found").
-        sensor.wait_metric("hubble_drop_total", &[("reason", POLICY_DENIED), ("protocol", "UDP")], |v| {
-            v.is_some_and(|v| v >= before + 3.0)
-        });
+        sensor.wait_metric(
+            "hubble_drop_total",
+            &[("reason", POLICY_DENIED), ("protocol", "UDP")],
+            |v| v.is_some_and(|v| v >= before + 3.0),
+        );
         t.marker(&t.server_udp(false, MARKER));
         assert!(denied.recv_from(&mut buf).is_err(), "v6={v6}: denied datagram delivered");
     }
     let m = sensor.metrics();
     assert_eq!(m.sum("hubble_drop_total", &[("reason", NOT_FOUND)]), 0.0, "{}", m.text);
-    assert_eq!(m.sum("sensor_net_unclassified_packets_total", &[("reason", "fragment_not_found")]), 0.0);
+    assert_eq!(
+        m.sum("sensor_net_unclassified_packets_total", &[("reason", "fragment_not_found")]),
+        0.0
+    );
 }

@@ -27,8 +27,8 @@ use sensor_common::{
     net::{
         CONNTRACK_MAX_ENTRIES, CT_FIN_FORWARD, CT_FIN_REPLY, CtEntry, CtKey, Direction,
         FLOW_REPORT_INTERVAL_NS, FlowEvent, IFACE_STATS_MAX_ENTRIES, IfaceCounters, IfaceKey,
-        NET_COUNTER_SLOTS, NET_EVENTS_BYTES, NetConfig, NetCounter, POLICY_EGRESS,
-        POLICY_INGRESS, VERDICT_DROPPED, VERDICT_FORWARDED, VerdictKey,
+        NET_COUNTER_SLOTS, NET_EVENTS_BYTES, NetConfig, NetCounter, POLICY_EGRESS, POLICY_INGRESS,
+        VERDICT_DROPPED, VERDICT_FORWARDED, VerdictKey,
     },
 };
 
