@@ -1034,9 +1034,10 @@ fn audit_never_weakens(mode: &str, subnet: u8) {
     assert_eq!(named(&r, "ingress_denied_by"), ["trial-deny-443"], "{r}");
     assert!(named(&r, "ingress_allowed_by").is_empty(), "{r}");
     let m = sensor.metrics();
-    let forwarded_8080 = sensor.events().into_iter().find(|v| {
-        flow_to(8080, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS"
-    });
+    let forwarded_8080 = sensor
+        .events()
+        .into_iter()
+        .find(|v| flow_to(8080, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS");
     assert!(forwarded_8080.is_none(), "8080 forwarded under an audit allow: {forwarded_8080:?}");
     let drops = m.sum("hubble_drop_total", &[("reason", "POLICY_DENIED")]);
     assert_eq!(drops >= 1.0, enforce, "{}", m.text);
