@@ -89,9 +89,24 @@ pub const IDENTITY_WORLD: u32 = 2;
 pub const VERDICT_FORWARDED: u8 = 1;
 pub const VERDICT_DROPPED: u8 = 2;
 pub const VERDICT_AUDIT: u8 = 4;
-/// Hubble's drop reasons: no allow rule matched / an explicit deny rule matched.
+/// Hubble's drop reasons (flow.proto `DropReason`, the positive form of Cilium's `DROP_*`
+/// codes): no allow rule matched / an explicit deny rule matched.
 pub const DROP_POLICY_DENIED: u8 = 133;
 pub const DROP_POLICY_DENY: u8 = 181;
+/// `INVALID_PACKET_DROPPED` (Cilium `DROP_INVALID`, "Invalid packet"): an IP header that is
+/// cut short or malformed, or fragments that overlap.
+pub const DROP_INVALID: u8 = 134;
+/// `CT_TRUNCATED_OR_INVALID_HEADER` (Cilium `DROP_CT_INVALID_HDR`): an L4 header too short for
+/// its ports and flags, also in a first fragment (a "tiny fragment", RFC 1858).
+pub const DROP_CT_INVALID_HDR: u8 = 135;
+/// `INVALID_IPV6_EXTENSION_HEADER` (Cilium `DROP_INVALID_EXTHDR`): an IPv6 extension header
+/// chain longer than the parser walks, or an extension header it does not know.
+pub const DROP_INVALID_EXTHDR: u8 = 156;
+/// `UNSUPPORTED_L2_PROTOCOL` (Cilium `DROP_UNSUPPORTED_L2`): neither IPv4, IPv6 nor ARP.
+pub const DROP_UNSUPPORTED_L2: u8 = 166;
+/// `FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND` (Cilium `DROP_FRAG_NOT_FOUND`): a non-first
+/// fragment whose first fragment was not seen (lost, out of order, or never sent).
+pub const DROP_FRAG_NOT_FOUND: u8 = 175;
 
 /// Hubble's policy match types.
 pub const MATCH_NONE: u8 = 0;
@@ -100,13 +115,28 @@ pub const MATCH_L3_L4: u8 = 2;
 pub const MATCH_L4_ONLY: u8 = 3;
 pub const MATCH_ALL: u8 = 4;
 
-/// [`EndpointInfo::flags`]: a policy selects the endpoint in this direction (default deny).
+/// [`EndpointInfo::flags`], each an ingress bit with its egress twin one bit higher (so
+/// `flags >> direction` tests either). An enforcing policy makes this direction default-deny.
 pub const EP_ENFORCE_INGRESS: u32 = 1;
 pub const EP_ENFORCE_EGRESS: u32 = 2;
-/// [`EndpointInfo::flags`]: only audit-mode policies make this direction default-deny, so a
-/// packet no rule allows is recorded as AUDIT even in enforce mode.
+/// [`EndpointInfo::flags`]: an audit-mode policy (`policy.sensor.dev/audit: "true"`) makes
+/// this direction default-deny: packets no rule allows are would-be drops (AUDIT), never drops.
 pub const EP_AUDIT_INGRESS: u32 = 4;
 pub const EP_AUDIT_EGRESS: u32 = 8;
+/// [`EndpointInfo::flags`]: an enforcing policy has rules (allow or deny) or default deny in
+/// this direction. Such an endpoint fails closed: in enforce mode a packet whose L4 identity
+/// cannot be known (bad header, fragment without its first fragment, ...) is dropped.
+pub const EP_SELECTED_INGRESS: u32 = 16;
+pub const EP_SELECTED_EGRESS: u32 = 32;
+/// [`EndpointInfo::flags`]: an audit-mode policy has rules or default deny in this direction:
+/// the audit entries (`POLICY_AUDIT_LAYER`) are looked up too, for would-be drops.
+pub const EP_AUDIT_SELECTED_INGRESS: u32 = 64;
+pub const EP_AUDIT_SELECTED_EGRESS: u32 = 128;
+
+/// Or-ed into [`PolicyKey::direction`] for entries of audit-mode policies: they are kept
+/// apart from enforcing entries, so an audit policy's allow never allows and its deny never
+/// drops; both only decide would-be drops.
+pub const POLICY_AUDIT_LAYER: u8 = 0x80;
 
 /// A flow with traffic gets a record at least this often (like Cilium's monitor aggregation).
 pub const FLOW_REPORT_INTERVAL_NS: u64 = 5_000_000_000;
@@ -211,6 +241,14 @@ pub struct CtKey {
     pub daddr: [u8; 16],
 }
 
+/// [`CtEntry::tcp_fin`]: a FIN was seen in the direction of the connection's first packet.
+pub const CT_FIN_FORWARD: u8 = 1;
+/// [`CtEntry::tcp_fin`]: a FIN was seen in the reply direction.
+pub const CT_FIN_REPLY: u8 = 2;
+
+/// A tracked connection, keyed by its first packet's [`CtKey`]. Packets of either direction
+/// pass only while `verdict` (re-decided on the first packet after each policy change) is not
+/// `VERDICT_DROPPED`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -233,6 +271,12 @@ pub struct CtEntry {
     /// TCP flags seen in either direction (OR of the flag byte).
     pub tcp_flags: u8,
     pub match_type: u8,
+    /// The drop reason of the last decision (0 unless `verdict` is DROPPED or AUDIT).
+    pub drop_reason: u8,
+    /// `CT_FIN_FORWARD` | `CT_FIN_REPLY`: a TCP connection is closing only once both sides
+    /// sent FIN (a half-closed connection keeps its entry).
+    pub tcp_fin: u8,
+    pub _pad: [u8; 6],
 }
 
 /// One flow observation: a new flow's verdict, or a dropped packet.
@@ -260,7 +304,12 @@ pub struct FlowEvent {
     pub icmp_code: u8,
     /// 1 when the packet goes against the direction of the connection's first packet.
     pub is_reply: u8,
-    pub _pad: [u8; 2],
+    /// 1 for a policy decision (a new connection, or one decided again after a policy change)
+    /// at an endpoint a policy selects in this direction: Hubble's `PolicyVerdict` event.
+    /// 0 for drops of an already denied connection, traces and would-be drops of packets that
+    /// could not be classified.
+    pub policy_verdict: u8,
+    pub _pad: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// 1 + index of the policy that allowed or denied the flow; 0 for none.
@@ -288,28 +337,40 @@ pub enum NetCounter {
     TruncatedL3 = 1,
     TruncatedL4 = 2,
     BadIpHeader = 3,
-    /// A non-first fragment: no L4 header to classify.
-    Fragment = 4,
+    /// A non-first fragment whose first fragment was not seen on this interface (lost,
+    /// out of order, expired, or never sent): its L4 identity is unknown.
+    FragmentNotFound = 4,
     /// More IPv6 extension headers than the parser follows.
     Ipv6ExtLimit = 5,
     /// The flow event ring buffer was full: an event was lost.
     RingbufFull = 6,
     /// A conntrack insert failed.
     CtInsertFailed = 7,
+    /// A first fragment too short for its minimal L4 header (RFC 1858's tiny fragment).
+    FragmentTiny = 8,
+    /// A fragment overlapping the first fragment's data, or a second first fragment of a
+    /// datagram still being tracked (RFC 1858, RFC 5722).
+    FragmentOverlap = 9,
+    /// An IPv6 extension header the parser does not walk (Mobility, HIP, Shim6, the
+    /// experimental 253 and 254), or a second fragment header.
+    Ipv6ExtInvalid = 10,
 }
 
-pub const NET_COUNTER_SLOTS: u32 = 8;
+pub const NET_COUNTER_SLOTS: u32 = 11;
 
 impl NetCounter {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::NonIp,
         Self::TruncatedL3,
         Self::TruncatedL4,
         Self::BadIpHeader,
-        Self::Fragment,
+        Self::FragmentNotFound,
         Self::Ipv6ExtLimit,
         Self::RingbufFull,
         Self::CtInsertFailed,
+        Self::FragmentTiny,
+        Self::FragmentOverlap,
+        Self::Ipv6ExtInvalid,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -318,12 +379,76 @@ impl NetCounter {
             Self::TruncatedL3 => "truncated_l3",
             Self::TruncatedL4 => "truncated_l4",
             Self::BadIpHeader => "bad_ip_header",
-            Self::Fragment => "fragment",
+            Self::FragmentNotFound => "fragment_not_found",
             Self::Ipv6ExtLimit => "ipv6_ext_limit",
             Self::RingbufFull => "ringbuf_full",
             Self::CtInsertFailed => "ct_insert_failed",
+            Self::FragmentTiny => "fragment_tiny",
+            Self::FragmentOverlap => "fragment_overlap",
+            Self::Ipv6ExtInvalid => "ipv6_ext_invalid",
         }
     }
+
+    /// The Hubble drop reason of a packet that could not be classified, for an endpoint
+    /// that fails closed; 0 for counters that are not about one packet.
+    pub const fn drop_reason(self) -> u8 {
+        match self {
+            Self::NonIp => DROP_UNSUPPORTED_L2,
+            Self::TruncatedL3 | Self::BadIpHeader | Self::FragmentOverlap => DROP_INVALID,
+            Self::TruncatedL4 | Self::FragmentTiny => DROP_CT_INVALID_HDR,
+            Self::FragmentNotFound => DROP_FRAG_NOT_FOUND,
+            Self::Ipv6ExtLimit | Self::Ipv6ExtInvalid => DROP_INVALID_EXTHDR,
+            Self::RingbufFull | Self::CtInsertFailed => 0,
+        }
+    }
+}
+
+// ---- IP fragments ------------------------------------------------------------------------
+
+/// LRU hash of [`FragKey`] → [`FragValue`]: the L4 identity of each fragmented datagram, from
+/// its first fragment (Cilium's `cilium_ipv4_frag_datagrams`, for IPv6 too).
+pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8192;
+/// A datagram's fragments are matched this long after its first fragment (the kernel gives
+/// up reassembly after 30 s for IPv4, 60 s for IPv6: `ipfrag_time`).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 60_000_000_000;
+
+/// One fragmented datagram as seen on one interface: source, destination, protocol (the
+/// fragment header's next header for IPv6) and identification (16 bits for IPv4, 32 for IPv6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub ifindex: u32,
+    pub id: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// The first fragment's L4 identity, given to the datagram's later fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    /// When the first fragment was seen (CLOCK_BOOTTIME).
+    pub first_ns: u64,
+    pub sport: u16,
+    pub dport: u16,
+    pub policy_port: u16,
+    /// Bytes of the fragmentable part the first fragment carried: a later fragment starting
+    /// before this overlaps it.
+    pub first_end: u16,
+    /// The upper-layer protocol found in the first fragment.
+    pub protocol: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub reply_only: u8,
+    pub icmp_types: [u8; 2],
+    /// 1 once the last fragment (no "more fragments" flag) was seen: a new first fragment
+    /// with the same id then starts a new datagram instead of overlapping this one.
+    pub complete: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
@@ -339,9 +464,13 @@ mod pod_flow {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 88);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
-use sensor_common::net::{CtEntry, CtKey, PROTO_TCP};
+use sensor_common::net::{CT_FIN_FORWARD, CT_FIN_REPLY, CtEntry, CtKey, PROTO_TCP};
 use serde::Deserialize;
 
-const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
@@ -20,7 +19,8 @@ pub struct ConntrackConfig {
     pub max_entries: u32,
     /// Idle timeout of an established TCP connection.
     pub tcp_timeout_seconds: u64,
-    /// Idle timeout once FIN or RST was seen, or before the handshake completed.
+    /// Idle timeout once both sides sent FIN or either sent RST, or before the handshake
+    /// completed. A half-closed connection (one FIN) keeps the established timeout.
     pub tcp_closing_timeout_seconds: u64,
     /// Idle timeout of UDP, ICMP and SCTP flows.
     pub non_tcp_timeout_seconds: u64,
@@ -57,13 +57,19 @@ impl ConntrackConfig {
     fn timeout(&self, protocol: u8, entry: &CtEntry) -> Duration {
         let secs = if protocol != PROTO_TCP {
             self.non_tcp_timeout_seconds
-        } else if entry.tcp_flags & (TCP_FIN | TCP_RST) != 0 || entry.tcp_flags & TCP_ACK == 0 {
+        } else if closing(entry) || entry.tcp_flags & TCP_ACK == 0 {
             self.tcp_closing_timeout_seconds
         } else {
             self.tcp_timeout_seconds
         };
         Duration::from_secs(secs)
     }
+}
+
+/// A TCP connection is closing once both sides sent FIN, or either sent RST.
+const fn closing(entry: &CtEntry) -> bool {
+    let both_fins = CT_FIN_FORWARD | CT_FIN_REPLY;
+    entry.tcp_flags & TCP_RST != 0 || entry.tcp_fin & both_fins == both_fins
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,4 +138,27 @@ pub fn boot_ns() -> u64 {
         u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(ts.tv_nsec()).unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(flags: u8, fin: u8) -> Duration {
+        let entry = CtEntry { tcp_flags: flags, tcp_fin: fin, ..CtEntry::default() };
+        ConntrackConfig::default().timeout(PROTO_TCP, &entry)
+    }
+
+    #[test]
+    fn tcp_closes_after_both_fins_or_a_reset() {
+        const SYN: u8 = 0x02;
+        const FIN: u8 = 0x01;
+        let (open, closing) = (Duration::from_secs(8000), Duration::from_secs(10));
+        assert_eq!(tcp(SYN, 0), closing, "handshake not complete");
+        assert_eq!(tcp(SYN | TCP_ACK, 0), open);
+        assert_eq!(tcp(SYN | TCP_ACK | FIN, CT_FIN_FORWARD), open, "half-closed stays open");
+        assert_eq!(tcp(SYN | TCP_ACK | FIN, CT_FIN_REPLY), open, "half-closed stays open");
+        assert_eq!(tcp(SYN | TCP_ACK | FIN, CT_FIN_FORWARD | CT_FIN_REPLY), closing);
+        assert_eq!(tcp(SYN | TCP_ACK | TCP_RST, 0), closing);
+    }
 }

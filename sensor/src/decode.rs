@@ -126,6 +126,9 @@ pub struct Flow {
     pub destination_port: u16,
     /// The packet goes against the connection's first packet.
     pub is_reply: bool,
+    /// A policy decision at an endpoint a policy selects (Hubble's `PolicyVerdict` event);
+    /// false for drops of an already denied connection, traces and unclassified packets.
+    pub policy_verdict: bool,
     /// 1 + index of the deciding policy in the compile that was live; 0 for none.
     pub policy: u32,
 }
@@ -363,6 +366,7 @@ fn decode_flow(record: &[u8]) -> Result<Flow, DecodeError> {
         source_port: raw.sport,
         destination_port: raw.dport,
         is_reply: raw.is_reply != 0,
+        policy_verdict: raw.policy_verdict != 0,
         policy: raw.policy,
     })
 }

@@ -4,9 +4,10 @@
 use std::sync::{Arc, RwLock};
 
 use sensor_common::net::{
-    DROP_POLICY_DENIED, DROP_POLICY_DENY, MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY,
-    POLICY_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_AUDIT,
-    VERDICT_DROPPED, VERDICT_FORWARDED,
+    DROP_CT_INVALID_HDR, DROP_FRAG_NOT_FOUND, DROP_INVALID, DROP_INVALID_EXTHDR,
+    DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L2, MATCH_ALL, MATCH_L3_L4,
+    MATCH_L3_ONLY, MATCH_L4_ONLY, POLICY_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
 };
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
@@ -33,12 +34,39 @@ pub const fn verdict_name(verdict: u8) -> &'static str {
     }
 }
 
+/// Hubble's `DropReason` enum name (flow.proto), as in `drop_reason_desc` and the `reason`
+/// label of `hubble_drop_total`.
 pub const fn drop_reason_name(reason: u8) -> &'static str {
     match reason {
         DROP_POLICY_DENIED => "POLICY_DENIED",
         DROP_POLICY_DENY => "POLICY_DENY",
+        DROP_INVALID => "INVALID_PACKET_DROPPED",
+        DROP_CT_INVALID_HDR => "CT_TRUNCATED_OR_INVALID_HEADER",
+        DROP_INVALID_EXTHDR => "INVALID_IPV6_EXTENSION_HEADER",
+        DROP_UNSUPPORTED_L2 => "UNSUPPORTED_L2_PROTOCOL",
+        DROP_FRAG_NOT_FOUND => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
         _ => "DROP_REASON_UNKNOWN",
     }
+}
+
+/// Cilium's text for a drop reason (pkg/monitor/api), the `reason` label of
+/// `cilium_drop_count_total`.
+pub const fn drop_reason_text(reason: u8) -> &'static str {
+    match reason {
+        DROP_POLICY_DENY => "Policy denied by denylist",
+        DROP_INVALID => "Invalid packet",
+        DROP_CT_INVALID_HDR => "CT: Truncated or invalid header",
+        DROP_INVALID_EXTHDR => "Invalid IPv6 extension header",
+        DROP_UNSUPPORTED_L2 => "Unsupported L2 protocol",
+        DROP_FRAG_NOT_FOUND => "First logical datagram fragment not found",
+        _ => "Policy denied",
+    }
+}
+
+/// A drop reason about the packet itself, not about policy: shown on AUDIT records too,
+/// where nothing else says what enforce mode would have dropped.
+const fn is_packet_reason(reason: u8) -> bool {
+    !matches!(reason, 0 | DROP_POLICY_DENIED | DROP_POLICY_DENY)
 }
 
 pub const fn protocol_name(protocol: u8) -> &'static str {
@@ -62,12 +90,12 @@ pub const fn match_name(match_type: u8) -> &'static str {
     }
 }
 
-/// The Hubble event type of a flow event: a drop, a policy verdict at a policy endpoint, or
-/// a trace of traffic through an interface we only observe.
+/// The Hubble event type of a flow event: a drop, a policy verdict (a connection decided at
+/// an endpoint a policy selects), or a trace of other traffic.
 pub const fn event_type(flow: &Flow) -> (&'static str, u8) {
     if flow.verdict == VERDICT_DROPPED {
         ("Drop", EVENT_DROP)
-    } else if flow.endpoint_id != 0 {
+    } else if flow.policy_verdict {
         ("PolicyVerdict", EVENT_POLICY_VERDICT)
     } else {
         ("Trace", EVENT_TRACE)
@@ -178,13 +206,15 @@ impl FlowFormatter {
             protocol_name(flow.protocol).to_owned()
         };
         let dropped = flow.verdict == VERDICT_DROPPED;
+        let would_drop = flow.verdict == VERDICT_AUDIT && is_packet_reason(flow.drop_reason);
         let (_, kind) = event_type(flow);
         FlowRecord {
             flow: HubbleFlow {
                 time: time.clone(),
                 verdict: verdict_name(flow.verdict),
-                drop_reason: dropped.then_some(flow.drop_reason),
-                drop_reason_desc: dropped.then(|| drop_reason_name(flow.drop_reason)),
+                drop_reason: (dropped || would_drop).then_some(flow.drop_reason),
+                drop_reason_desc: (dropped || would_drop)
+                    .then(|| drop_reason_name(flow.drop_reason)),
                 ip: HubbleIp {
                     source: flow.source.to_string(),
                     destination: flow.destination.to_string(),

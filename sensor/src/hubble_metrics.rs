@@ -67,7 +67,7 @@ impl MetricName {
             ),
             Self::Policy => (
                 "hubble_policy_verdicts",
-                "Policy verdicts of new flows at policy endpoints, by direction, match and action",
+                "Policy verdicts of connections at endpoints a policy selects, by direction, match and action",
             ),
         }
     }
@@ -298,7 +298,8 @@ fn own_labels(name: MetricName, flow: &Flow) -> Vec<Labels> {
             let port = if flows::has_ports(flow.protocol) { flow.destination_port } else { 0 };
             vec![vec![pair("protocol", protocol), pair("port", &port.to_string())]]
         }
-        MetricName::Policy if flow.endpoint_id != 0 && !flow.is_reply => {
+        // One verdict per connection and direction, at endpoints a policy selects.
+        MetricName::Policy if flow.policy_verdict => {
             let action = match flow.verdict {
                 VERDICT_DROPPED => "dropped",
                 VERDICT_AUDIT => "audit",

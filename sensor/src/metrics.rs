@@ -407,10 +407,7 @@ impl Collector for VerdictCollector {
                         .encode_family(&labels)?
                         .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
                 } else {
-                    let reason = match key.reason {
-                        sensor_common::net::DROP_POLICY_DENY => "Policy denied by denylist",
-                        _ => "Policy denied",
-                    };
+                    let reason = crate::flows::drop_reason_text(key.reason);
                     let labels = CiliumDropLabels { reason, direction: direction(key) };
                     family
                         .encode_family(&labels)?

@@ -35,6 +35,21 @@ impl Metrics {
             })
             .map(|s| s.value)
     }
+
+    /// The sum of every sample called `name` whose labels include all of `labels` (0 when
+    /// there is none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
 }
 
 fn parse_sample(line: &str) -> Option<Sample> {

@@ -116,10 +116,10 @@ fn hostile_frames(f: &Frames) -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("IPv6 extension header chain", "ipv6_ext_limit", f.ipv6(60, &chain)),
         (
             "IPv4 non-first fragment",
-            "fragment",
+            "fragment_not_found",
             f.ipv4_raw(5, 20 + 32, 185, 17, &udp(7000, &[0xab; 24])),
         ),
-        ("IPv6 non-first fragment", "fragment", f.ipv6(44, &later_fragment)),
+        ("IPv6 non-first fragment", "fragment_not_found", f.ipv6(44, &later_fragment)),
         ("truncated TCP", "truncated_l4", f.ipv4(6, &[0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0])),
         ("truncated UDP", "truncated_l4", f.ipv4(17, &udp(7000, b"")[..6])),
         ("truncated UDP with padding", "truncated_l4", padded_udp),
@@ -153,8 +153,14 @@ fn malformed_frames_are_counted_by_reason_and_never_become_flows() {
         src: veth.pod_ip,
         dst: veth.node_ip,
     });
-    let reasons =
-        ["non_ip", "truncated_l3", "truncated_l4", "bad_ip_header", "fragment", "ipv6_ext_limit"];
+    let reasons = [
+        "non_ip",
+        "truncated_l3",
+        "truncated_l4",
+        "bad_ip_header",
+        "fragment_not_found",
+        "ipv6_ext_limit",
+    ];
     let before: Vec<f64> = reasons.iter().map(|r| unclassified(&sensor, r)).collect();
     let ingress = [("interface", iface.as_str()), ("direction", "ingress")];
     let packets_before =

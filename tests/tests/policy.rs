@@ -893,3 +893,296 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_the_pins() {
             && v["flow"]["l4"]["TCP"]["destination_port"].as_u64() == Some(9090)
     });
 }
+
+// ---- Datapath cases of issue 13 (r06, r08, r09, r10), each in enforce and detect mode ------
+
+/// A connected client/server pair on `port`, with the server side accepted.
+fn connected(pods: &Pods, port: u16) -> (TcpStream, TcpStream) {
+    let addr = SocketAddr::from((pods.server_veth.pod_ip, port));
+    let listener = pods.server.enter(|| TcpListener::bind(addr).expect("bind"));
+    let client = pods
+        .client
+        .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    }
+    (client, server)
+}
+
+/// r06: a half-closed TCP connection keeps its conntrack entry past the closing timeout:
+/// the server answers after the client's FIN, later than the closing timeout, and the answer
+/// arrives (the server's egress is default-deny, so it passes only as a reply).
+fn half_closed_connection_keeps_working(mode: &str, subnet: u8) {
+    let pods = setup(subnet);
+    pods.write_policy("server.yaml", SERVER_POLICY);
+    let config = format!(
+        "mode: {mode}\npolicy_dir: {}\nendpoints_file: {}\n\
+         conntrack: {{tcp_closing_timeout_seconds: 1, gc_interval_seconds: 1}}\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start(&pods.node, &config, &[]);
+    let (mut client, mut server) = connected(&pods, 8080);
+    client.write_all(b"request").expect("write");
+    client.shutdown(std::net::Shutdown::Write).expect("shutdown(SHUT_WR)");
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).expect("read until the client's FIN");
+    assert_eq!(got, b"request");
+    // Three sweeps after the FIN: with the old rule (closing on the first FIN, 1 s) the entries
+    // would be gone by now.
+    let runs = sensor.metrics().get("sensor_conntrack_gc_runs_total", &[]).unwrap_or(0.0);
+    sensor.wait_metric("sensor_conntrack_gc_runs_total", &[], |v| v >= Some(runs + 3.0));
+    let entries = sensor.metrics().get("sensor_conntrack_entries", &[]);
+    assert!(entries >= Some(2.0), "half-closed connection lost its entries: {entries:?}");
+    server.write_all(b"answer").expect("answer");
+    let mut buf = [0_u8; 6];
+    client.read_exact(&mut buf).expect("the answer after the half-close");
+    assert_eq!(&buf, b"answer");
+    let denied = sensor.events().into_iter().find(|v| {
+        v["flow"]["traffic_direction"] == "EGRESS"
+            && v["flow"]["is_reply"] == false
+            && v["flow"]["source"]["pod_name"] == "server"
+    });
+    assert!(denied.is_none(), "the answer was decided as a new flow: {denied:?}");
+    // Both FINs: the entries go after the closing timeout.
+    drop(server);
+    drop(client);
+    sensor.wait_metric("sensor_conntrack_entries", &[], |v| v == Some(0.0));
+}
+
+#[test]
+fn r06_half_closed_tcp_keeps_its_entry_enforce() {
+    if !privileged() {
+        return;
+    }
+    half_closed_connection_keeps_working("enforce", 140);
+}
+
+#[test]
+fn r06_half_closed_tcp_keeps_its_entry_detect() {
+    if !privileged() {
+        return;
+    }
+    half_closed_connection_keeps_working("detect", 142);
+}
+
+const ONLY_443: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: only-443, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]
+";
+
+/// An audit-mode policy of `kind` (`ingress` or `ingressDeny`) for TCP `port` from the client.
+fn audit_policy(name: &str, kind: &str, port: u16) -> String {
+    format!(
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: {name}
+  namespace: shop
+  annotations: {{policy.sensor.dev/audit: \"true\"}}
+spec:
+  endpointSelector: {{matchLabels: {{app: server}}}}
+  {kind}:
+  - fromEndpoints: [{{matchLabels: {{app: client}}}}]
+    toPorts: [{{ports: [{{port: \"{port}\", protocol: TCP}}]}}]
+"
+    )
+}
+
+/// Names in one of a record's `*_by` lists.
+fn named(record: &serde_json::Value, list: &str) -> Vec<String> {
+    record["flow"][list]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// r08: audit policies never weaken enforcement. An audit deny of 8080 and an audit allow of
+/// 8080 leave the enforcing policy's default deny of 8080 in force; an audit deny of 443 only
+/// turns the allowed connection into AUDIT; attribution names exactly the deciding policy.
+fn audit_never_weakens(mode: &str, subnet: u8) {
+    let pods = setup(subnet);
+    pods.write_policy("enforcing.yaml", ONLY_443);
+    pods.write_policy("audit.yaml", &audit_policy("trial-deny-8080", "ingressDeny", 8080));
+    pods.write_policy("audit-allow.yaml", &audit_policy("trial-allow-8080", "ingress", 8080));
+    pods.write_policy("audit-443.yaml", &audit_policy("trial-deny-443", "ingressDeny", 443));
+    let sensor = pods.start(mode);
+    let enforce = mode == "enforce";
+    assert_eq!(pods.tcp_roundtrip(8080), !enforce, "{mode}: 8080 is denied by only-443");
+    let verdict = if enforce { "DROPPED" } else { "AUDIT" };
+    let r = sensor.wait_event("the 8080 verdict", |v| {
+        flow_to(8080, verdict)(v) && v["flow"]["traffic_direction"] == "INGRESS"
+    });
+    for list in ["ingress_allowed_by", "egress_allowed_by", "ingress_denied_by"] {
+        assert!(named(&r, list).is_empty(), "{list} must be empty (default deny): {r}");
+    }
+    if enforce {
+        assert_eq!(r["flow"]["drop_reason_desc"], "POLICY_DENIED", "{r}");
+    }
+    // 443: allowed by only-443, and the audit deny makes it a would-be drop.
+    assert!(pods.tcp_roundtrip(443), "{mode}: an audit policy dropped 443:\n{}", sensor.log());
+    let r = sensor.wait_event("the 443 verdict", |v| {
+        flow_to(443, "AUDIT")(v) && v["flow"]["traffic_direction"] == "INGRESS"
+    });
+    assert_eq!(named(&r, "ingress_denied_by"), ["trial-deny-443"], "{r}");
+    assert!(named(&r, "ingress_allowed_by").is_empty(), "{r}");
+    let m = sensor.metrics();
+    let forwarded_8080 = sensor
+        .events()
+        .into_iter()
+        .find(|v| flow_to(8080, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS");
+    assert!(forwarded_8080.is_none(), "8080 forwarded under an audit allow: {forwarded_8080:?}");
+    let drops = m.sum("hubble_drop_total", &[("reason", "POLICY_DENIED")]);
+    assert_eq!(drops >= 1.0, enforce, "{}", m.text);
+}
+
+#[test]
+fn r08_audit_policies_never_weaken_enforcement_enforce() {
+    if !privileged() {
+        return;
+    }
+    audit_never_weakens("enforce", 144);
+}
+
+#[test]
+fn r08_audit_policies_never_weaken_enforcement_detect() {
+    if !privileged() {
+        return;
+    }
+    audit_never_weakens("detect", 146);
+}
+
+/// r09: one TCP connection counts one policy verdict, at the endpoint the policy selects
+/// (the server's ingress), and none for the client no policy selects.
+fn one_verdict_per_connection(mode: &str, subnet: u8) {
+    let pods = setup(subnet);
+    pods.write_policy(
+        "server.yaml",
+        &SERVER_POLICY.replace("  egress: [{}]   # default-deny egress: the server's replies pass only through conntrack\n", ""),
+    );
+    let config = format!(
+        "mode: {mode}\npolicy_dir: {}\nendpoints_file: {}\nhubble_metrics: [policy]\n",
+        pods.dir.join("policies").display(),
+        pods.dir.join("endpoints.yaml").display()
+    );
+    let sensor = Sensor::start(&pods.node, &config, &[]);
+    assert!(pods.tcp_roundtrip(8080), "allowed connection failed");
+    // The records of both FINs come after every earlier record of the connection.
+    let fins = |v: &serde_json::Value| {
+        v["flow"]["l4"]["TCP"]["flags"]["FIN"] == true
+            && v["flow"]["interface"]["name"] == pods.server_veth.host_if.as_str()
+    };
+    wait_until_count(&sensor, "a FIN record at the server", 1, &fins);
+    let forwarded = [("direction", "ingress"), ("match", "l3-l4"), ("action", "forwarded")];
+    sensor.wait_metric("hubble_policy_verdicts_total", &forwarded, |v| v == Some(1.0));
+    let m = sensor.metrics();
+    assert_eq!(m.sum("hubble_policy_verdicts_total", &[]), 1.0, "{}", m.text);
+    assert_eq!(m.get("hubble_policy_verdicts_total", &[("direction", "egress")]), None);
+}
+
+fn wait_until_count(
+    sensor: &Sensor,
+    what: &str,
+    n: usize,
+    pred: &dyn Fn(&serde_json::Value) -> bool,
+) {
+    sensor_e2e::wait_until(what, Duration::from_secs(10), || {
+        (sensor.events().iter().filter(|v| pred(v)).count() >= n).then_some(())
+    });
+}
+
+#[test]
+fn r09_policy_verdicts_count_one_per_connection_at_selected_endpoints_enforce() {
+    if !privileged() {
+        return;
+    }
+    one_verdict_per_connection("enforce", 148);
+}
+
+#[test]
+fn r09_policy_verdicts_count_one_per_connection_at_selected_endpoints_detect() {
+    if !privileged() {
+        return;
+    }
+    one_verdict_per_connection("detect", 150);
+}
+
+/// r10: after a policy change that denies open connections, each is decided again on its
+/// next packet in either direction: the client's data never reaches the server again, and a
+/// server that sends first neither gets through nor opens a path for the client's packets.
+fn conntrack_follows_policy(mode: &str, subnet: u8) {
+    let pods = setup(subnet);
+    let before = SERVER_POLICY.replace(
+        "  egress: [{}]   # default-deny egress: the server's replies pass only through conntrack\n",
+        "",
+    );
+    pods.write_policy("server.yaml", &before);
+    let sensor = pods.start(mode);
+    let enforce = mode == "enforce";
+    let (mut client_a, mut server_a) = connected(&pods, 8080);
+    let (mut client_b, mut server_b) = connected(&pods, 8080);
+    let mut buf = [0_u8; 4];
+    for (c, s) in [(&mut client_a, &mut server_a), (&mut client_b, &mut server_b)] {
+        c.write_all(b"one!").expect("write");
+        s.read_exact(&mut buf).expect("data before the change");
+    }
+    let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+    pods.write_policy("server.yaml", &before.replace("\"8080\"", "\"9000\""));
+    sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+    for s in [&server_a, &server_b] {
+        s.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    }
+    for c in [&client_a, &client_b] {
+        c.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    }
+    // A: the client sends first, then the server sends (which opened a path before).
+    client_a.write_all(b"two!").expect("write");
+    server_a.write_all(b"back").expect("server write");
+    // B: the server sends first, then the client.
+    server_b.write_all(b"back").expect("server write");
+    client_b.write_all(b"two!").expect("write");
+    for (what, c, s) in [("A", &mut client_a, &mut server_a), ("B", &mut client_b, &mut server_b)] {
+        let to_server = s.read_exact(&mut buf).is_ok();
+        let to_client = c.read_exact(&mut buf).is_ok();
+        assert_eq!(to_server, !enforce, "{mode} {what}: client data after the change");
+        assert_eq!(to_client, !enforce, "{mode} {what}: server data after the change");
+    }
+    let verdict = if enforce { "DROPPED" } else { "AUDIT" };
+    let r = sensor.wait_event("the connection decided again", |v| {
+        v["flow"]["verdict"] == verdict
+            && v["flow"]["traffic_direction"] == "INGRESS"
+            && (v["flow"]["l4"]["TCP"]["destination_port"] == 8080
+                || v["flow"]["l4"]["TCP"]["source_port"] == 8080)
+    });
+    assert_eq!(r["flow"]["ingress_allowed_by"], serde_json::Value::Null, "{r}");
+    // No server packet was recorded as a new egress connection.
+    let new_egress = sensor.events().into_iter().find(|v| {
+        v["flow"]["traffic_direction"] == "EGRESS"
+            && v["flow"]["is_reply"] == false
+            && v["flow"]["source"]["pod_name"] == "server"
+    });
+    assert!(new_egress.is_none(), "server data became a new egress flow: {new_egress:?}");
+}
+
+#[test]
+fn r10_conntrack_follows_policy_changes_in_both_directions_enforce() {
+    if !privileged() {
+        return;
+    }
+    conntrack_follows_policy("enforce", 152);
+}
+
+#[test]
+fn r10_conntrack_follows_policy_changes_in_both_directions_detect() {
+    if !privileged() {
+        return;
+    }
+    conntrack_follows_policy("detect", 154);
+}

@@ -3,7 +3,14 @@
 //! Per packet: parse, one conntrack lookup (two for replies), and the policy lookups only for
 //! a new flow or after a policy change. Observe-only results return `TC_ACT_UNSPEC` so later
 //! programs still run; only an enforce-mode deny returns `TC_ACT_SHOT`.
+//!
+//! Fail closed: a packet whose L4 identity cannot be known (a header cut short or malformed,
+//! an IPv6 chain past the walk limit, a fragment without its first fragment, overlapping or
+//! tiny fragments, a protocol that is not IP or ARP) is counted under its reason; to or from
+//! an endpoint a policy selects in that direction it is dropped in enforce mode (AUDIT in
+//! detect mode) and recorded with a Cilium drop reason.
 
+mod frag;
 mod parse;
 mod policy;
 
@@ -18,26 +25,31 @@ use aya_ebpf::{
 use sensor_common::{
     host::EventKind,
     net::{
-        CONNTRACK_MAX_ENTRIES, CtEntry, CtKey, Direction, FLOW_REPORT_INTERVAL_NS, FlowEvent,
-        IFACE_STATS_MAX_ENTRIES, IfaceCounters, IfaceKey, NET_COUNTER_SLOTS, NET_EVENTS_BYTES,
-        NetConfig, NetCounter, POLICY_EGRESS, POLICY_INGRESS, VERDICT_DROPPED, VerdictKey,
+        CONNTRACK_MAX_ENTRIES, CT_FIN_FORWARD, CT_FIN_REPLY, CtEntry, CtKey, Direction,
+        FLOW_REPORT_INTERVAL_NS, FlowEvent, IFACE_STATS_MAX_ENTRIES, IfaceCounters, IfaceKey,
+        NET_COUNTER_SLOTS, NET_EVENTS_BYTES, NetConfig, NetCounter, POLICY_EGRESS, POLICY_INGRESS,
+        VERDICT_DROPPED, VERDICT_FORWARDED, VerdictKey,
     },
 };
 
-use self::{parse::Tuple, policy::Decision};
+use self::{
+    parse::{Parsed, Tuple},
+    policy::Decision,
+};
 
 /// `TC_ACT_UNSPEC`: no verdict, continue with the next program or the stack.
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 /// `BPF_NOEXIST`: insert only if the key is absent (another CPU may race us to it).
 const BPF_NOEXIST: u64 = 1;
+const TCP_FIN: u8 = 0x01;
 
 #[map]
 static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceCounters> =
     PerCpuHashMap::with_max_entries(IFACE_STATS_MAX_ENTRIES, 0);
 
 #[map]
-static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
+pub(crate) static NET_CONFIG: Array<NetConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> =
@@ -75,27 +87,64 @@ fn handle(ctx: &TcContext, hook: Direction) -> i32 {
     let ifindex = ifindex(ctx);
     let bytes = u64::from(ctx.len());
     count_interface(ifindex, hook, bytes);
-    let tuple = match parse::parse(ctx) {
-        Ok(tuple) => tuple,
-        Err(reason) => {
-            count(reason);
-            return TC_ACT_UNSPEC;
-        }
-    };
     // The host-side hook's ingress is the pod's egress and vice versa.
     let direction = match hook {
         Direction::Ingress => POLICY_EGRESS,
         Direction::Egress => POLICY_INGRESS,
     };
-    if is_neighbor_control(&tuple) {
-        // Neighbour discovery and multicast listener messages keep the link working; like
-        // Cilium, policy does not apply to them and they are not flows.
-        count_verdict(0, direction, bytes);
-        return TC_ACT_UNSPEC;
-    }
-    let (action, drop_reason) = track(ifindex, direction, &tuple, bytes);
+    let mut tuple = Tuple::new();
+    let classified = match parse::parse(ctx, &mut tuple) {
+        Ok(Parsed::Packet) => Ok(()),
+        // Only fragments pay for fragment tracking.
+        Ok(Parsed::Fragment(f)) => {
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            if f.offset == 0 {
+                frag::first(ifindex, &tuple, &f, now)
+            } else {
+                frag::later(ifindex, &mut tuple, &f, now)
+            }
+        }
+        Ok(Parsed::Arp) => {
+            // ARP keeps the link working: counted, never a flow, never dropped.
+            count(NetCounter::NonIp);
+            count_verdict(0, direction, bytes);
+            return TC_ACT_UNSPEC;
+        }
+        Err(reason) => Err(reason),
+    };
+    let (action, drop_reason) = match classified {
+        Ok(()) if is_neighbor_control(&tuple) => {
+            // Neighbour discovery and multicast listener messages keep the link working; like
+            // Cilium, policy does not apply to them and they are not flows.
+            (TC_ACT_UNSPEC, 0)
+        }
+        Ok(()) => track(ifindex, direction, &tuple, bytes),
+        Err(reason) => {
+            count(reason);
+            unclassified(ifindex, direction, &tuple, reason)
+        }
+    };
     count_verdict(drop_reason, direction, bytes);
     action
+}
+
+/// A packet the parser could not classify: an endpoint a policy selects in this direction
+/// fails closed; the decision is recorded (with what was parsed of the packet) unless it is
+/// a plain forward.
+#[inline(always)]
+fn unclassified(ifindex: u32, direction: u8, tuple: &Tuple, reason: NetCounter) -> (i32, u8) {
+    let decision = policy::fail_closed(ifindex, direction, reason.drop_reason());
+    if decision.verdict == VERDICT_FORWARDED {
+        return (TC_ACT_UNSPEC, 0);
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    emit(ifindex, direction, tuple, &decision, now, false, Record::Drop);
+    if decision.verdict == VERDICT_DROPPED {
+        return (TC_ACT_SHOT, decision.drop_reason);
+    }
+    (TC_ACT_UNSPEC, 0)
 }
 
 /// ICMPv6 neighbour discovery (router/neighbour solicitation and advertisement, redirect) and
@@ -103,6 +152,17 @@ fn handle(ctx: &TcContext, hook: Direction) -> i32 {
 #[inline(always)]
 const fn is_neighbor_control(t: &Tuple) -> bool {
     t.protocol == sensor_common::net::PROTO_ICMPV6 && matches!(t.icmp_type, 130..=137 | 143)
+}
+
+/// What a flow record is, for Hubble's event type.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// A policy decision for a connection: new, or decided again after a policy change.
+    Verdict,
+    /// A dropped (or would-be dropped) packet that is not a new decision.
+    Drop,
+    /// A report of an established connection (new TCP flag, or the report interval).
+    Trace,
 }
 
 /// Conntrack and policy for one parsed packet: returns the tc action and, for a drop, its
@@ -113,6 +173,7 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let key = ct_key(ifindex, tuple, false);
+    let fin = tuple.tcp_flags & TCP_FIN != 0;
 
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a live map value. Updates are plain read-modify-writes: two CPUs updating
@@ -121,47 +182,30 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
             add(&raw mut (*entry).packets_fwd, 1);
             add(&raw mut (*entry).bytes_fwd, bytes);
             (*entry).last_ns = now;
-        }
-        // SAFETY: as above.
-        if unsafe { (*entry).revision } != config.revision {
-            // The policy changed since this flow was decided: decide again.
-            let decision = policy::decide(&config, ifindex, direction, tuple);
-            if decision.verdict == VERDICT_DROPPED {
-                let _ = CONNTRACK.remove(&key);
-                emit(ifindex, direction, tuple, &decision, now, false);
-                return (TC_ACT_SHOT, decision.drop_reason);
+            if fin {
+                (*entry).tcp_fin |= CT_FIN_FORWARD;
             }
-            // SAFETY: as above.
-            unsafe {
-                let changed = (*entry).verdict != decision.verdict;
-                remember(entry, &decision, config.revision);
-                if changed {
-                    (*entry).last_report_ns = now;
-                    (*entry).tcp_flags |= tuple.tcp_flags;
-                    emit(ifindex, direction, tuple, &decision, now, false);
-                    return (TC_ACT_UNSPEC, 0);
-                }
-            }
+            return established(&config, entry, ifindex, tuple, now, false);
         }
-        // SAFETY: as above.
-        unsafe { maybe_report(entry, ifindex, tuple, now, false) };
-        return (TC_ACT_UNSPEC, 0);
     }
 
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key(ifindex, tuple, true)) {
-        // A reply of a flow that was allowed (or audited) when it started.
+        // A packet against the connection's first packet: a reply while the connection is
+        // allowed (or audited).
         // SAFETY: as above.
         unsafe {
             add(&raw mut (*entry).packets_rev, 1);
             add(&raw mut (*entry).bytes_rev, bytes);
             (*entry).last_ns = now;
-            maybe_report(entry, ifindex, tuple, now, true);
+            if fin {
+                (*entry).tcp_fin |= CT_FIN_REPLY;
+            }
+            return established(&config, entry, ifindex, tuple, now, true);
         }
-        return (TC_ACT_UNSPEC, 0);
     }
 
-    let decision = policy::decide(&config, ifindex, direction, tuple);
-    emit(ifindex, direction, tuple, &decision, now, false);
+    let decision = policy::decide(ifindex, direction, tuple);
+    emit(ifindex, direction, tuple, &decision, now, false, Record::Verdict);
     if decision.verdict == VERDICT_DROPPED {
         // No conntrack entry for a dropped flow: every retry is decided (and reported) again.
         return (TC_ACT_SHOT, decision.drop_reason);
@@ -187,11 +231,60 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
         direction,
         tcp_flags: tuple.tcp_flags,
         match_type: decision.match_type,
+        drop_reason: decision.drop_reason,
+        tcp_fin: if fin { CT_FIN_FORWARD } else { 0 },
+        _pad: [0; 6],
     };
     if CONNTRACK.insert(&key, &entry, BPF_NOEXIST).is_err() {
         count(NetCounter::CtInsertFailed);
     }
     (TC_ACT_UNSPEC, 0)
+}
+
+/// A packet of a tracked connection, in either direction. After a policy change the
+/// connection is decided again, in its own direction and orientation, whichever side sends
+/// first; a connection policy now denies keeps its entry as DROPPED, so neither its packets
+/// nor its "replies" pass until a later policy allows it again.
+///
+/// # Safety
+/// `entry` must point at a live conntrack value.
+#[inline(always)]
+unsafe fn established(
+    config: &NetConfig,
+    entry: *mut CtEntry,
+    ifindex: u32,
+    tuple: &Tuple,
+    now: u64,
+    is_reply: bool,
+) -> (i32, u8) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let direction = (*entry).direction;
+        if (*entry).revision != config.revision {
+            // The connection's own orientation: a reply is decided as its first packet was.
+            let original = if is_reply { tuple.reversed() } else { *tuple };
+            let decision = policy::decide(ifindex, direction, &original);
+            let changed = (*entry).verdict != decision.verdict;
+            remember(entry, &decision, config.revision);
+            if changed {
+                (*entry).last_report_ns = now;
+                (*entry).tcp_flags |= tuple.tcp_flags;
+                emit(ifindex, direction, tuple, &decision, now, is_reply, Record::Verdict);
+                return action(&decision);
+            }
+        }
+        if (*entry).verdict == VERDICT_DROPPED {
+            emit(ifindex, direction, tuple, &stored(entry), now, is_reply, Record::Drop);
+            return (TC_ACT_SHOT, (*entry).drop_reason);
+        }
+        maybe_report(entry, ifindex, tuple, now, is_reply);
+    }
+    (TC_ACT_UNSPEC, 0)
+}
+
+#[inline(always)]
+const fn action(d: &Decision) -> (i32, u8) {
+    if d.verdict == VERDICT_DROPPED { (TC_ACT_SHOT, d.drop_reason) } else { (TC_ACT_UNSPEC, 0) }
 }
 
 /// Stores a decision in a conntrack entry.
@@ -204,11 +297,33 @@ unsafe fn remember(entry: *mut CtEntry, d: &Decision, revision: u32) {
     unsafe {
         (*entry).revision = revision;
         (*entry).verdict = d.verdict;
+        (*entry).drop_reason = d.drop_reason;
         (*entry).match_type = d.match_type;
         (*entry).policy = d.policy;
         (*entry).endpoint_id = d.endpoint_id;
         (*entry).local_identity = d.local_identity;
         (*entry).remote_identity = d.remote_identity;
+    }
+}
+
+/// The decision a conntrack entry holds.
+///
+/// # Safety
+/// `entry` must point at a live conntrack value.
+#[inline(always)]
+unsafe fn stored(entry: *const CtEntry) -> Decision {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        Decision {
+            verdict: (*entry).verdict,
+            drop_reason: (*entry).drop_reason,
+            match_type: (*entry).match_type,
+            selected: false,
+            endpoint_id: (*entry).endpoint_id,
+            local_identity: (*entry).local_identity,
+            remote_identity: (*entry).remote_identity,
+            policy: (*entry).policy,
+        }
     }
 }
 
@@ -227,16 +342,8 @@ unsafe fn maybe_report(entry: *mut CtEntry, ifindex: u32, tuple: &Tuple, now: u6
             return;
         }
         (*entry).last_report_ns = now;
-        let decision = Decision {
-            verdict: (*entry).verdict,
-            drop_reason: 0,
-            match_type: (*entry).match_type,
-            endpoint_id: (*entry).endpoint_id,
-            local_identity: (*entry).local_identity,
-            remote_identity: (*entry).remote_identity,
-            policy: (*entry).policy,
-        };
-        emit(ifindex, (*entry).direction, tuple, &decision, now, is_reply);
+        let decision = stored(entry);
+        emit(ifindex, (*entry).direction, tuple, &decision, now, is_reply, Record::Trace);
     }
 }
 
@@ -260,7 +367,15 @@ fn ct_key(ifindex: u32, t: &Tuple, reversed: bool) -> CtKey {
 }
 
 #[inline(always)]
-fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, now: u64, is_reply: bool) {
+fn emit(
+    ifindex: u32,
+    direction: u8,
+    t: &Tuple,
+    d: &Decision,
+    now: u64,
+    is_reply: bool,
+    record: Record,
+) {
     let Some(mut slot) = NET_EVENTS.reserve::<FlowEvent>(0) else {
         count(NetCounter::RingbufFull);
         return;
@@ -287,7 +402,8 @@ fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, now: u64, is_reply
         (*e).dport = t.dport;
         (*e).icmp_code = t.icmp_code;
         (*e).is_reply = u8::from(is_reply);
-        (*e)._pad = [0; 2];
+        (*e).policy_verdict = u8::from(record == Record::Verdict && d.selected);
+        (*e)._pad = 0;
         (*e).saddr = t.saddr;
         (*e).daddr = t.daddr;
         (*e).policy = d.policy;

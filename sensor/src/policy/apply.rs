@@ -7,8 +7,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use sensor_common::net::{
-    ENDPOINTS_MAX_ENTRIES, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ENFORCE_EGRESS,
-    EP_ENFORCE_INGRESS, EndpointInfo, EndpointKey, IPCACHE_MAX_ENTRIES, IpCacheKey, NetConfig,
+    ENDPOINTS_MAX_ENTRIES, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_AUDIT_SELECTED_EGRESS,
+    EP_AUDIT_SELECTED_INGRESS, EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS, EP_SELECTED_EGRESS,
+    EP_SELECTED_INGRESS, EndpointInfo, EndpointKey, IPCACHE_MAX_ENTRIES, IpCacheKey, NetConfig,
     POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
 };
 
@@ -132,6 +133,10 @@ impl PolicyMaps {
                 (ep.enforce_egress, EP_ENFORCE_EGRESS),
                 (ep.audit_ingress, EP_AUDIT_INGRESS),
                 (ep.audit_egress, EP_AUDIT_EGRESS),
+                (ep.selected.ingress, EP_SELECTED_INGRESS),
+                (ep.selected.egress, EP_SELECTED_EGRESS),
+                (ep.audit_selected.ingress, EP_AUDIT_SELECTED_INGRESS),
+                (ep.audit_selected.egress, EP_AUDIT_SELECTED_EGRESS),
             ]
             .iter()
             .filter(|(on, _)| *on)

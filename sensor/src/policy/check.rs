@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use sensor_common::net::{IDENTITY_ANY, POLICY_INGRESS};
+use sensor_common::net::{IDENTITY_ANY, POLICY_AUDIT_LAYER, POLICY_INGRESS};
 
 use super::{Endpoints, PolicyError, compile, load_policies};
 use crate::{cli::PolicyCheckArgs, flows::match_name};
@@ -78,8 +78,11 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
         }
         for (verb, set) in [("deny", &compiled.deny), ("allow", &compiled.allow)] {
             for (e, meta) in set.iter().filter(|(e, _)| e.endpoint_id == ep.id) {
-                let direction =
-                    if e.direction == POLICY_INGRESS { "ingress from" } else { "egress to" };
+                let direction = if e.direction & !POLICY_AUDIT_LAYER == POLICY_INGRESS {
+                    "ingress from"
+                } else {
+                    "egress to"
+                };
                 let proto = e.protocol.map_or("any", crate::flows::protocol_name);
                 let port = e.port.map_or_else(
                     || "any".to_owned(),
@@ -106,8 +109,8 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
 
 const fn mode(enforced: bool, audit: bool) -> &'static str {
     match (enforced, audit) {
-        (false, _) => "allow-all",
-        (true, false) => "default-deny",
-        (true, true) => "default-deny (audit)",
+        (true, _) => "default-deny",
+        (false, true) => "default-deny (audit)",
+        (false, false) => "allow-all",
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sensor_common::net::{
     IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY,
-    MATCH_L4_ONLY, POLICY_EGRESS, POLICY_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    MATCH_L4_ONLY, POLICY_AUDIT_LAYER, POLICY_EGRESS, POLICY_INGRESS, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use super::{
@@ -28,11 +29,23 @@ pub struct LocalEndpoint {
     pub name: String,
     pub interface: String,
     pub identity: u32,
+    /// An enforcing policy makes the direction default-deny.
     pub enforce_ingress: bool,
     pub enforce_egress: bool,
-    /// Default deny comes only from audit-mode policies: record AUDIT instead of dropping.
+    /// An audit-mode policy makes the direction default-deny (would-be drops only).
     pub audit_ingress: bool,
     pub audit_egress: bool,
+    /// An enforcing / audit-mode policy has rules or default deny in the direction: packets
+    /// whose L4 identity is unknown fail closed (enforcing) or are recorded (audit).
+    pub selected: Directions,
+    pub audit_selected: Directions,
+}
+
+/// One flag per policy direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directions {
+    pub ingress: bool,
+    pub egress: bool,
 }
 
 /// One policy map key; `port` is `(value, prefix bits)`, `None` for any port.
@@ -40,6 +53,8 @@ pub struct LocalEndpoint {
 pub struct PolicyEntry {
     pub endpoint_id: u32,
     pub identity: u32,
+    /// `POLICY_INGRESS` or `POLICY_EGRESS`, or-ed with `POLICY_AUDIT_LAYER` for entries of
+    /// audit-mode policies (kept apart: they never allow or drop, only audit).
     pub direction: u8,
     pub protocol: Option<u8>,
     pub port: Option<(u16, u8)>,
@@ -147,24 +162,33 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
                     && p.selector.matches(&labels)
             })
             .collect();
-        // Audit flags of the policies that make each direction default-deny.
-        let deny_ingress: Vec<bool> = selecting
-            .iter()
-            .filter(|(_, p)| p.default_deny_ingress)
-            .map(|(_, p)| p.audit)
-            .collect();
-        let deny_egress: Vec<bool> =
-            selecting.iter().filter(|(_, p)| p.default_deny_egress).map(|(_, p)| p.audit).collect();
+        // Enforcing and audit-mode policies are two layers: enforcing ones alone decide.
+        let any = |audit: bool, test: fn(&Policy) -> bool| {
+            selecting.iter().any(|(_, p)| p.audit == audit && test(p))
+        };
+        let selects_ingress = |p: &Policy| {
+            p.default_deny_ingress || !p.ingress.is_empty() || !p.ingress_deny.is_empty()
+        };
+        let selects_egress =
+            |p: &Policy| p.default_deny_egress || !p.egress.is_empty() || !p.egress_deny.is_empty();
         let local = LocalEndpoint {
             id,
             namespace: ep.namespace.clone(),
             name: ep.name.clone(),
             interface: ep.interface.clone().unwrap_or_default(),
             identity: identity_of[&labels],
-            enforce_ingress: !deny_ingress.is_empty(),
-            enforce_egress: !deny_egress.is_empty(),
-            audit_ingress: !deny_ingress.is_empty() && deny_ingress.iter().all(|a| *a),
-            audit_egress: !deny_egress.is_empty() && deny_egress.iter().all(|a| *a),
+            enforce_ingress: any(false, |p| p.default_deny_ingress),
+            enforce_egress: any(false, |p| p.default_deny_egress),
+            audit_ingress: any(true, |p| p.default_deny_ingress),
+            audit_egress: any(true, |p| p.default_deny_egress),
+            selected: Directions {
+                ingress: any(false, selects_ingress),
+                egress: any(false, selects_egress),
+            },
+            audit_selected: Directions {
+                ingress: any(true, selects_ingress),
+                egress: any(true, selects_egress),
+            },
         };
         for (index, p) in &selecting {
             for (entries, direction, deny) in [
@@ -174,6 +198,7 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
                 (&p.egress_deny, POLICY_EGRESS, true),
             ] {
                 let target = if deny { &mut out.deny } else { &mut out.allow };
+                let direction = if p.audit { direction | POLICY_AUDIT_LAYER } else { direction };
                 for entry in entries {
                     resolver.expand(entry, id, direction, (*index, p.audit), target);
                 }
