@@ -8,7 +8,11 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::Deserialize;
 
-use crate::policy::{endpoints::Endpoint, selector::Labels};
+use crate::policy::{
+    endpoints::{ContainerPort, Endpoint},
+    model::valid_port_name,
+    selector::Labels,
+};
 
 /// The parts of a Pod the sensor reads (`kube::core::Object` spec and status).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -18,6 +22,31 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     #[serde(default)]
     pub host_network: bool,
+    /// Cilium's `k8s:io.cilium.k8s.policy.serviceaccount` label.
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+    /// Only the ports are kept: named ports in policies resolve against them.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+/// The part of a container the sensor reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Container {
+    #[serde(default)]
+    pub ports: Vec<KubePort>,
+}
+
+/// `spec.containers[].ports[]`: only the fields named ports need.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,6 +89,9 @@ pub struct PodEntry {
     pub ips: Box<[IpAddr]>,
     /// Container ids without the runtime prefix (local pods only; empty for remote ones).
     pub containers: Box<[String]>,
+    /// Named container ports (unnamed ones cannot be named by a policy).
+    pub ports: Box<[ContainerPort]>,
+    pub service_account: Option<String>,
 }
 
 impl PodEntry {
@@ -104,6 +136,8 @@ impl PodEntry {
             labels: Arc::new(meta.labels.clone().unwrap_or_default()),
             ips: ips.into(),
             containers,
+            ports: named_ports(&pod.spec),
+            service_account: pod.spec.service_account_name.clone(),
         })
     }
 
@@ -115,8 +149,34 @@ impl PodEntry {
             ips: self.ips.to_vec(),
             interface,
             containers: self.containers.to_vec(),
+            ports: self.ports.to_vec(),
+            service_account: self.service_account.clone(),
         }
     }
+}
+
+/// The named ports of a pod's containers (`protocol` defaults to TCP, as the API server
+/// defaults it). Ports the API server would not accept are left out.
+fn named_ports(spec: &PodSpec) -> Box<[ContainerPort]> {
+    let mut ports: Vec<ContainerPort> = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            let name = p.name.clone().filter(|n| valid_port_name(n).is_ok())?;
+            let port = ContainerPort {
+                name: Some(name),
+                container_port: u16::try_from(p.container_port).ok().filter(|p| *p > 0)?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                host_port: None,
+                host_ip: None,
+            };
+            port.protocol_number().map(|_| port)
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports.into()
 }
 
 /// The policy kinds the sensor watches, with their API coordinates.

@@ -11,8 +11,8 @@ use sensor_common::net::{
 
 use super::{
     cidr::Cidr,
-    endpoints::Endpoints,
-    model::{Entity, Entry, NAMESPACE_LABEL, Peer, Policy},
+    endpoints::{ContainerPort, Endpoints},
+    model::{Entity, Entry, NAMESPACE_LABEL, NamedPort, Peer, Policy},
     selector::Labels,
 };
 
@@ -78,6 +78,71 @@ pub struct Compiled {
     pub pods_by_ip: BTreeMap<std::net::IpAddr, (String, String)>,
     /// Names of the policies that select each local endpoint.
     pub selected_by: BTreeMap<u32, Vec<String>>,
+    /// Per policy (index as in `policies`): how many local endpoints it selects.
+    pub selected_count: Vec<usize>,
+}
+
+/// Cilium's reserved identity of IPv4 addresses outside the cluster (dual stack, 1.15+).
+pub const IDENTITY_WORLD_IPV4: u32 = 9;
+/// Cilium's reserved identity of IPv6 addresses outside the cluster (dual stack, 1.15+).
+pub const IDENTITY_WORLD_IPV6: u32 = 10;
+
+/// Cilium's label of a pod's service account.
+pub const SERVICE_ACCOUNT_LABEL: &str = "k8s:io.cilium.k8s.policy.serviceaccount";
+/// Cilium's prefix of the labels a pod inherits from its namespace.
+pub const NAMESPACE_LABELS_PREFIX: &str = "k8s:io.cilium.k8s.namespace.labels.";
+/// Cilium's label of the cluster a pod runs in (one cluster here: `default`).
+pub const CLUSTER_LABEL: &str = "k8s:io.cilium.k8s.policy.cluster";
+
+/// What makes two addresses the same identity: their labels (with Cilium's sources), their
+/// pod's named container ports (egress named ports resolve per identity) and which
+/// NetworkPolicy `ipBlock`s hold the address (an ipBlock selects pod addresses, one by one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct IdentityKey {
+    labels: Labels,
+    ports: Vec<ContainerPort>,
+    ip_blocks: BTreeSet<usize>,
+}
+
+/// An identity a peer selector may select.
+struct Selectable {
+    id: u32,
+    /// Labels with their sources (`k8s:app`, `reserved:host`).
+    labels: Labels,
+    /// The pod's namespace; `None` for reserved and CIDR identities.
+    namespace: Option<String>,
+    /// NetworkPolicy ipBlocks (indices into the compile's list) that hold the address.
+    ip_blocks: BTreeSet<usize>,
+    ports: Vec<ContainerPort>,
+    /// The prefix of a CIDR identity.
+    cidr: Option<Cidr>,
+}
+
+/// A pod's labels as Cilium derives them: its own (source `k8s`), its namespace, its
+/// namespace's labels, its service account and the cluster name.
+pub fn pod_labels(ep: &super::endpoints::Endpoint, endpoints: &Endpoints) -> Labels {
+    let mut labels: Labels = ep.labels.iter().map(|(k, v)| (format!("k8s:{k}"), v.clone())).collect();
+    labels.insert(format!("k8s:{NAMESPACE_LABEL}"), ep.namespace.clone());
+    for (k, v) in endpoints.namespace_labels(&ep.namespace) {
+        labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
+    }
+    if let Some(sa) = &ep.service_account {
+        labels.insert(SERVICE_ACCOUNT_LABEL.to_owned(), sa.clone());
+    }
+    labels.insert(CLUSTER_LABEL.to_owned(), "default".to_owned());
+    labels
+}
+
+fn reserved(names: &[&str]) -> Labels {
+    names.iter().map(|n| (format!("reserved:{n}"), String::new())).collect()
+}
+
+/// Labels as flow records show them: `source:key=value`, or `source:key` without a value.
+fn display(labels: &Labels) -> Vec<String> {
+    labels
+        .iter()
+        .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+        .collect()
 }
 
 pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
@@ -92,61 +157,145 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
             .collect(),
         ..Compiled::default()
     };
-
-    // Identities of label sets (namespace label included), in a stable order.
-    let label_sets: BTreeSet<Labels> =
-        endpoints.endpoints.iter().map(|e| full_labels(&e.labels, &e.namespace)).collect();
-    let identity_of: BTreeMap<Labels, u32> =
-        label_sets.into_iter().zip(FIRST_LABEL_IDENTITY..).collect();
-    for (labels, id) in &identity_of {
-        out.identity_labels
-            .insert(*id, labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect());
-    }
-    out.identity_labels.insert(IDENTITY_HOST, vec!["reserved:host".into()]);
-    out.identity_labels.insert(IDENTITY_WORLD, vec!["reserved:world".into()]);
-
-    // CIDR identities for every prefix a policy names.
-    let prefixes: BTreeSet<Cidr> = policies
-        .iter()
-        .flat_map(|p| {
-            p.ingress.iter().chain(&p.egress).chain(&p.ingress_deny).chain(&p.egress_deny)
-        })
-        .flat_map(|e| e.peers.iter().flatten())
+    let all_peers = || {
+        policies
+            .iter()
+            .flat_map(|p| {
+                p.ingress.iter().chain(&p.egress).chain(&p.ingress_deny).chain(&p.egress_deny)
+            })
+            .flat_map(|e| e.peers.iter().flatten())
+    };
+    // NetworkPolicy ipBlocks: they select pod addresses too, each address on its own.
+    let ip_blocks: Vec<(Cidr, Vec<Cidr>)> = all_peers()
         .filter_map(|peer| match peer {
-            Peer::Cidr { net, except } => Some(std::iter::once(*net).chain(except.iter().copied())),
+            Peer::Cidr { net, except, pod_ips: true } => Some((*net, except.clone())),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let blocks_holding = |ip: std::net::IpAddr| -> BTreeSet<usize> {
+        ip_blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, (net, except))| {
+                net.contains_ip(ip) && !except.iter().any(|e| e.contains_ip(ip))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let key_of = |ep: &super::endpoints::Endpoint, ip: Option<std::net::IpAddr>| {
+        let mut ports: Vec<ContainerPort> =
+            ep.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
+        ports.sort();
+        ports.dedup();
+        IdentityKey {
+            labels: pod_labels(ep, endpoints),
+            ports,
+            ip_blocks: ip.map(blocks_holding).unwrap_or_default(),
+        }
+    };
+
+    // Identities of pods, in a stable order: one per distinct key, not per pod.
+    let keys: BTreeSet<IdentityKey> = endpoints
+        .endpoints
+        .iter()
+        .flat_map(|ep| {
+            let mut keys: Vec<_> = ep.ips.iter().map(|ip| key_of(ep, Some(*ip))).collect();
+            if keys.is_empty() {
+                keys.push(key_of(ep, None));
+            }
+            keys
+        })
+        .collect();
+    let identity_of: BTreeMap<IdentityKey, u32> =
+        keys.into_iter().zip(FIRST_LABEL_IDENTITY..).collect();
+    let mut selectable: Vec<Selectable> = identity_of
+        .iter()
+        .map(|(key, id)| Selectable {
+            id: *id,
+            labels: key.labels.clone(),
+            namespace: key.labels.get(&format!("k8s:{NAMESPACE_LABEL}")).cloned(),
+            ip_blocks: key.ip_blocks.clone(),
+            ports: key.ports.clone(),
+            cidr: None,
+        })
+        .collect();
+    let world4 = reserved(&["world", "world-ipv4"]);
+    let world6 = reserved(&["world", "world-ipv6"]);
+    for (id, labels) in [
+        (IDENTITY_HOST, reserved(&["host"])),
+        (IDENTITY_WORLD, reserved(&["world"])),
+        (IDENTITY_WORLD_IPV4, world4.clone()),
+        (IDENTITY_WORLD_IPV6, world6.clone()),
+    ] {
+        selectable.push(Selectable {
+            id,
+            labels,
+            namespace: None,
+            ip_blocks: BTreeSet::new(),
+            ports: Vec::new(),
+            cidr: None,
+        });
+    }
+
+    // CIDR identities for every prefix a policy names; a whole family is its world identity.
+    let prefixes: BTreeSet<Cidr> = all_peers()
+        .filter_map(|peer| match peer {
+            Peer::Cidr { net, except, .. } => {
+                Some(std::iter::once(*net).chain(except.iter().copied()))
+            }
             _ => None,
         })
         .flatten()
+        .filter(|c| !c.is_whole_family())
         .collect();
     let cidr_identities: BTreeMap<Cidr, u32> =
         prefixes.into_iter().zip(FIRST_CIDR_IDENTITY..).collect();
     for (cidr, id) in &cidr_identities {
         out.ipcache.insert(*cidr, *id);
-        out.identity_labels.insert(*id, vec![format!("cidr:{cidr}"), "reserved:world".into()]);
+        let mut labels = if cidr.is_ipv4() { world4.clone() } else { world6.clone() };
+        labels.insert(format!("cidr:{cidr}"), String::new());
+        selectable.push(Selectable {
+            id: *id,
+            labels,
+            namespace: None,
+            ip_blocks: BTreeSet::new(),
+            ports: Vec::new(),
+            cidr: Some(*cidr),
+        });
     }
+    // Addresses no prefix, pod or node holds: the world of their own family.
+    out.ipcache.insert(Cidr::ALL_IPV4, IDENTITY_WORLD_IPV4);
+    out.ipcache.insert(Cidr::ALL_IPV6, IDENTITY_WORLD_IPV6);
     for ip in &endpoints.host_ips {
         out.ipcache.insert(Cidr::host(*ip), IDENTITY_HOST);
     }
     for ep in &endpoints.endpoints {
-        let id = identity_of[&full_labels(&ep.labels, &ep.namespace)];
         for ip in &ep.ips {
-            out.ipcache.insert(Cidr::host(*ip), id);
+            out.ipcache.insert(Cidr::host(*ip), identity_of[&key_of(ep, Some(*ip))]);
             out.pods_by_ip.insert(*ip, (ep.namespace.clone(), ep.name.clone()));
         }
     }
+    for s in &selectable {
+        out.identity_labels.insert(s.id, display(&s.labels));
+    }
 
-    let resolver =
-        Resolver { endpoints, identity_of: &identity_of, cidr_identities: &cidr_identities };
+    let resolver = Resolver { endpoints, selectable: &selectable, ip_blocks: &ip_blocks };
+    out.selected_count = vec![0; policies.len()];
     for (id, ep) in (1..).zip(endpoints.endpoints.iter().filter(|e| e.interface.is_some())) {
-        let labels = full_labels(&ep.labels, &ep.namespace);
+        let labels = pod_labels(ep, endpoints);
         let selecting: Vec<(usize, &Policy)> = policies
             .iter()
             .enumerate()
             .filter(|(_, p)| {
                 p.namespace.as_ref().is_none_or(|ns| *ns == ep.namespace)
-                    && p.selector.matches(&labels)
+                    && p.selector.matches_sourced(&labels)
             })
             .collect();
+        for (index, _) in &selecting {
+            out.selected_count[*index] += 1;
+        }
         // Audit flags of the policies that make each direction default-deny.
         let deny_ingress: Vec<bool> = selecting
             .iter()
@@ -160,7 +309,7 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
             namespace: ep.namespace.clone(),
             name: ep.name.clone(),
             interface: ep.interface.clone().unwrap_or_default(),
-            identity: identity_of[&labels],
+            identity: identity_of[&key_of(ep, ep.ips.first().copied())],
             enforce_ingress: !deny_ingress.is_empty(),
             enforce_egress: !deny_egress.is_empty(),
             audit_ingress: !deny_ingress.is_empty() && deny_ingress.iter().all(|a| *a),
@@ -175,7 +324,7 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
             ] {
                 let target = if deny { &mut out.deny } else { &mut out.allow };
                 for entry in entries {
-                    resolver.expand(entry, id, direction, (*index, p.audit), target);
+                    resolver.expand(entry, (id, &ep.ports), direction, (*index, p.audit), target);
                 }
             }
         }
@@ -198,67 +347,90 @@ fn qualified(p: &Policy) -> String {
     }
 }
 
-fn full_labels(labels: &Labels, namespace: &str) -> Labels {
-    let mut full = labels.clone();
-    full.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
-    full
-}
-
 struct Resolver<'a> {
     endpoints: &'a Endpoints,
-    identity_of: &'a BTreeMap<Labels, u32>,
-    cidr_identities: &'a BTreeMap<Cidr, u32>,
+    selectable: &'a [Selectable],
+    ip_blocks: &'a [(Cidr, Vec<Cidr>)],
 }
 
 impl Resolver<'_> {
     /// Identities a peer stands for; `IDENTITY_ANY` for "any peer".
     fn identities(&self, peer: &Peer) -> BTreeSet<u32> {
+        let ids = |pred: &dyn Fn(&Selectable) -> bool| -> BTreeSet<u32> {
+            self.selectable.iter().filter(|s| pred(s)).map(|s| s.id).collect()
+        };
+        let world = |s: &Selectable, family: &str| s.labels.contains_key(family);
         match peer {
-            Peer::Endpoints { selector, namespace, namespace_selector } => self
-                .identity_of
-                .iter()
-                .filter(|(labels, _)| {
-                    let ns = labels.get(NAMESPACE_LABEL).map_or("", String::as_str);
-                    selector.matches(labels)
-                        && namespace.as_ref().is_none_or(|want| want == ns)
-                        && namespace_selector
+            // A NetworkPolicy peer (namespace or namespaceSelector) selects pods only; a
+            // Cilium selector carries its own scope (see `cilium_peer_scope`).
+            Peer::Endpoints { selector, namespace, namespace_selector } => ids(&|s| {
+                let pods_only = namespace.is_some() || namespace_selector.is_some();
+                selector.matches_sourced(&s.labels)
+                    && (!pods_only || s.namespace.is_some())
+                    && namespace.as_ref().is_none_or(|want| s.namespace.as_ref() == Some(want))
+                    && namespace_selector.as_ref().is_none_or(|sel| {
+                        s.namespace
                             .as_ref()
-                            .is_none_or(|s| s.matches(&self.endpoints.namespace_labels(ns)))
-                })
-                .map(|(_, id)| *id)
-                .collect(),
-            Peer::Cidr { net, except } => {
-                let mut ids: BTreeSet<u32> = self
-                    .cidr_identities
-                    .iter()
-                    .filter(|(c, _)| net.contains(c) && !except.iter().any(|e| e.contains(c)))
-                    .map(|(_, id)| *id)
-                    .collect();
-                // An all-addresses prefix also covers addresses no prefix names (world).
-                if net.len == 0 || (net.len == 96 && net.addr >> 32 == 0xffff) {
-                    ids.insert(IDENTITY_WORLD);
+                            .is_some_and(|ns| sel.matches(&self.endpoints.namespace_labels(ns)))
+                    })
+            }),
+            Peer::Cidr { net, except, pod_ips } => {
+                let block = self.ip_blocks.iter().position(|(n, e)| n == net && e == except);
+                let mut found = ids(&|s| {
+                    s.cidr.is_some_and(|c| {
+                        net.contains(&c) && !except.iter().any(|e| e.contains(&c))
+                    }) || (*pod_ips && block.is_some_and(|b| s.ip_blocks.contains(&b)))
+                });
+                // The whole family also covers the addresses no prefix names.
+                if *net == Cidr::ALL_IPV4 {
+                    found.insert(IDENTITY_WORLD_IPV4);
+                } else if *net == Cidr::ALL_IPV6 {
+                    found.insert(IDENTITY_WORLD_IPV6);
                 }
-                ids
+                found
             }
-            Peer::Entity(Entity::World) => {
-                let mut ids: BTreeSet<u32> = self.cidr_identities.values().copied().collect();
-                ids.insert(IDENTITY_WORLD);
-                ids
-            }
+            Peer::Entity(Entity::World) => ids(&|s| world(s, "reserved:world")),
+            Peer::Entity(Entity::WorldIpv4) => ids(&|s| world(s, "reserved:world-ipv4")),
+            Peer::Entity(Entity::WorldIpv6) => ids(&|s| world(s, "reserved:world-ipv6")),
             Peer::Entity(Entity::Cluster) => {
-                let mut ids: BTreeSet<u32> = self.identity_of.values().copied().collect();
-                ids.insert(IDENTITY_HOST);
-                ids
+                ids(&|s| s.namespace.is_some() || s.id == IDENTITY_HOST)
             }
             Peer::Entity(Entity::Host) => BTreeSet::from([IDENTITY_HOST]),
             Peer::Entity(Entity::All) => BTreeSet::from([IDENTITY_ANY]),
         }
     }
 
+    /// Ports a named port stands for toward `identity`: the local endpoint's container ports
+    /// for ingress, the peer's for egress (any pod's, one identity each, for any peer).
+    fn named(
+        &self,
+        named: &NamedPort,
+        direction: u8,
+        identity: u32,
+        local_ports: &[ContainerPort],
+    ) -> Vec<(u32, u8, u16)> {
+        let matching = |ports: &[ContainerPort], id: u32| -> Vec<(u32, u8, u16)> {
+            ports
+                .iter()
+                .filter(|p| p.name.as_deref() == Some(named.name.as_str()))
+                .filter_map(|p| Some((id, p.protocol_number()?, p.container_port)))
+                .filter(|(_, proto, _)| named.protocol.is_none_or(|want| want == *proto))
+                .collect()
+        };
+        if direction == POLICY_INGRESS {
+            return matching(local_ports, identity);
+        }
+        self.selectable
+            .iter()
+            .filter(|s| identity == IDENTITY_ANY || s.id == identity)
+            .flat_map(|s| matching(&s.ports, s.id))
+            .collect()
+    }
+
     fn expand(
         &self,
         entry: &Entry,
-        endpoint_id: u32,
+        (endpoint_id, local_ports): (u32, &[ContainerPort]),
         direction: u8,
         (policy, audit): (usize, bool),
         out: &mut BTreeMap<PolicyEntry, EntryMeta>,
@@ -277,7 +449,7 @@ impl Resolver<'_> {
         };
         for identity in identities {
             let specific = identity != IDENTITY_ANY;
-            if entry.ports.is_empty() {
+            if entry.any_port() {
                 let match_type = if specific { MATCH_L3_ONLY } else { MATCH_ALL };
                 let key =
                     PolicyEntry { endpoint_id, identity, direction, protocol: None, port: None };
@@ -299,6 +471,21 @@ impl Resolver<'_> {
                             match_type,
                         );
                     }
+                }
+            }
+            // A name that resolves to no container port adds nothing: it allows nothing.
+            for named in &entry.named_ports {
+                for (identity, protocol, port) in
+                    self.named(named, direction, identity, local_ports)
+                {
+                    let key = PolicyEntry {
+                        endpoint_id,
+                        identity,
+                        direction,
+                        protocol: Some(protocol),
+                        port: Some((port, 16)),
+                    };
+                    insert(key, match_type);
                 }
             }
         }
@@ -434,6 +621,8 @@ spec:
                 ips: vec![format!("10.77.9.{i}").parse().expect("ip")],
                 interface: None,
                 containers: vec![],
+                ports: vec![],
+                service_account: None,
             });
         }
         let c = compile(&[], &eps);
