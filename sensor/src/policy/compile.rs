@@ -636,3 +636,165 @@ spec:
         );
     }
 }
+
+/// The cases of issue 13 that the language decides (families, named ports, label sources,
+/// defaults), checked on the compiled map entries.
+#[cfg(test)]
+mod language_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::model::parse_file;
+
+    fn compiled(policy: &str, endpoints: &str) -> Compiled {
+        let (policies, _) = parse_file(Path::new("p.yaml"), policy).expect("policy");
+        let endpoints = Endpoints::parse(Path::new("e.yaml"), endpoints).expect("endpoints");
+        compile(&policies, &endpoints)
+    }
+
+    const EPS: &str = "endpoints:
+- {namespace: shop, name: srv, labels: {app: server}, ips: [10.99.2.2, \"fd00:99::2:2\"], interface: vs, ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}]}
+- {namespace: shop, name: cli, labels: {app: client}, ips: [10.99.1.2, \"fd00:99::1:2\"], interface: vc}
+- {namespace: tools, name: probe, labels: {app: probe}, ips: [10.99.3.2]}
+";
+
+    fn allowed(c: &Compiled, name: &str) -> Vec<(u32, u8, Option<u8>, Option<(u16, u8)>)> {
+        let ep = c.local.iter().find(|e| e.name == name).expect("endpoint");
+        c.allow
+            .keys()
+            .filter(|k| k.endpoint_id == ep.id)
+            .map(|k| (k.identity, k.direction, k.protocol, k.port))
+            .collect()
+    }
+
+    #[test]
+    fn r01_a_cidr_matches_its_own_family_only() {
+        let v4 = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: w4, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toCIDR: [\"0.0.0.0/0\"]\n",
+            EPS,
+        );
+        let ids: Vec<u32> = allowed(&v4, "cli").iter().map(|k| k.0).collect();
+        assert_eq!(ids, vec![IDENTITY_WORLD_IPV4], "0.0.0.0/0 is the IPv4 world only");
+        assert_eq!(v4.ipcache[&Cidr::ALL_IPV6], IDENTITY_WORLD_IPV6);
+        assert_eq!(v4.ipcache[&Cidr::ALL_IPV4], IDENTITY_WORLD_IPV4);
+        let v6 = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: w6, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toCIDR: [\"::/0\", \"10.0.0.0/8\"]\n  - toCIDR: [\"::/1\"]\n",
+            EPS,
+        );
+        let ids: BTreeSet<u32> = allowed(&v6, "cli").iter().map(|k| k.0).collect();
+        let v4_prefix = v6.ipcache[&Cidr::parse("10.0.0.0/8").expect("v4")];
+        let v6_prefix = v6.ipcache[&Cidr::parse("::/1").expect("v6")];
+        assert_eq!(ids, BTreeSet::from([IDENTITY_WORLD_IPV6, v4_prefix, v6_prefix]));
+        // The IPv4 prefix's identity is named and labelled as IPv4.
+        let labels = &v6.identity_labels[&v4_prefix];
+        assert!(labels.contains(&"cidr:10.0.0.0/8".to_owned()), "{labels:?}");
+        assert!(labels.contains(&"reserved:world-ipv4".to_owned()), "{labels:?}");
+        assert!(!labels.iter().any(|l| l.contains("::")), "{labels:?}");
+        // Entities by family.
+        let e = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: e, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEntities: [world-ipv6]\n  - toCIDR: [192.0.2.0/24]\n",
+            EPS,
+        );
+        let v4c = e.ipcache[&Cidr::parse("192.0.2.0/24").expect("v4")];
+        let ids: BTreeSet<u32> = allowed(&e, "cli").iter().map(|k| k.0).collect();
+        assert_eq!(ids, BTreeSet::from([IDENTITY_WORLD_IPV6, v4c]));
+    }
+
+    #[test]
+    fn r02_named_ports_resolve_against_the_selected_pods_and_never_mean_all_ports() {
+        let np = |port: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: named, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{port}]\n"
+            )
+        };
+        let c = compiled(&np("{protocol: TCP, port: http}"), EPS);
+        let client = c.ipcache[&Cidr::parse("10.99.1.2").expect("ip")];
+        assert_eq!(
+            allowed(&c, "srv"),
+            vec![(client, POLICY_INGRESS, Some(PROTO_TCP), Some((8080, 16)))]
+        );
+        // The protocol must match the container port's; an unknown name allows nothing.
+        for ports in ["{protocol: UDP, port: http}", "{protocol: TCP, port: nope}", "{port: dns}"] {
+            let c = compiled(&np(ports), EPS);
+            assert!(allowed(&c, "srv").is_empty(), "{ports}: {:?}", allowed(&c, "srv"));
+            assert!(c.local.iter().any(|e| e.name == "srv" && e.enforce_ingress));
+        }
+        let c = compiled(&np("{protocol: UDP, port: dns}"), EPS);
+        assert_eq!(allowed(&c, "srv")[0].3, Some((53, 16)));
+        // Egress: the peer's container port.
+        let c = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: e, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: server}}]\n    toPorts: [{ports: [{port: http}]}]\n  - toPorts: [{ports: [{port: HTTP, protocol: TCP}]}]\n",
+            EPS,
+        );
+        let server = c.ipcache[&Cidr::parse("10.99.2.2").expect("ip")];
+        let keys: BTreeSet<_> = allowed(&c, "cli").into_iter().collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([(server, POLICY_EGRESS, Some(PROTO_TCP), Some((8080, 16)))])
+        );
+    }
+
+    #[test]
+    fn r05_r13_label_sources_select_as_cilium_reads_them() {
+        let c = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: prefixed, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {\"k8s:app\": server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {\"k8s:app\": client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  - fromEndpoints:\n    - matchLabels: {\"k8s:io.kubernetes.pod.namespace\": tools, \"any:app\": probe}\n    toPorts: [{ports: [{port: \"9090\", protocol: TCP}]}]\n  - fromEndpoints: [{matchLabels: {\"reserved:host\": \"\"}}]\n",
+            EPS,
+        );
+        let srv = c.local.iter().find(|e| e.name == "srv").expect("srv");
+        assert!(srv.enforce_ingress, "k8s:app must select the server");
+        let client = c.ipcache[&Cidr::parse("10.99.1.2").expect("ip")];
+        let probe = c.ipcache[&Cidr::parse("10.99.3.2").expect("ip")];
+        let keys: BTreeSet<_> = allowed(&c, "srv").into_iter().map(|k| (k.0, k.3)).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                (client, Some((8080, 16))),
+                (probe, Some((9090, 16))),
+                (IDENTITY_HOST, None)
+            ])
+        );
+        // `{}` in a namespaced policy: pods of its namespace, not the host or the world.
+        let c = compiled(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: all, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n",
+            EPS,
+        );
+        let ids: BTreeSet<u32> = allowed(&c, "srv").iter().map(|k| k.0).collect();
+        let server = c.ipcache[&Cidr::parse("10.99.2.2").expect("ip")];
+        assert_eq!(ids, BTreeSet::from([client, server]));
+        let (_, warnings) = parse_file(
+            Path::new("p.yaml"),
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c}\nspec:\n  endpointSelector:\n    matchLabels:\n      \"container:app\": web\n",
+        )
+        .expect("valid for Cilium");
+        assert_eq!(warnings[0].origin.line, 7, "{warnings:?}");
+        assert!(warnings[0].message.contains("selects nothing"), "{warnings:?}");
+    }
+
+    #[test]
+    fn r07_network_policy_without_pod_selector_selects_its_namespace() {
+        let c = compiled(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: no-selector, namespace: shop}\nspec:\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{protocol: TCP, port: 8080}]\n",
+            EPS,
+        );
+        for name in ["srv", "cli"] {
+            let ep = c.local.iter().find(|e| e.name == name).expect("endpoint");
+            assert!(ep.enforce_ingress && !ep.enforce_egress, "{name}");
+            assert_eq!(allowed(&c, name), vec![(IDENTITY_ANY, POLICY_INGRESS, Some(6), Some((8080, 16)))]);
+        }
+    }
+
+    #[test]
+    fn np_ip_block_selects_pod_addresses_one_by_one() {
+        let c = compiled(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.99.0.0/16, except: [10.99.3.0/24]}}]\n",
+            EPS,
+        );
+        let client = c.ipcache[&Cidr::parse("10.99.1.2").expect("ip")];
+        let client6 = c.ipcache[&Cidr::parse("fd00:99::1:2").expect("ip")];
+        let probe = c.ipcache[&Cidr::parse("10.99.3.2").expect("ip")];
+        let ids: BTreeSet<u32> = allowed(&c, "srv").iter().map(|k| k.0).collect();
+        assert!(ids.contains(&client), "{ids:?}");
+        assert!(!ids.contains(&client6), "the client's IPv6 address is outside the block");
+        assert!(!ids.contains(&probe), "excepted");
+    }
+}

@@ -1247,4 +1247,82 @@ spec:
         let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]\n").expect_err("except outside");
         assert!(err.message.contains("not inside"), "{err}");
     }
+
+    fn doc(body: &str) -> String {
+        format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{body}")
+    }
+
+    #[test]
+    fn r12_ports_are_validated_like_the_api_server() {
+        let cnp = |port: &str| {
+            doc(&format!("  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      - port: {port}\n        protocol: TCP\n"))
+        };
+        for bad in ["\"70000\"", "\"-1\"", "\"a--b\"", "\"-http\"", "\"this-name-is-too-long\""] {
+            let err = parse(&cnp(bad)).expect_err(bad);
+            assert_eq!(err.origin.line, 11, "{bad}: {err}");
+            assert!(err.message.contains("port"), "{err}");
+        }
+        for good in ["\"http\"", "\"h2c\"", "\"0\"", "\"65535\"", "web-8080"] {
+            parse(&cnp(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let np = |ports: &str| {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress:\n  - ports:\n    - {ports}\n")
+        };
+        for bad in [
+            "{port: 0}",
+            "{port: 65536}",
+            "{port: \"80\"}",
+            "{port: http, endPort: 90}",
+            "{endPort: 90}",
+            "{port: 90, endPort: 80}",
+            "{port: 80, endPort: 70000}",
+            "{port: 80, protocol: tcp}",
+            "{port: 80, protocol: ICMP}",
+            "{port: HTTP}",
+        ] {
+            let err = parse(&np(bad)).expect_err(bad);
+            assert_eq!(err.origin.line, 7, "{bad}: {err}");
+        }
+        let (p, _) = parse(&np("{port: 80, endPort: 90, protocol: SCTP}")).expect("valid");
+        assert_eq!(p[0].ingress[0].ports, vec![PortRange { protocol: Some(132), first: 80, last: 90 }]);
+        let (p, _) = parse(&np("{port: http}")).expect("valid");
+        assert_eq!(p[0].ingress[0].named_ports, vec![NamedPort { protocol: Some(6), name: "http".into() }]);
+        assert!(!p[0].ingress[0].any_port());
+    }
+
+    #[test]
+    fn r07_defaults_as_the_api_server_applies_them() {
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{protocol: TCP, port: 8080}]\n").expect("no podSelector");
+        assert!(p[0].selector.is_empty());
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: []\n  egress: [{}]\n").expect("empty types");
+        assert!(p[0].default_deny_ingress && p[0].default_deny_egress);
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\n").expect("empty spec");
+        assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
+    }
+
+    #[test]
+    fn errors_inside_spec_name_the_offending_line() {
+        let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n    toPortz: []\n")).expect_err("unknown");
+        assert_eq!(err.origin.line, 8, "{err}");
+        let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n      namespaceSelectr: {}\n").expect_err("unknown");
+        assert_eq!(err.origin.line, 9, "{err}");
+        let err = parse(&doc("  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/8]\n  - toCIDR: [\"::ffff:10.0.0.0/104\"]\n")).expect_err("mapped");
+        assert_eq!(err.origin.line, 8, "{err}");
+    }
+
+    #[test]
+    fn r05_r13_sources_and_host_policies() {
+        let err = parse(&doc("  endpointSelector:\n    matchLabels:\n      \"k8z:app\": web\n")).expect_err("typo");
+        assert_eq!(err.origin.line, 7, "{err}");
+        assert!(err.message.contains("k8z"), "{err}");
+        let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - matchExpressions:\n      - {key: \"k8:app\", operator: Exists}\n")).expect_err("typo");
+        assert_eq!(err.origin.line, 9, "{err}");
+        let err = parse("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: node-ssh-only}\nspec:\n  nodeSelector: {matchLabels: {}}\n  ingress:\n  - toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n").expect_err("host policy");
+        assert_eq!(err.origin.line, 5, "{err}");
+        assert!(err.message.contains("not supported"), "{err}");
+        let err = parse(&doc("  endpointSelector: {matchLabels: {\"reserved:host\": \"\"}}\n")).expect_err("host");
+        assert!(err.message.contains("not supported"), "{err}");
+        let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector:\n    matchLabels:\n      \"k8s:app\": web\n").expect_err("NP keys");
+        assert_eq!(err.origin.line, 7, "{err}");
+    }
 }
