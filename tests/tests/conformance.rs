@@ -56,7 +56,7 @@ impl Topology {
         let mut veths = Vec::new();
         for i in 0..4_u8 {
             let pod = Netns::new("cpod");
-            let host_if = unique("vcf");
+            let host_if = unique("vethf");
             let veth = Veth::new(&node, &pod, &host_if, 200 + i);
             veth.route_via_node(&node, &pod);
             let six = |ns: &Netns, dev: &str, addr: &str| {

@@ -1012,6 +1012,15 @@ impl DocContext<'_> {
         for rule in spec.egress {
             egress.push(self.np_entry(rule.to, rule.ports, &ns, "to")?);
         }
+        // Rules of a direction that policyTypes leaves out are validated but never applied
+        // (found by the conformance suite: they used to allow traffic).
+        let has = |want: &str| types.iter().any(|t| t == want);
+        if !has("Ingress") {
+            ingress.clear();
+        }
+        if !has("Egress") {
+            egress.clear();
+        }
         Ok(Policy {
             kind: Kind::NetworkPolicy,
             name,
@@ -1296,6 +1305,9 @@ spec:
         assert!(p[0].selector.is_empty());
         let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: []\n  egress: [{}]\n").expect("empty types");
         assert!(p[0].default_deny_ingress && p[0].default_deny_egress);
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: [Ingress]\n  egress: [{}]\n  ingress: [{}]\n").expect("egress rules, Ingress only");
+        assert!(p[0].egress.is_empty() && !p[0].default_deny_egress, "egress rules are not applied");
+        assert_eq!(p[0].ingress.len(), 1);
         let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\n").expect("empty spec");
         assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
     }
