@@ -172,7 +172,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         #[allow(unreachable_code, reason = "the loop only ends with an error")]
         Ok::<(), std::io::Error>(())
     });
-    // The first policy load must succeed: there is no previous set to fall back to.
+    // The first policy load is a reload: a policy file that does not parse is reported and
+    // skipped; only an unreadable directory or endpoints file, or a map too small, stops here.
     let mut policy = PolicyRuntime::new(
         policy_maps,
         config.mode == Mode::Enforce,

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     /// `sensor_policy_revision`: revision of the policy set the kernel enforces.
     pub policy_revision: Gauge,
+    /// `sensor_policy_rejected_files`: policy files the last load could not use (each
+    /// reported with file and line; skipped, or held at its last good version).
+    pub policy_rejected_files: Gauge,
     pub map_pressure: MapPressure,
     /// Conntrack garbage collection: entries, deletions, runs.
     pub conntrack: crate::conntrack::ConntrackMetrics,
@@ -173,6 +176,11 @@ impl Metrics {
             "sensor_policy_revision",
             "Revision of the policy set in force",
             self.policy_revision.clone(),
+        );
+        registry.register(
+            "sensor_policy_rejected_files",
+            "Policy files the last load rejected (skipped, or held at their last good version)",
+            self.policy_rejected_files.clone(),
         );
         registry.register(
             "cilium_bpf_map_pressure",

@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod metrics;
 pub mod netns;
+pub mod netpol_ref;
 pub mod packet;
 pub mod pod;
 pub mod sensor;

@@ -1186,3 +1186,309 @@ fn r10_conntrack_follows_policy_changes_in_both_directions_detect() {
     }
     conntrack_follows_policy("detect", 154);
 }
+
+// ---- issue 13: the policy language as Kubernetes and Cilium read it ----------------------
+
+/// Gives both pods and their node-side interfaces IPv6 addresses (fd00:77:<subnet>::/64
+/// for the client, fd00:77:<subnet+1>::/64 for the server) with routes through the node.
+fn enable_ipv6(pods: &Pods, subnet: u8) -> (std::net::IpAddr, std::net::IpAddr) {
+    let v6 = |ns: &Netns, dev: &str, addr: &str| {
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            &format!("net.ipv6.conf.{dev}.disable_ipv6=0"),
+        ]);
+        sensor_e2e::run("ip", &["-n", &ns.name, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    };
+    let (c, s) = (subnet, subnet + 1);
+    v6(&pods.node, &pods.client_veth.host_if, &format!("fd00:77:{c}::1/64"));
+    v6(&pods.node, &pods.server_veth.host_if, &format!("fd00:77:{s}::1/64"));
+    v6(&pods.client, "eth0", &format!("fd00:77:{c}::2/64"));
+    v6(&pods.server, "eth0", &format!("fd00:77:{s}::2/64"));
+    pods.node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for (ns, sub) in [(&pods.client, c), (&pods.server, s)] {
+        sensor_e2e::run(
+            "ip",
+            &["-n", &ns.name, "-6", "route", "add", "fd00:77::/32", "via", &format!("fd00:77:{sub}::1")],
+        );
+    }
+    (
+        format!("fd00:77:{c}::2").parse().expect("v6"),
+        format!("fd00:77:{s}::2").parse().expect("v6"),
+    )
+}
+
+fn write_endpoints(pods: &Pods, yaml: &str) {
+    let tmp = pods.dir.join(".endpoints.tmp");
+    fs::write(&tmp, yaml).expect("endpoints");
+    fs::rename(&tmp, pods.dir.join("endpoints.yaml")).expect("rename endpoints");
+}
+
+/// r01, enforce and detect: `0.0.0.0/0` never matches IPv6 and `::/0` never IPv4, and the
+/// record names the family's world, not the other family's prefix.
+#[test]
+fn r01_cidr_rules_never_cross_address_families() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["enforce", "detect"] {
+        let pods = setup(110);
+        let (client6, server6) = enable_ipv6(&pods, 110);
+        // The server is not an endpoint: it is the world.
+        write_endpoints(
+            &pods,
+            &format!(
+                "endpoints:\n- {{namespace: shop, name: cli, labels: {{app: client}}, ips: [{}, \"{client6}\"], interface: {}}}\n",
+                pods.client_veth.pod_ip, pods.client_veth.host_if
+            ),
+        );
+        let policy = |cidr: &str| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: egress-world, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n  - toCIDR: [\"{cidr}\"]\n    toPorts: [{{ports: [{{port: \"8443\", protocol: TCP}}]}}]\n"
+            )
+        };
+        pods.write_policy("p.yaml", &policy("0.0.0.0/0"));
+        let sensor = pods.start(mode);
+        let v4 = SocketAddr::from((pods.server_veth.pod_ip, 8443));
+        let v6 = SocketAddr::new(server6, 8443);
+        assert!(tcp_roundtrip(&pods.client, &pods.server, v4), "{mode}: IPv4 world denied");
+        let six = tcp_roundtrip(&pods.client, &pods.server, v6);
+        assert_eq!(six, mode == "detect", "{mode}: 0.0.0.0/0 decided an IPv6 flow");
+        let verdict = if mode == "enforce" { "DROPPED" } else { "AUDIT" };
+        let record = sensor.wait_event("IPv6 flow outside 0.0.0.0/0", |v| {
+            v["flow"]["verdict"] == verdict && v["flow"]["IP"]["ipVersion"] == "IPv6"
+        });
+        let labels = record["flow"]["destination"]["labels"].to_string();
+        assert!(labels.contains("reserved:world-ipv6") && !labels.contains("0.0.0.0"), "{record}");
+        let forwarded = sensor.wait_event("IPv4 flow to the world", |v| {
+            flow_to(8443, "FORWARDED")(v) && v["flow"]["IP"]["ipVersion"] == "IPv4"
+        });
+        let labels = forwarded["flow"]["destination"]["labels"].to_string();
+        assert!(labels.contains("reserved:world-ipv4") && !labels.contains("::/0"), "{forwarded}");
+
+        let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+        pods.write_policy("p.yaml", &policy("::/0"));
+        sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+        assert!(tcp_roundtrip(&pods.client, &pods.server, v6), "{mode}: IPv6 world denied");
+        let four = tcp_roundtrip(&pods.client, &pods.server, v4);
+        assert_eq!(four, mode == "detect", "{mode}: ::/0 decided an IPv4 flow");
+        let record = sensor.wait_event("IPv4 flow outside ::/0", |v| {
+            v["flow"]["verdict"] == verdict && v["flow"]["IP"]["ipVersion"] == "IPv4"
+        });
+        let labels = record["flow"]["destination"]["labels"].to_string();
+        assert!(labels.contains("reserved:world-ipv4") && !labels.contains("::/0"), "{record}");
+    }
+}
+
+/// r02, enforce and detect: a port given by name allows that container port of the selected
+/// pod and nothing else; re-resolved when the pod's ports change.
+#[test]
+fn r02_named_ports_resolve_against_the_selected_pods_container_ports() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["enforce", "detect"] {
+        let pods = setup(114);
+        let endpoints = |server_ports: &str| {
+            format!(
+                "endpoints:\n- {{namespace: shop, name: srv, labels: {{app: server}}, ips: [{}], interface: {}, ports: [{server_ports}]}}\n- {{namespace: shop, name: cli, labels: {{app: client}}, ips: [{}], interface: {}}}\n",
+                pods.server_veth.pod_ip,
+                pods.server_veth.host_if,
+                pods.client_veth.pod_ip,
+                pods.client_veth.host_if
+            )
+        };
+        write_endpoints(&pods, &endpoints("{name: http, containerPort: 8080, protocol: TCP}"));
+        pods.write_policy(
+            "named.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: http}]\n",
+        );
+        let sensor = pods.start(mode);
+        assert!(pods.tcp_roundtrip(8080), "{mode}: the named port is denied:\n{}", sensor.log());
+        let enforce = mode == "enforce";
+        assert_eq!(pods.tcp_roundtrip(9999), !enforce, "{mode}: TCP to another port");
+        assert_eq!(pods.udp_delivered(9999, 3), if enforce { 0 } else { 3 }, "{mode}: UDP");
+        let verdict = if enforce { "DROPPED" } else { "AUDIT" };
+        sensor.wait_event("TCP 9999 verdict", |v| {
+            flow_to(9999, verdict)(v) && v["flow"]["l4"]["TCP"].is_object()
+        });
+        sensor.wait_event("UDP 9999 verdict", |v| {
+            flow_to(9999, verdict)(v) && v["flow"]["l4"]["UDP"].is_object()
+        });
+        // The pod's port named http moves: the policy follows it.
+        let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+        write_endpoints(&pods, &endpoints("{name: http, containerPort: 9999}"));
+        sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+        assert!(pods.tcp_roundtrip(9999), "{mode}: the moved named port is denied");
+        assert_eq!(pods.tcp_roundtrip(8080), !enforce, "{mode}: the old number is no longer the named port");
+        // No port of that name: nothing is allowed, never "all ports".
+        let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
+        write_endpoints(&pods, &endpoints("{name: metrics, containerPort: 9090}"));
+        sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
+        for port in [8080, 9090, 9999] {
+            assert_eq!(pods.tcp_roundtrip(port), !enforce, "{mode}: port {port}");
+        }
+    }
+}
+
+const R05_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: prefixed, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {\"k8s:app\": server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {\"k8s:app\": client}}]
+    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]
+";
+
+/// r05, enforce and detect: selectors written with Cilium's source prefixes select the pods
+/// they name, in endpointSelector and in fromEndpoints.
+#[test]
+fn r05_source_prefixed_selectors_select_their_pods() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["enforce", "detect"] {
+        let pods = setup(118);
+        pods.write_policy("prefixed.yaml", R05_POLICY);
+        let sensor = pods.start(mode);
+        assert!(pods.tcp_roundtrip(8080), "{mode}: fromEndpoints k8s:app dropped allowed traffic");
+        let enforce = mode == "enforce";
+        assert_eq!(pods.tcp_roundtrip(9090), !enforce, "{mode}: the server is not enforced");
+        let verdict = if enforce { "DROPPED" } else { "AUDIT" };
+        let record = sensor.wait_event("9090 verdict", flow_to(9090, verdict));
+        assert_eq!(record["flow"]["destination"]["pod_name"], "server", "{record}");
+    }
+    // `policy check` shows the server as selected and default-deny.
+    let dir = std::env::temp_dir().join(unique("se2e-r05-"));
+    fs::create_dir_all(&dir).expect("dir");
+    fs::write(dir.join("p.yaml"), R05_POLICY).expect("policy");
+    fs::write(dir.join("e.yaml"), "endpoints:\n- {namespace: shop, name: srv, labels: {app: server}, ips: [10.99.2.2], interface: vs}\n- {namespace: shop, name: cli, labels: {app: client}, ips: [10.99.1.2], interface: vc}\n").expect("endpoints");
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(dir.join("p.yaml"))
+        .arg("--endpoints-file")
+        .arg(dir.join("e.yaml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{stdout}");
+    let server = stdout.split("\nendpoint ").find(|s| s.starts_with("shop/srv")).expect("srv");
+    assert!(server.contains("ingress default-deny"), "{stdout}");
+    assert!(server.contains("k8s:app=client") && server.contains("TCP/8080"), "{stdout}");
+    // A typo in a source prefix is an error naming the line, not a silent select-nothing.
+    let dir = std::env::temp_dir().join(unique("se2e-r05b-"));
+    fs::create_dir_all(&dir).expect("dir");
+    fs::write(dir.join("p.yaml"), R05_POLICY.replace("\"k8s:app\": client", "\"k8:app\": client")).expect("policy");
+    let out = Command::new(sensor_bin()).args(["policy", "check"]).arg(dir.join("p.yaml")).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(!out.status.success() && stderr.contains("p.yaml:7") && stderr.contains("k8"), "{stderr}");
+}
+
+/// r13: `k8s:io.kubernetes.pod.namespace` is the peer's namespace, `k8s:app` its label.
+#[test]
+fn r13_namespace_label_with_source_selects_pods_of_another_namespace() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(122);
+    write_endpoints(
+        &pods,
+        &format!(
+            "endpoints:\n- {{namespace: shop, name: srv, labels: {{app: server}}, ips: [{}], interface: {}}}\n- {{namespace: tools, name: probe, labels: {{app: probe}}, ips: [{}], interface: {}}}\n",
+            pods.server_veth.pod_ip, pods.server_veth.host_if, pods.client_veth.pod_ip, pods.client_veth.host_if
+        ),
+    );
+    pods.write_policy(
+        "p.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: from-other-namespace, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {\"k8s:io.kubernetes.pod.namespace\": tools, \"k8s:app\": probe}\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
+    );
+    let sensor = pods.start("enforce");
+    assert!(pods.tcp_roundtrip(8080), "tools/probe denied:\n{}", sensor.log());
+    assert!(!pods.tcp_roundtrip(8081), "8081 allowed");
+    let record = sensor.wait_event("allowed", |v| {
+        flow_to(8080, "FORWARDED")(v) && v["flow"]["traffic_direction"] == "INGRESS"
+    });
+    assert_eq!(record["flow"]["source"]["namespace"], "tools", "{record}");
+}
+
+/// r07: a NetworkPolicy without `podSelector` selects every pod of its namespace.
+#[test]
+fn r07_network_policy_without_pod_selector_applies_to_the_namespace() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(126);
+    pods.write_policy(
+        "no-selector.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: no-selector, namespace: shop}\nspec:\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{protocol: TCP, port: 8080}]\n",
+    );
+    let sensor = pods.start("enforce");
+    assert!(pods.tcp_roundtrip(8080), "8080 denied:\n{}", sensor.log());
+    assert!(!pods.tcp_roundtrip(9090), "the server is not selected");
+    // The client is selected too: the server cannot reach its 9090.
+    let to_client = SocketAddr::from((pods.client_veth.pod_ip, 9090));
+    assert!(!tcp_roundtrip(&pods.server, &pods.client, to_client), "the client is not selected");
+}
+
+/// r11: start-up is a reload: an unsupported kind (a CCNP with nodeSelector) and a file that
+/// does not parse are reported with file and line and skipped; the rest is enforced.
+/// `policy check` still fails on them.
+#[test]
+fn r11_startup_skips_unsupported_and_broken_files_and_enforces_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let pods = setup(130);
+    pods.write_policy(
+        "node-ssh.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: node-ssh-only}\nspec:\n  nodeSelector: {matchLabels: {}}\n  ingress:\n  - toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n",
+    );
+    pods.write_policy(
+        "web-deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-deny, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: []\n",
+    );
+    pods.write_policy("broken.yaml", "apiVersion: cilium.io/v2\nkind: [\n");
+    let sensor = pods.start("enforce");
+    assert!(!pods.tcp_roundtrip(8080), "web-deny is not enforced");
+    sensor.wait_event("web-deny drop", flow_to(8080, "DROPPED"));
+    assert_eq!(sensor.metrics().get("sensor_policy_rejected_files", &[]), Some(2.0));
+    let log = sensor.log();
+    assert!(log.contains("node-ssh.yaml:5") && log.contains("not supported"), "{log}");
+    assert!(log.contains("broken.yaml:"), "{log}");
+    // A file fixed later is picked up; the broken one stays reported.
+    pods.write_policy(
+        "node-ssh.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-8080, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{ports: [{port: 8080}]}]\n",
+    );
+    sensor.wait_metric("sensor_policy_rejected_files", &[], |v| v == Some(1.0));
+    sensor_e2e::wait_until("8080 allowed", Duration::from_secs(10), || pods.tcp_roundtrip(8080).then_some(()));
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(pods.dir.join("policies"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("broken.yaml"), "{stderr}");
+}
+
+/// r12: a port that is neither 1-65535 nor an IANA service name is rejected like the API
+/// server does, naming the offending line.
+#[test]
+fn r12_invalid_ports_are_rejected_with_their_line() {
+    let dir = std::env::temp_dir().join(unique("se2e-r12-"));
+    fs::create_dir_all(&dir).expect("dir");
+    fs::write(
+        dir.join("policy.yaml"),
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: broken-port\n  namespace: shop\nspec:\n  endpointSelector:\n    matchLabels:\n      app: web\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"70000\"\n        protocol: TCP\n",
+    )
+    .expect("policy");
+    let out = Command::new(sensor_bin()).args(["policy", "check"]).arg(dir.join("policy.yaml")).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("policy.yaml:13") && stderr.contains("70000"), "{stderr}");
+}

@@ -10,11 +10,15 @@
 //!   from Debian's kubernetes source into `target/tools/kube-apiserver-1.20.2/` (once).
 //! - `bench [--quick]`: datapath, agent and policy-update figures as ratios to baselines
 //!   measured in the same run (root; namespaces it creates only).
+//! - `conformance [--cases N] [--seed S]`: N seeded NetworkPolicy/CiliumNetworkPolicy cases
+//!   (default 200, seed 1), each a truth table of real probes compared with the reference
+//!   evaluator (root).
 //! - `fuzz [--seconds N] [TARGET...]`: cargo-fuzz (installed on first use) on each target in
 //!   turn for N seconds (default 300), then minimizes its corpus under `fuzz/corpus/`.
 
 mod bench;
 mod bootstrap;
+mod conformance;
 mod fuzz;
 mod kube_apiserver;
 
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             bench::bench(&root, &sensor, &rest)
         }
         "fuzz" => fuzz::fuzz(&root, &rest),
+        "conformance" => conformance::conformance(&root, &rest),
         "kube-apiserver" => kube_apiserver::ensure(&root).map(|tools| {
             println!("{}", tools.kube_apiserver.display());
         }),
@@ -53,13 +58,15 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]|\
-                 fuzz [--seconds N] [TARGET...]|kube-apiserver>\n\n\
+                 fuzz [--seconds N] [TARGET...]|conformance [--cases N] [--seed S]|kube-apiserver>\n\n\
                  bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
                  build      build target/release/sensor with its eBPF programs\n\
                  run        build, then run `sensor run ARGS...` (root)\n\
                  test       fmt, clippy, unit tests and privileged end-to-end tests (root)\n\
                  bench      benchmarks against same-run baselines (root); writes target/bench/\n\
                  fuzz       cargo-fuzz each target N seconds (default 300), minimize fuzz/corpus/\n\
+                 conformance [--cases N] [--seed S]  policy conformance cases against the \
+                 reference evaluator (root)\n\
                  kube-apiserver  etcd and kube-apiserver {api} for the Kubernetes tests \
                  (built once into target/tools, ~13 min)",
                 api = kube_apiserver::VERSION
@@ -112,7 +119,7 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn build(root: &Path) -> anyhow::Result<(bootstrap::Tools, PathBuf)> {
+pub fn build(root: &Path) -> anyhow::Result<(bootstrap::Tools, PathBuf)> {
     let tools = bootstrap::ensure(root)?;
     status(cargo(root, &tools).args([
         "build",

@@ -9,7 +9,8 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 use serde::Deserialize;
 
 use crate::policy::{
-    endpoints::{ContainerInfo, Endpoint},
+    endpoints::{ContainerInfo, ContainerPort, Endpoint},
+    model::valid_port_name,
     selector::Labels,
 };
 
@@ -25,9 +26,13 @@ pub struct PodSpec {
     pub containers: Vec<ContainerSpec>,
     #[serde(default)]
     pub init_containers: Vec<ContainerSpec>,
+    /// Cilium's `k8s:io.cilium.k8s.policy.serviceaccount` label.
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
-/// A container's name and whether it runs privileged.
+/// The part of a container the sensor reads: its name, whether it runs privileged, and its
+/// ports (named ports in policies resolve against them).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
@@ -35,12 +40,26 @@ pub struct ContainerSpec {
     pub name: String,
     #[serde(default)]
     pub security_context: Option<SecurityContext>,
+    #[serde(default)]
+    pub ports: Vec<KubePort>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SecurityContext {
     #[serde(default)]
     pub privileged: Option<bool>,
+}
+
+/// `spec.containers[].ports[]`: only the fields named ports need.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -106,6 +125,9 @@ pub struct PodEntry {
     pub containers: Box<[String]>,
     /// Image, privileged flag and start time of those containers (local pods only).
     pub container_info: Box<[ContainerInfo]>,
+    /// Named container ports (unnamed ones cannot be named by a policy).
+    pub ports: Box<[ContainerPort]>,
+    pub service_account: Option<String>,
 }
 
 impl PodEntry {
@@ -153,6 +175,8 @@ impl PodEntry {
             ips: ips.into(),
             containers,
             container_info,
+            ports: named_ports(&pod.spec),
+            service_account: pod.spec.service_account_name.clone(),
         })
     }
 
@@ -165,6 +189,8 @@ impl PodEntry {
             interface,
             containers: self.containers.to_vec(),
             container_info: self.container_info.to_vec(),
+            ports: self.ports.to_vec(),
+            service_account: self.service_account.clone(),
         }
     }
 }
@@ -201,6 +227,28 @@ fn container_info(pod: &Pod, status: &PodStatus) -> Box<[ContainerInfo]> {
             })
         })
         .collect()
+/// The named ports of a pod's containers (`protocol` defaults to TCP, as the API server
+/// defaults it). Ports the API server would not accept are left out.
+fn named_ports(spec: &PodSpec) -> Box<[ContainerPort]> {
+    let mut ports: Vec<ContainerPort> = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            let name = p.name.clone().filter(|n| valid_port_name(n).is_ok())?;
+            let port = ContainerPort {
+                name: Some(name),
+                container_port: u16::try_from(p.container_port).ok().filter(|p| *p > 0)?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                host_port: None,
+                host_ip: None,
+            };
+            port.protocol_number().map(|_| port)
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports.into()
 }
 
 /// The policy kinds the sensor watches, with their API coordinates.

@@ -60,6 +60,18 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
             .get(&id)
             .map_or_else(|| format!("identity {id}"), |l| l.join(",")),
     };
+    for (p, count) in policies.iter().zip(&compiled.selected_count) {
+        if *count == 0 {
+            let ns = p.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\nwarning: {} {ns}{} ({}) selects no endpoint: it enforces nothing",
+                p.kind.as_str(),
+                p.name,
+                p.origin
+            );
+        }
+    }
     for ep in &compiled.local {
         let _ = writeln!(
             out,

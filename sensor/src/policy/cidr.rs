@@ -1,5 +1,12 @@
 //! IPv4 and IPv6 prefixes in one 128-bit space (IPv4 as `::ffff:a.b.c.d`), as the kernel's
 //! ipcache stores them.
+//!
+//! The families never mix: an IPv4 prefix only ever contains IPv4 addresses, and an IPv6
+//! prefix only IPv6 ones, even where the 128-bit space overlaps (`::/0` holds the mapped
+//! range in bits, but not in meaning). IPv4-mapped IPv6 prefixes (`::ffff:a.b.c.d/n`) are
+//! rejected on purpose: such addresses never appear on the wire (RFC 4291 §2.5.5.2; Linux
+//! drops packets from them), and accepting them would have to either alias the IPv4 prefix
+//! (mixing families) or silently match nothing. The error says to write the IPv4 form.
 
 use std::{
     fmt,
@@ -37,12 +44,40 @@ impl Cidr {
                     format!("invalid CIDR {text:?}: prefix length must be 0..={max}")
                 })?,
             };
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && len >= V4_MAPPED_PREFIX
+        {
+            return Err(format!(
+                "invalid CIDR {text:?}: an IPv4-mapped IPv6 prefix; write the IPv4 prefix \
+                 {v4}/{} (mapped addresses never appear on the wire, and the families are kept apart)",
+                len - V4_MAPPED_PREFIX
+            ));
+        }
         let len = if ip.is_ipv4() { len + V4_MAPPED_PREFIX } else { len };
         Ok(Self { addr: mapped(ip) & mask(len), len })
     }
 
+    /// True for an IPv4 prefix (stored in the mapped range).
+    pub const fn is_ipv4(&self) -> bool {
+        self.len >= V4_MAPPED_PREFIX && self.addr >> 32 == 0xffff
+    }
+
+    /// True for the whole address space of its family (`0.0.0.0/0` or `::/0`).
+    pub const fn is_whole_family(&self) -> bool {
+        self.len == 0 || (self.len == V4_MAPPED_PREFIX && self.is_ipv4())
+    }
+
+    /// The whole IPv4 space (`0.0.0.0/0`).
+    pub const ALL_IPV4: Self = Self { addr: 0xffff << 32, len: V4_MAPPED_PREFIX };
+    /// The whole IPv6 space (`::/0`).
+    pub const ALL_IPV6: Self = Self { addr: 0, len: 0 };
+
+    /// Whether `other` lies inside this prefix and is of the same family.
     pub fn contains(&self, other: &Self) -> bool {
-        other.len >= self.len && other.addr & mask(self.len) == self.addr
+        self.is_ipv4() == other.is_ipv4()
+            && other.len >= self.len
+            && other.addr & mask(self.len) == self.addr
     }
 
     pub fn contains_ip(&self, ip: IpAddr) -> bool {
@@ -95,5 +130,26 @@ mod tests {
         assert_eq!(Cidr::parse("0.0.0.0/0").expect("all v4").to_string(), "0.0.0.0/0");
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope/8").is_err());
+    }
+
+    #[test]
+    fn families_never_mix() {
+        let all6 = Cidr::parse("::/0").expect("v6");
+        let all4 = Cidr::parse("0.0.0.0/0").expect("v4");
+        assert!(!all6.contains_ip("10.0.0.1".parse().expect("ip")));
+        assert!(!all6.contains(&Cidr::parse("10.0.0.0/8").expect("v4")));
+        assert!(!all4.contains_ip("fd00::1".parse().expect("ip")));
+        assert!(all6.contains_ip("fd00::1".parse().expect("ip")));
+        assert!(all4.contains_ip("10.0.0.1".parse().expect("ip")));
+        assert!(all4.is_whole_family() && all6.is_whole_family());
+        assert_eq!(all4, Cidr::ALL_IPV4);
+        assert_eq!(all6, Cidr::ALL_IPV6);
+        assert!(!Cidr::parse("::/1").expect("v6").is_whole_family());
+        let err = Cidr::parse("::ffff:10.0.0.0/104").expect_err("mapped");
+        assert!(err.contains("10.0.0.0/8"), "{err}");
+        assert!(Cidr::parse("::ffff:10.0.0.1").is_err());
+        // A shorter IPv6 prefix that spans the mapped range in bits is still IPv6 only.
+        assert!(Cidr::parse("::/80").expect("v6").contains_ip("::1".parse().expect("ip")));
+        assert!(!Cidr::parse("::/80").expect("v6").contains_ip("1.2.3.4".parse().expect("ip")));
     }
 }

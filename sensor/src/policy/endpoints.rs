@@ -44,6 +44,48 @@ pub struct Endpoint {
     /// start time), from the pod's status and spec.
     #[serde(default)]
     pub container_info: Vec<ContainerInfo>,
+    /// The pod's container ports, as in `spec.containers[].ports` (`name`, `containerPort`,
+    /// `protocol`, default TCP): named ports in policies (`port: http`) resolve against them.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+    /// The pod's `spec.serviceAccountName`: Cilium's label
+    /// `k8s:io.cilium.k8s.policy.serviceaccount`.
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+/// One container port of a pod (Kubernetes' `ContainerPort`, the fields policies use).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// An IANA service name; ports without one cannot be named by a policy.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`, as Kubernetes writes them.
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// Accepted so a pod spec's port list can be pasted; not used by policies.
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+}
+
+fn tcp() -> String {
+    "TCP".to_owned()
+}
+
+impl ContainerPort {
+    /// The IP protocol number, or `None` for a protocol policies cannot name.
+    pub fn protocol_number(&self) -> Option<u8> {
+        match self.protocol.as_str() {
+            "TCP" => Some(6),
+            "UDP" => Some(17),
+            "SCTP" => Some(132),
+            _ => None,
+        }
+    }
 }
 
 /// A container's metadata, as Kubernetes reports it (`status.containerStatuses[]` and
@@ -118,6 +160,26 @@ impl Endpoints {
         let mut seen = BTreeMap::new();
         for ep in &parsed.endpoints {
             let name = format!("{}/{}", ep.namespace, ep.name);
+            for port in &ep.ports {
+                let invalid = |message: String| EndpointsError::Invalid {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                    message,
+                };
+                if port.container_port == 0 {
+                    return Err(invalid("containerPort must be between 1 and 65535".into()));
+                }
+                if port.protocol_number().is_none() {
+                    return Err(invalid(format!(
+                        "port protocol {:?}: TCP, UDP or SCTP",
+                        port.protocol
+                    )));
+                }
+                if let Some(n) = &port.name {
+                    super::model::valid_port_name(n)
+                        .map_err(|why| invalid(format!("port name {n:?}: {why}")))?;
+                }
+            }
             for ip in &ep.ips {
                 if let Some(other) = seen.insert(*ip, name.clone()) {
                     return Err(EndpointsError::Invalid {

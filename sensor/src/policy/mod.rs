@@ -60,6 +60,68 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<(Vec<Policy>, Vec<Warning>), P
     Ok((policies, warnings))
 }
 
+/// What one policy file holds: network policies, their warnings, and host policies.
+#[derive(Debug, Clone, Default)]
+pub struct FileSet {
+    pub policies: Vec<Policy>,
+    pub warnings: Vec<Warning>,
+    pub host: Vec<crate::host::policy::HostPolicy>,
+}
+
+impl FileSet {
+    fn extend(&mut self, other: &Self) {
+        self.policies.extend(other.policies.iter().cloned());
+        self.warnings.extend(other.warnings.iter().cloned());
+        self.host.extend(other.host.iter().cloned());
+    }
+}
+
+/// Parses one policy file, network and host documents: any error rejects the whole file.
+pub fn parse_policy_file(file: &Path) -> Result<FileSet, PolicyError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|source| PolicyError::Read { path: file.to_owned(), source })?;
+    let (policies, warnings) = model::parse_file(file, &text)?;
+    let host = crate::host::policy::parse_file(file, &text)?;
+    Ok(FileSet { policies, warnings, host })
+}
+
+/// A file the load could not use, and whether its last good version stays in force.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: PolicyError,
+    pub kept_previous: bool,
+}
+
+/// Loads a policy directory file by file, as start-up and every reload do: a file that
+/// does not parse (or holds a kind the sensor does not support) is reported and skipped, or
+/// held at its last good version from `last_good`; every other file is used. `last_good` is
+/// updated to the files' current good versions. Only an unreadable directory is an error.
+pub fn load_dir(
+    dir: &Path,
+    last_good: &mut std::collections::BTreeMap<PathBuf, FileSet>,
+) -> Result<(FileSet, Vec<Rejected>), PolicyError> {
+    let files = policy_files(dir)?;
+    last_good.retain(|path, _| files.contains(path));
+    let mut set = FileSet::default();
+    let mut rejected = Vec::new();
+    for file in files {
+        match parse_policy_file(&file) {
+            Ok(parsed) => {
+                set.extend(&parsed);
+                last_good.insert(file, parsed);
+            }
+            Err(error) => {
+                let previous = last_good.get(&file);
+                if let Some(previous) = previous {
+                    set.extend(previous);
+                }
+                rejected.push(Rejected { error, kept_previous: previous.is_some() });
+            }
+        }
+    }
+    Ok((set, rejected))
+}
+
 /// Loads policies and endpoints and compiles them: everything or nothing.
 pub fn load(
     policy_dir: Option<&Path>,

@@ -9,7 +9,12 @@ use serde_yaml_ng::Value;
 
 use sensor_common::net::{PROTO_ICMP, PROTO_ICMPV6};
 
-use super::{cidr::Cidr, selector::Selector};
+use super::{
+    cidr::Cidr,
+    selector::{
+        ANY_SOURCE, Expression, K8S_SOURCE, Operator, RESERVED_SOURCE, Selector, split_source,
+    },
+};
 
 /// Where a document starts, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +48,11 @@ impl Kind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Entity {
+    /// Every address outside the cluster, both families (Cilium 1.15+: world-ipv4 and
+    /// world-ipv6 together).
     World,
+    WorldIpv4,
+    WorldIpv6,
     Cluster,
     Host,
     All,
@@ -59,9 +68,13 @@ pub enum Peer {
         namespace: Option<String>,
         namespace_selector: Option<Selector>,
     },
+    /// Addresses in `net` but in none of `except` (all of one family). `pod_ips`: the prefix
+    /// also selects pods' own addresses, as a NetworkPolicy `ipBlock` does per the Kubernetes
+    /// API reference; Cilium's `toCIDR`/`fromCIDR` select only addresses outside the cluster.
     Cidr {
         net: Cidr,
         except: Vec<Cidr>,
+        pod_ips: bool,
     },
     Entity(Entity),
 }
@@ -75,13 +88,31 @@ pub struct PortRange {
     pub last: u16,
 }
 
+/// A port given by name (`port: http`): the container port of that name, resolved per pod
+/// when the policy is compiled (the selected pod's for ingress, the peer pod's for egress).
+/// `protocol` `None` = any of TCP, UDP, SCTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub protocol: Option<u8>,
+    pub name: String,
+}
+
 /// One element of `ingress`/`egress`/`*Deny`: peers AND ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// `None`: any peer (no L3 part was given).
     pub peers: Option<Vec<Peer>>,
-    /// Empty: any port and protocol.
+    /// Numeric ports. Any port and protocol only when this AND `named_ports` are empty.
     pub ports: Vec<PortRange>,
+    /// Ports given by name; one that resolves to no container port allows nothing.
+    pub named_ports: Vec<NamedPort>,
+}
+
+impl Entry {
+    /// True when the entry has no L4 part: every port and protocol.
+    pub fn any_port(&self) -> bool {
+        self.ports.is_empty() && self.named_ports.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +209,13 @@ struct Document {
     metadata: Metadata,
     spec: Option<Value>,
     specs: Option<Vec<Value>>,
+}
+
+/// A document's spec(s), decoded straight from its text.
+#[derive(Deserialize)]
+struct Typed<T> {
+    spec: Option<T>,
+    specs: Option<Vec<T>>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +407,8 @@ enum IntOrString {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NetworkPolicySpec {
+    /// The API server defaults a missing podSelector to `{}`: every pod of the namespace.
+    #[serde(default)]
     pod_selector: Selector,
     policy_types: Option<Vec<String>>,
     #[serde(default)]
@@ -409,6 +449,33 @@ struct IpBlock {
 
 /// Label Cilium and Kubernetes put on every pod: its namespace.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// [`NAMESPACE_LABEL`] with its source, as Cilium adds it to selectors.
+pub const K8S_NAMESPACE_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
+
+/// A port rule's port: numbers, or a name resolved later.
+enum PortSpec {
+    Range(PortRange),
+    Named(NamedPort),
+}
+
+/// Checks an IANA service name as Kubernetes does (`IsValidPortName`): at most 15
+/// characters of `a-z`, `0-9` and `-`, at least one letter, no `-` at either end or twice
+/// in a row.
+pub fn valid_port_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("a name has 1 to 15 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("a name holds only lowercase letters, digits and '-'");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("a name holds at least one letter");
+    }
+    if name.starts_with('-') || name.ends_with('-') || name.contains("--") {
+        return Err("'-' may not begin or end a name, nor come twice in a row");
+    }
+    Ok(())
+}
 
 impl DocContext<'_> {
     fn origin_at(&self, doc_line: usize) -> Origin {
@@ -422,6 +489,23 @@ impl DocContext<'_> {
 
     fn error(&self, key: &str, message: impl Into<String>) -> ParseError {
         ParseError { origin: self.line_of(key), message: message.into() }
+    }
+
+    /// The first line holding `needle` (the document start if none).
+    fn line_containing(&self, needle: &str) -> Origin {
+        self.origin_at(self.text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1))
+    }
+
+    /// An error on the first line holding both `key:` and `value` (the offending entry, not
+    /// the first entry with that key); the first `key:` line if none holds both.
+    fn error_at(&self, key: &str, value: &str, message: String) -> ParseError {
+        let needle = format!("{key}:");
+        let line = self
+            .text
+            .lines()
+            .position(|l| l.contains(&needle) && l.contains(value))
+            .map_or_else(|| line_of_key(&self.text, key), |i| i + 1);
+        ParseError { origin: self.origin_at(line), message }
     }
 
     fn warn_unenforced(&mut self, present: bool, key: &str, what: &str) {
@@ -473,48 +557,69 @@ impl DocContext<'_> {
                 return Err(self.error(AUDIT_ANNOTATION, format!("annotation {AUDIT_ANNOTATION}: expected \"true\" or \"false\", got {other:?}")));
             }
         };
-        let specs: Vec<Value> = match (doc.spec, doc.specs, kind) {
-            (Some(spec), None, _) => vec![spec],
-            (
-                None,
-                Some(specs),
-                Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy,
-            ) => specs,
+        match (&doc.spec, &doc.specs, kind) {
+            (Some(_), None, _) => {}
+            (None, Some(_), Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy) => {}
             (None, None, _) => return Err(self.error("kind", "missing `spec`")),
+            (None, Some(_), Kind::NetworkPolicy) => {
+                return Err(self.error("specs", "a NetworkPolicy has `spec`, not `specs`"));
+            }
             _ => return Err(self.error("spec", "give either `spec` or `specs`, not both")),
+        }
+        // Decode the spec from the text again, typed, so that an error inside it names its
+        // own line (a decoded `Value` has lost the positions).
+        let policies: Result<Vec<Policy>, ParseError> = match kind {
+            Kind::NetworkPolicy => {
+                let typed: Typed<NetworkPolicySpec> =
+                    serde_yaml_ng::from_str(&self.text).map_err(|e| self.yaml_error(&e))?;
+                typed
+                    .spec
+                    .into_iter()
+                    .map(|spec| self.network_policy(spec, name.clone(), namespace.clone()))
+                    .collect()
+            }
+            _ => {
+                let typed: Typed<CiliumSpec> =
+                    serde_yaml_ng::from_str(&self.text).map_err(|e| self.yaml_error(&e))?;
+                typed
+                    .spec
+                    .into_iter()
+                    .chain(typed.specs.into_iter().flatten())
+                    .map(|spec| self.cilium(spec, kind, name.clone(), namespace.clone()))
+                    .collect()
+            }
         };
-        specs
-            .into_iter()
-            .map(|spec| {
-                let policy = match kind {
-                    Kind::NetworkPolicy => {
-                        self.network_policy(spec, name.clone(), namespace.clone())
-                    }
-                    _ => self.cilium(spec, kind, name.clone(), namespace.clone()),
-                };
-                policy.map(|p| Policy { audit, ..p })
-            })
-            .collect()
+        Ok(policies?.into_iter().map(|p| Policy { audit, ..p }).collect())
     }
 
     fn cilium(
         &mut self,
-        spec: Value,
+        spec: CiliumSpec,
         kind: Kind,
         name: String,
         namespace: Option<String>,
     ) -> Result<Policy, ParseError> {
-        let spec: CiliumSpec = serde_yaml_ng::from_value(spec)
-            .map_err(|e| self.error("spec", format!("spec: {e}")))?;
-        self.warn_unenforced(spec.node_selector.is_some(), "nodeSelector", "host firewall");
         let _ = (&spec.description, &spec.labels, &spec.log);
+        if spec.node_selector.is_some() {
+            return Err(self.error(
+                "nodeSelector",
+                "not supported: a nodeSelector policy is a host firewall policy (Cilium's host \
+                 policies); this sensor enforces endpointSelector policies only",
+            ));
+        }
         let selector = spec.endpoint_selector.ok_or_else(|| {
-            self.error(
-                "spec",
-                "`endpointSelector` is required (nodeSelector policies are not supported)",
-            )
+            self.error("spec", "`endpointSelector` is required (or `nodeSelector`, not supported)")
         })?;
-        selector.validate().map_err(|m| self.error("endpointSelector", m))?;
+        let selector = self.cilium_selector(selector, "endpointSelector")?;
+        if selector.keys().any(|k| k == "reserved:host") {
+            return Err(self.error_at(
+                "endpointSelector",
+                "",
+                "not supported: an endpointSelector on `reserved:host` is a host firewall \
+                 policy; this sensor enforces policies of pods"
+                    .to_owned(),
+            ));
+        }
         let default_deny =
             spec.enable_default_deny.unwrap_or(DefaultDeny { ingress: None, egress: None });
         // A direction becomes default-deny once a section for it exists, allow or deny.
@@ -608,22 +713,21 @@ impl DocContext<'_> {
 
         let mut peers = Vec::new();
         let mut has_l3 = false;
+        let endpoints_key = if ingress { "fromEndpoints" } else { "toEndpoints" };
         for selector in endpoints.into_iter().flatten() {
             has_l3 = true;
-            selector.validate().map_err(|m| {
-                self.error(if ingress { "fromEndpoints" } else { "toEndpoints" }, m)
-            })?;
-            // In a namespaced policy, a selector that does not name a namespace means "in the
-            // policy's namespace".
-            let namespace =
-                namespace.filter(|_| !selector.mentions(NAMESPACE_LABEL)).map(str::to_owned);
-            peers.push(Peer::Endpoints { selector, namespace, namespace_selector: None });
+            let selector = self.cilium_selector(selector, endpoints_key)?;
+            peers.push(Peer::Endpoints {
+                selector: cilium_peer_scope(selector, namespace),
+                namespace: None,
+                namespace_selector: None,
+            });
         }
         let cidr_key = if ingress { "fromCIDR" } else { "toCIDR" };
         for text in cidrs.into_iter().flatten() {
             has_l3 = true;
-            let net = Cidr::parse(&text).map_err(|m| self.error(cidr_key, m))?;
-            peers.push(Peer::Cidr { net, except: Vec::new() });
+            let net = Cidr::parse(&text).map_err(|m| self.error_at(cidr_key, &text, m))?;
+            peers.push(Peer::Cidr { net, except: Vec::new(), pod_ips: false });
         }
         let set_key = if ingress { "fromCIDRSet" } else { "toCIDRSet" };
         for set in cidr_sets.into_iter().flatten() {
@@ -633,13 +737,15 @@ impl DocContext<'_> {
                 continue;
             }
             let cidr = set.cidr.ok_or_else(|| self.error(set_key, "`cidr` is required"))?;
-            peers.push(self.cidr_peer(set_key, &cidr, &set.except)?);
+            peers.push(self.cidr_peer(set_key, &cidr, &set.except, false)?);
         }
         let entity_key = if ingress { "fromEntities" } else { "toEntities" };
         for name in entities.into_iter().flatten() {
             has_l3 = true;
             let entity = match name.as_str() {
                 "world" => Entity::World,
+                "world-ipv4" => Entity::WorldIpv4,
+                "world-ipv6" => Entity::WorldIpv6,
                 "cluster" => Entity::Cluster,
                 "host" => Entity::Host,
                 "all" => Entity::All,
@@ -652,6 +758,7 @@ impl DocContext<'_> {
             peers.push(Peer::Entity(entity));
         }
         let mut ports = Vec::new();
+        let mut named_ports = Vec::new();
         let mut has_l4 = false;
         for rule in e.to_ports.into_iter().flatten() {
             has_l4 = true;
@@ -664,8 +771,9 @@ impl DocContext<'_> {
                 "TLS interception",
             );
             for p in rule.ports {
-                if let Some(range) = self.port(&p, "toPorts", None)? {
-                    ports.push(range);
+                match self.port(&p, false)? {
+                    PortSpec::Range(range) => ports.push(range),
+                    PortSpec::Named(named) => named_ports.push(named),
                 }
             }
         }
@@ -693,26 +801,66 @@ impl DocContext<'_> {
         if !has_l3 && !has_l4 {
             return Ok(None); // `{}`: matches nothing, but still makes the direction default-deny
         }
-        if has_l4 && ports.is_empty() {
-            return Ok(None); // only named or unsupported ports: nothing we can match
+        if has_l4 && ports.is_empty() && named_ports.is_empty() {
+            return Ok(None); // an L4 part without ports: nothing we can match
         }
-        Ok(Some(Entry { peers: has_l3.then_some(peers), ports }))
+        Ok(Some(Entry { peers: has_l3.then_some(peers), ports, named_ports }))
     }
 
-    fn cidr_peer(&self, key: &str, cidr: &str, except: &[String]) -> Result<Peer, ParseError> {
-        let net = Cidr::parse(cidr).map_err(|m| self.error(key, m))?;
+    fn cidr_peer(
+        &self,
+        key: &str,
+        cidr: &str,
+        except: &[String],
+        pod_ips: bool,
+    ) -> Result<Peer, ParseError> {
+        let net = Cidr::parse(cidr).map_err(|m| self.error_at(key, cidr, m))?;
         let except = except
             .iter()
             .map(|e| {
-                let sub = Cidr::parse(e).map_err(|m| self.error("except", m))?;
+                let sub = Cidr::parse(e).map_err(|m| self.error_at("except", e, m))?;
                 if net.contains(&sub) {
                     Ok(sub)
                 } else {
-                    Err(self.error("except", format!("except {sub} is not inside {net}")))
+                    Err(self.error_at(
+                        "except",
+                        e,
+                        format!("except {sub} is not inside {net} (nor of its address family)"),
+                    ))
                 }
             })
             .collect::<Result<_, _>>()?;
-        Ok(Peer::Cidr { net, except })
+        Ok(Peer::Cidr { net, except, pod_ips })
+    }
+
+    /// A Cilium selector: every key's source prefix must be one of Cilium's sources; keys of a
+    /// source no endpoint here carries are warned about (they select nothing).
+    fn cilium_selector(&mut self, selector: Selector, key: &str) -> Result<Selector, ParseError> {
+        selector.validate().map_err(|m| self.error(key, m))?;
+        if let Err(m) = selector.validate_sources() {
+            let bad = selector.keys().find(|k| m.contains(&format!("{k:?}"))).unwrap_or(key);
+            return Err(ParseError { origin: self.line_containing(bad), message: format!("{key}: {m}") });
+        }
+        for foreign in selector.foreign_source_keys() {
+            let origin = self.line_containing(foreign);
+            self.warnings.push(Warning {
+                origin,
+                message: format!(
+                    "{key}: label {foreign:?} has a source no endpoint of this sensor carries \
+                     (only k8s: and reserved: labels): it selects nothing"
+                ),
+            });
+        }
+        Ok(selector)
+    }
+
+    /// A NetworkPolicy selector: plain Kubernetes label keys only.
+    fn k8s_selector(&self, selector: &Selector, key: &str) -> Result<(), ParseError> {
+        selector.validate().map_err(|m| self.error(key, m))?;
+        selector.validate_plain_keys().map_err(|m| {
+            let bad = selector.keys().find(|k| k.contains(':')).unwrap_or(key);
+            ParseError { origin: self.line_containing(bad), message: format!("{key}: {m}") }
+        })
     }
 
     /// One `icmps` field: the type (number or Cilium's name for the family) as the port of an
@@ -744,71 +892,103 @@ impl DocContext<'_> {
         Ok(PortRange { protocol: Some(protocol), first: port, last: port })
     }
 
-    /// A port entry; `None` (with a warning) for a named port.
-    fn port(
-        &mut self,
-        p: &PortProtocol,
-        key: &str,
-        default_protocol: Option<&str>,
-    ) -> Result<Option<PortRange>, ParseError> {
-        let protocol = match p
-            .protocol
-            .as_deref()
-            .or(default_protocol)
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            None | Some("ANY") => None,
+    /// A port entry as the API server validates it: a number (1-65535; Cilium also takes 0
+    /// for "all ports") or an IANA service name, which is resolved against container ports
+    /// when the policy is compiled. `np`: NetworkPolicy rules (protocol defaults to TCP; a
+    /// quoted number is a name, and so invalid, as `intstr` makes it).
+    fn port(&self, p: &PortProtocol, np: bool) -> Result<PortSpec, ParseError> {
+        let protocol = match p.protocol.as_deref().or(np.then_some("TCP")) {
+            None => None,
+            Some("ANY") if !np => None,
             Some("TCP") => Some(6),
             Some("UDP") => Some(17),
             Some("SCTP") => Some(132),
             Some(other) => {
-                return Err(self.error(
+                let allowed = if np { "TCP, UDP or SCTP" } else { "TCP, UDP, SCTP or ANY" };
+                return Err(self.error_at(
                     "protocol",
-                    format!("unknown protocol {other:?} (TCP, UDP, SCTP or ANY)"),
+                    other,
+                    format!("unsupported protocol {other:?} ({allowed}, as written; case matters)"),
                 ));
             }
         };
         let first = match &p.port {
-            None => 0,
-            Some(IntOrString::Int(n)) => u16::try_from(*n)
-                .map_err(|_| self.error("port", format!("port {n} out of range")))?,
-            Some(IntOrString::Str(s)) => match s.parse::<u16>() {
-                Ok(n) => n,
-                Err(_) => {
-                    self.warn_unenforced(true, "port", &format!("named port {s:?}"));
-                    return Ok(None);
+            None => None,
+            Some(IntOrString::Int(n)) => Some(self.port_number(*n, np, &n.to_string())?),
+            Some(IntOrString::Str(s)) if !np && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = s.parse::<i64>().unwrap_or(i64::MAX);
+                Some(self.port_number(n, np, s)?)
+            }
+            Some(IntOrString::Str(s)) => {
+                let name = if np { s.clone() } else { s.to_ascii_lowercase() };
+                valid_port_name(&name).map_err(|why| {
+                    self.error_at(
+                        "port",
+                        s,
+                        format!("port {s:?} is neither a port number (1-65535) nor a valid port name: {why}"),
+                    )
+                })?;
+                if p.end_port.is_some() {
+                    return Err(self.error_at(
+                        "endPort",
+                        "",
+                        format!("endPort may not be given when port ({s:?}) is a name"),
+                    ));
                 }
-            },
+                return Ok(PortSpec::Named(NamedPort { protocol, name }));
+            }
         };
-        let last = match p.end_port {
-            None if first == 0 => u16::MAX,
-            None => first,
-            Some(end) => {
-                let end = u16::try_from(end)
-                    .map_err(|_| self.error("endPort", format!("endPort {end} out of range")))?;
+        let first = first.filter(|p| *p != 0);
+        let last = match (p.end_port, first) {
+            (None, None) => u16::MAX,
+            (None, Some(first)) => first,
+            (Some(end), None) => {
+                return Err(self.error_at(
+                    "endPort",
+                    &end.to_string(),
+                    "endPort needs a numeric port".to_owned(),
+                ));
+            }
+            (Some(end), Some(first)) => {
+                let text = end.to_string();
+                let end = u16::try_from(end).ok().filter(|e| *e >= 1).ok_or_else(|| {
+                    self.error_at("endPort", &text, format!("endPort {text} must be between 1 and 65535"))
+                })?;
                 if end < first {
-                    return Err(
-                        self.error("endPort", format!("endPort {end} is below port {first}"))
-                    );
+                    return Err(self.error_at(
+                        "endPort",
+                        &text,
+                        format!("endPort {end} must be greater than or equal to port {first}"),
+                    ));
                 }
                 end
             }
         };
-        let _ = key;
-        Ok(Some(PortRange { protocol, first, last }))
+        Ok(PortSpec::Range(PortRange { protocol, first: first.unwrap_or(0), last }))
+    }
+
+    /// A numeric port: 1-65535 (NetworkPolicy), 0-65535 (Cilium, where 0 means all ports).
+    fn port_number(&self, n: i64, np: bool, text: &str) -> Result<u16, ParseError> {
+        let min = i64::from(np);
+        u16::try_from(n).ok().filter(|_| n >= min).ok_or_else(|| {
+            self.error_at(
+                "port",
+                text,
+                format!("port {text} is neither a port number ({min}-65535) nor a valid port name"),
+            )
+        })
     }
 
     fn network_policy(
         &mut self,
-        spec: Value,
+        spec: NetworkPolicySpec,
         name: String,
         namespace: Option<String>,
     ) -> Result<Policy, ParseError> {
-        let spec: NetworkPolicySpec = serde_yaml_ng::from_value(spec)
-            .map_err(|e| self.error("spec", format!("spec: {e}")))?;
-        spec.pod_selector.validate().map_err(|m| self.error("podSelector", m))?;
-        let types = spec.policy_types.clone().unwrap_or_else(|| {
+        self.k8s_selector(&spec.pod_selector, "podSelector")?;
+        // The API server's defaulting: no (or an empty) policyTypes means Ingress, plus
+        // Egress when egress rules are present.
+        let types = spec.policy_types.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| {
             let mut t = vec!["Ingress".to_owned()];
             if !spec.egress.is_empty() {
                 t.push("Egress".to_owned());
@@ -832,6 +1012,15 @@ impl DocContext<'_> {
         for rule in spec.egress {
             egress.push(self.np_entry(rule.to, rule.ports, &ns, "to")?);
         }
+        // Rules of a direction that policyTypes leaves out are validated but never applied
+        // (found by the conformance suite: they used to allow traffic).
+        let has = |want: &str| types.iter().any(|t| t == want);
+        if !has("Ingress") {
+            ingress.clear();
+        }
+        if !has("Egress") {
+            egress.clear();
+        }
         Ok(Policy {
             kind: Kind::NetworkPolicy,
             name,
@@ -848,8 +1037,8 @@ impl DocContext<'_> {
         })
     }
 
-    /// A NetworkPolicy rule: missing or empty `from`/`to` means all peers, missing `ports` all
-    /// ports (unlike Cilium, where `{}` matches nothing).
+    /// A NetworkPolicy rule: missing or empty `from`/`to` means all peers, missing or empty
+    /// `ports` all ports (unlike Cilium, where `{}` matches nothing).
     fn np_entry(
         &mut self,
         peers: Option<Vec<NpPeer>>,
@@ -865,9 +1054,12 @@ impl DocContext<'_> {
                 for peer in list {
                     match (peer.pod_selector, peer.namespace_selector, peer.ip_block) {
                         (None, None, Some(block)) => {
-                            out.push(self.cidr_peer("ipBlock", &block.cidr, &block.except)?)
+                            out.push(self.cidr_peer("cidr", &block.cidr, &block.except, true)?);
                         }
                         (pod, ns_sel, None) if pod.is_some() || ns_sel.is_some() => {
+                            for s in pod.iter().chain(ns_sel.iter()) {
+                                self.k8s_selector(s, key)?;
+                            }
                             let namespace = ns_sel.is_none().then(|| ns.to_owned());
                             out.push(Peer::Endpoints {
                                 selector: pod.unwrap_or_default(),
@@ -885,13 +1077,40 @@ impl DocContext<'_> {
             }
         };
         let mut ranges = Vec::new();
+        let mut named_ports = Vec::new();
         for p in ports.unwrap_or_default() {
-            if let Some(range) = self.port(&p, "ports", Some("TCP"))? {
-                ranges.push(range);
+            match self.port(&p, true)? {
+                PortSpec::Range(range) => ranges.push(range),
+                PortSpec::Named(named) => named_ports.push(named),
             }
         }
-        Ok(Entry { peers, ports: ranges })
+        Ok(Entry { peers, ports: ranges, named_ports })
     }
+}
+
+/// Cilium's implicit scope of a peer selector (`getEndpointSelector`): unless the selector
+/// names the namespace label (bare, `any:` or `k8s:`) or a reserved label, a namespaced
+/// policy's peers are pods of its namespace and a clusterwide policy's peers are pods (the
+/// namespace label exists), never the host or the world.
+fn cilium_peer_scope(mut selector: Selector, namespace: Option<&str>) -> Selector {
+    let names_namespace = selector.keys().any(|k| {
+        let (source, key) = split_source(k);
+        key == NAMESPACE_LABEL && matches!(source, None | Some(ANY_SOURCE | K8S_SOURCE))
+    });
+    if names_namespace || selector.mentions_source(RESERVED_SOURCE) {
+        return selector;
+    }
+    match namespace {
+        Some(ns) => {
+            selector.match_labels.insert(K8S_NAMESPACE_LABEL.to_owned(), ns.to_owned());
+        }
+        None => selector.match_expressions.push(Expression {
+            key: K8S_NAMESPACE_LABEL.to_owned(),
+            operator: Operator::Exists,
+            values: Vec::new(),
+        }),
+    }
+    selector
 }
 
 #[cfg(test)]
@@ -930,7 +1149,9 @@ spec:
             vec![PortRange { protocol: Some(6), first: 5432, last: 5432 }]
         );
         let Some(peers) = &p.ingress[0].peers else { panic!("peers") };
-        assert!(matches!(&peers[0], Peer::Endpoints { namespace: Some(ns), .. } if ns == "shop"));
+        // Cilium's implicit namespace scope is part of the selector.
+        assert!(matches!(&peers[0], Peer::Endpoints { selector, namespace: None, .. }
+            if selector.match_labels.get(K8S_NAMESPACE_LABEL).map(String::as_str) == Some("shop")));
         assert_eq!(p.egress[0].ports[0].last, 9010);
         assert_eq!(p.egress_deny.len(), 1);
     }
@@ -946,7 +1167,7 @@ spec:
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress: [{}]\n",
         )
         .expect("valid");
-        assert_eq!(p[0].ingress, vec![Entry { peers: None, ports: vec![] }]);
+        assert_eq!(p[0].ingress, vec![Entry { peers: None, ports: vec![], named_ports: vec![] }]);
         assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
     }
 
@@ -1034,5 +1255,86 @@ spec:
         assert!(!p[0].default_deny_ingress && p[0].default_deny_egress);
         let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]\n").expect_err("except outside");
         assert!(err.message.contains("not inside"), "{err}");
+    }
+
+    fn doc(body: &str) -> String {
+        format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{body}")
+    }
+
+    #[test]
+    fn r12_ports_are_validated_like_the_api_server() {
+        let cnp = |port: &str| {
+            doc(&format!("  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      - port: {port}\n        protocol: TCP\n"))
+        };
+        for bad in ["\"70000\"", "\"-1\"", "\"a--b\"", "\"-http\"", "\"this-name-is-too-long\""] {
+            let err = parse(&cnp(bad)).expect_err(bad);
+            assert_eq!(err.origin.line, 11, "{bad}: {err}");
+            assert!(err.message.contains("port"), "{err}");
+        }
+        for good in ["\"http\"", "\"h2c\"", "\"0\"", "\"65535\"", "web-8080"] {
+            parse(&cnp(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let np = |ports: &str| {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress:\n  - ports:\n    - {ports}\n")
+        };
+        for bad in [
+            "{port: 0}",
+            "{port: 65536}",
+            "{port: \"80\"}",
+            "{port: http, endPort: 90}",
+            "{endPort: 90}",
+            "{port: 90, endPort: 80}",
+            "{port: 80, endPort: 70000}",
+            "{port: 80, protocol: tcp}",
+            "{port: 80, protocol: ICMP}",
+            "{port: HTTP}",
+        ] {
+            let err = parse(&np(bad)).expect_err(bad);
+            assert_eq!(err.origin.line, 7, "{bad}: {err}");
+        }
+        let (p, _) = parse(&np("{port: 80, endPort: 90, protocol: SCTP}")).expect("valid");
+        assert_eq!(p[0].ingress[0].ports, vec![PortRange { protocol: Some(132), first: 80, last: 90 }]);
+        let (p, _) = parse(&np("{port: http}")).expect("valid");
+        assert_eq!(p[0].ingress[0].named_ports, vec![NamedPort { protocol: Some(6), name: "http".into() }]);
+        assert!(!p[0].ingress[0].any_port());
+    }
+
+    #[test]
+    fn r07_defaults_as_the_api_server_applies_them() {
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{protocol: TCP, port: 8080}]\n").expect("no podSelector");
+        assert!(p[0].selector.is_empty());
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: []\n  egress: [{}]\n").expect("empty types");
+        assert!(p[0].default_deny_ingress && p[0].default_deny_egress);
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: [Ingress]\n  egress: [{}]\n  ingress: [{}]\n").expect("egress rules, Ingress only");
+        assert!(p[0].egress.is_empty() && !p[0].default_deny_egress, "egress rules are not applied");
+        assert_eq!(p[0].ingress.len(), 1);
+        let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\n").expect("empty spec");
+        assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
+    }
+
+    #[test]
+    fn errors_inside_spec_name_the_offending_line() {
+        let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n    toPortz: []\n")).expect_err("unknown");
+        assert_eq!(err.origin.line, 8, "{err}");
+        let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n      namespaceSelectr: {}\n").expect_err("unknown");
+        assert_eq!(err.origin.line, 9, "{err}");
+        let err = parse(&doc("  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/8]\n  - toCIDR: [\"::ffff:10.0.0.0/104\"]\n")).expect_err("mapped");
+        assert_eq!(err.origin.line, 8, "{err}");
+    }
+
+    #[test]
+    fn r05_r13_sources_and_host_policies() {
+        let err = parse(&doc("  endpointSelector:\n    matchLabels:\n      \"k8z:app\": web\n")).expect_err("typo");
+        assert_eq!(err.origin.line, 7, "{err}");
+        assert!(err.message.contains("k8z"), "{err}");
+        let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - matchExpressions:\n      - {key: \"k8:app\", operator: Exists}\n")).expect_err("typo");
+        assert_eq!(err.origin.line, 9, "{err}");
+        let err = parse("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: node-ssh-only}\nspec:\n  nodeSelector: {matchLabels: {}}\n  ingress:\n  - toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n").expect_err("host policy");
+        assert_eq!(err.origin.line, 5, "{err}");
+        assert!(err.message.contains("not supported"), "{err}");
+        let err = parse(&doc("  endpointSelector: {matchLabels: {\"reserved:host\": \"\"}}\n")).expect_err("host");
+        assert!(err.message.contains("not supported"), "{err}");
+        let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector:\n    matchLabels:\n      \"k8s:app\": web\n").expect_err("NP keys");
+        assert_eq!(err.origin.line, 7, "{err}");
     }
 }

@@ -41,6 +41,10 @@ pub struct PolicyRuntime {
     /// The Kubernetes API sources and which interface names are pod interfaces (the agent's
     /// `interfaces` globs): their policies and endpoints join the files'.
     pub kubernetes: Option<(Arc<crate::kubernetes::KubeState>, crate::config::InterfaceMatcher)>,
+    /// Each policy file's last version that parsed: a file that breaks keeps it in force.
+    last_good: std::collections::BTreeMap<PathBuf, super::FileSet>,
+    /// Whether the maps hold an apply of this runtime (the first reload always writes).
+    applied_once: bool,
 }
 
 impl PolicyRuntime {
@@ -60,33 +64,58 @@ impl PolicyRuntime {
             metrics,
             host: None,
             kubernetes: None,
+            last_good: std::collections::BTreeMap::new(),
+            applied_once: false,
         }
     }
 
-    /// Reads the files again and applies them; on error the policy in force stays.
-    pub fn reload(&mut self) -> Result<Applied, ReloadError> {
+    /// Reads the files again and applies them; on error the policy in force stays. A policy
+    /// file that does not parse is reported and skipped (its last good version, if any,
+    /// stays in force): start-up and reloads behave the same. `Ok(None)`: nothing changed.
+    pub fn reload(&mut self) -> Result<Option<Applied>, ReloadError> {
         let result = self.try_reload();
         crate::sys::release_free_memory();
         let outcome = match &result {
-            Ok(_) => "applied",
+            Ok((_, 0)) => "applied",
+            Ok(_) => "rejected",
             // Nothing was loaded, let alone rejected: the reload waits for the API sources.
-            Err(ReloadError::NotSynced(_)) => return result,
+            Err(ReloadError::NotSynced(_)) => return result.map(|(applied, _)| applied),
             Err(_) => "rejected",
         };
         self.metrics.policy_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
-        result
+        result.map(|(applied, _)| applied)
     }
 
-    fn try_reload(&mut self) -> Result<Applied, ReloadError> {
-        // Parse everything before applying anything: a bad file rejects the whole set.
-        let (mut policies, mut warnings) = match &self.policy_dir {
-            Some(dir) => super::load_policies(std::slice::from_ref(dir))?,
-            None => (Vec::new(), Vec::new()),
+    /// Loads and applies; returns what was written (`None`: the compiled policy did not
+    /// change) and how many files were rejected.
+    fn try_reload(&mut self) -> Result<(Option<Applied>, usize), ReloadError> {
+        // Parse everything before applying anything; a bad file is skipped, not fatal.
+        let (set, rejected) = match &self.policy_dir {
+            Some(dir) => super::load_dir(dir, &mut self.last_good)?,
+            None => Default::default(),
         };
-        let mut host_policies = match &self.policy_dir {
-            Some(dir) if self.host.is_some() => crate::host::policy::load(dir)?,
-            _ => Vec::new(),
-        };
+        for r in &rejected {
+            let kept = if r.kept_previous {
+                "its previous version stays in force"
+            } else {
+                "skipped"
+            };
+            tracing::error!("policy file rejected ({kept}): {}", r.error);
+        }
+        self.metrics.policy_rejected_files.set(rejected.len() as i64);
+        let super::FileSet { mut policies, mut warnings, host: mut host_policies } = set;
+        if self.host.is_none() {
+            host_policies.clear();
+        }
+        if host_policies.len() > sensor_common::host::MAX_HOST_POLICIES {
+            return Err(ReloadError::Load(PolicyError::Parse(super::model::ParseError {
+                origin: host_policies[sensor_common::host::MAX_HOST_POLICIES].origin.clone(),
+                message: format!(
+                    "too many host policies: at most {} are supported",
+                    sensor_common::host::MAX_HOST_POLICIES
+                ),
+            })));
+        }
         let mut endpoints = match &self.endpoints_file {
             Some(file) => super::Endpoints::load(file).map_err(PolicyError::from)?,
             None => super::Endpoints::default(),
@@ -108,7 +137,25 @@ impl PolicyRuntime {
             tracing::warn!("{warning}");
         }
         let compiled = super::compile::compile(&policies, &endpoints);
-        let applied = self.maps.apply(&compiled, self.enforce, ifindex_of)?;
+        for (index, count) in compiled.selected_count.iter().enumerate() {
+            if *count == 0 {
+                let p = &policies[index];
+                tracing::debug!(origin = %p.origin, "policy {} selects no local endpoint", p.name);
+            }
+        }
+        let unchanged = self.applied_once && {
+            let current =
+                self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *current == compiled
+        };
+        // An unchanged policy is not written again (no new revision); interfaces that
+        // appeared meanwhile are handled by `reapply`.
+        let applied = if unchanged {
+            None
+        } else {
+            Some(self.maps.apply(&compiled, self.enforce, ifindex_of)?)
+        };
+        self.applied_once = true;
         if let Some(host) = &mut self.host {
             let count = host_policies.len();
             host.apply(host_policies, endpoints)?;
@@ -120,8 +167,10 @@ impl PolicyRuntime {
             self.metrics.host_watched_cgroups.set(host.watched_cgroups() as i64);
         }
         *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = compiled;
-        self.record(&applied);
-        Ok(applied)
+        if let Some(applied) = &applied {
+            self.record(applied);
+        }
+        Ok((applied, rejected.len()))
     }
 
     /// Applies the current compile again (an endpoint's interface appeared or changed).
