@@ -13,14 +13,17 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::host::{
-    ACCESS_CREATE, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind, FILE_OP_OPEN,
-    FLAG_PATH_TRUNCATED, FileEvent, FileMasks, LossCounter, OpenArgs, SyscallEvent,
+    ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
+    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks,
+    LossCounter, OpenArgs, ROLE_SELF, SyscallEvent,
 };
 
 use super::{
-    FILE_RULES, OPEN_ARGS, SYSCALL_RULES, config, count_loss, current_scope, decide, emit,
-    fill_header, kill_current,
-    path::{KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path},
+    EXEC_RULES, FILE_RULES, OPEN_ARGS, SCRIPT_PENDING, SYSCALL_RULES, add_identity, config,
+    count_loss, current_scope, decide, emit, fill_header, kill_current,
+    path::{
+        KPath, current_file, field_u64, identity_walk, lookup_key, task_root_and_pwd, write_path,
+    },
 };
 
 const SYS_OPEN: u32 = 2;
@@ -38,6 +41,7 @@ const O_WRONLY: u64 = 1;
 const O_RDWR: u64 = 2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
+const O_PATH: u64 = 0o10000000;
 
 #[map]
 pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -126,23 +130,57 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let (root, _) = task_root_and_pwd(o);
     let target = KPath::at(o, file.wrapping_add(o.file_path as usize));
     let (len, cut) = write_path(o, target, root, &mut event.path);
-    let Some(masks) = lookup_key(event.path.as_ptr(), len).and_then(|key| FILE_RULES.get(key))
-    else {
-        return 0;
-    };
-    let (audit, block) = masks_for(masks, open.access);
-    let (action, policy) = match decide(config, open.scope, audit, block) {
+    // A process started from a `#!` script: the script it opens is checked as an executable.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let script = unsafe { SCRIPT_PENDING.get(&tgid) }.is_some();
+    let mut acc = (0_u64, 0_u64, 0_u32);
+    let mut observe = 0;
+    if let Some(key) = lookup_key(event.path.as_ptr(), len) {
+        if let Some(masks) = FILE_RULES.get(key) {
+            let (audit, block) = masks_for(masks, open.access);
+            acc.0 |= audit;
+            acc.1 |= block;
+            observe = masks.observe;
+        }
+        if script && let Some(masks) = EXEC_RULES.get(key) {
+            acc.0 |= masks.audit;
+            acc.1 |= masks.block;
+            if (masks.audit | masks.block) & open.scope != 0 {
+                acc.2 |= FLAG_SCRIPT;
+            }
+        }
+    }
+    // The object itself: a hard link, bind mount, chroot or /proc/<pid>/root path reaches
+    // the same inode.
+    let identity = identity_walk(o, target, ROLE_SELF);
+    let kinds = open.access | if script { 1 << ACCESS_EXEC } else { 0 };
+    add_identity(config, open.scope, &identity, kinds, &mut acc);
+    if script
+        && let Some(masks) = identity.masks
+        && (masks.audit[ACCESS_EXEC] | masks.block[ACCESS_EXEC]) & open.scope != 0
+    {
+        acc.2 |= FLAG_SCRIPT;
+    }
+    let (action, policy) = match decide(config, open.scope, acc.0, acc.1) {
         Some(decided) => decided,
         // No policy decides, but the rules engine watches this path in this cgroup.
-        None if masks.observe & open.scope != 0 => (Action::Observed, 0),
+        None if observe & open.scope != 0 => (Action::Observed, 0),
         None => return 0,
     };
     fill_header(&mut event.header, EventKind::File as u32, action, policy);
+    event.header.flags |= acc.2;
     if cut {
         event.header.flags |= FLAG_PATH_TRUNCATED;
     }
-    event.op = FILE_OP_OPEN;
-    event.access = open.access;
+    if acc.2 & FLAG_SCRIPT != 0 {
+        event.op = FILE_OP_EXEC;
+        event.access = open.access | (1 << ACCESS_EXEC);
+        let _ = SCRIPT_PENDING.remove(&tgid);
+    } else {
+        event.op = FILE_OP_OPEN;
+        event.access = open.access;
+    }
     event.path_len = len;
     event.path2_len = 0;
     event.path2[0] = 0;
@@ -165,6 +203,11 @@ fn remember_open(scope: u64, access: u32) {
 /// `1 << ACCESS_*` bits for open flags.
 #[inline(always)]
 fn access_of(flags: u64) -> u32 {
+    // An O_PATH descriptor reads nothing; reopening it (/proc/self/fd) or executing it
+    // (execveat) is an open or exec of its own, checked then.
+    if flags & O_PATH != 0 {
+        return 0;
+    }
     let mut access = match flags & O_ACCMODE {
         O_WRONLY => 1 << ACCESS_WRITE,
         O_RDWR => (1 << ACCESS_READ) | (1 << ACCESS_WRITE),
