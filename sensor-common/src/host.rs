@@ -34,7 +34,7 @@ pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const BIND_RULES_MAX_ENTRIES: u32 = 2 * 65_536;
 pub const SYSCALL_RULES_MAX_ENTRIES: u32 = 1024;
 /// Protected inodes (both generations): rule targets and the files of protected trees.
-pub const INODE_RULES_MAX_ENTRIES: u32 = 128 * 1024;
+pub const INODE_RULES_MAX_ENTRIES: u32 = 64 * 1024;
 pub const SCRIPT_PENDING_MAX_ENTRIES: u32 = 8192;
 
 /// Host policies per generation: each owns one bit of a 32-bit half of the masks; the last
@@ -52,11 +52,16 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const PATH_SLOT_LEN: usize = MAX_PATH_LEN + MAX_COMPONENT_LEN;
 /// Bytes of one path component copied (`NAME_MAX` is 255); longer names are cut and flagged.
 pub const MAX_COMPONENT_LEN: usize = 256;
-/// Path components walked up from a dentry; deeper paths are cut (flagged) at the top.
-pub const MAX_PATH_DEPTH: u32 = 256;
-/// Ancestors (dentries, crossing mounts) an identity check walks up; a deeper object in a
-/// Block scope is decided as blocked ([`FLAG_WALK_INCOMPLETE`]).
+/// Path components walked up from a dentry for the record; deeper paths are cut (flagged) at
+/// the top. (Decisions do not depend on it: see [`MAX_IDENTITY_DEPTH`].)
+pub const MAX_PATH_DEPTH: u32 = 32;
+/// Ancestors (dentries, crossing mounts) an identity check of an opened or executed file
+/// walks up (its own program); a deeper object in a Block scope is decided as blocked
+/// ([`FLAG_WALK_INCOMPLETE`]).
 pub const MAX_IDENTITY_DEPTH: u32 = 256;
+/// Ancestors the identity check of a directory an unlink, rename, link or symlink changes walks
+/// up (inside the operation's program, beside its path walk).
+pub const MAX_DIR_IDENTITY_DEPTH: u32 = 48;
 /// Bytes of the NUL-separated argument list kept per exec.
 pub const MAX_ARGS_LEN: usize = 1024;
 /// Bytes of a path an LPM rule key holds (the kernel's LPM limit is 256 bytes of data).

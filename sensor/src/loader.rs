@@ -62,7 +62,10 @@ pub const STATE_MAPS: [&str; 20] = {
 };
 
 /// Host hooks, by the name of their link pin (the program's name).
-pub const HOST_LINKS: [&str; 19] = [
+pub const HOST_LINKS: [&str; 22] = [
+    "exec_path",
+    "exec_identity",
+    "open_identity",
     "sched_process_exec",
     "sched_process_exit",
     "sys_enter_unlinkat",
@@ -231,7 +234,10 @@ pub fn attach_host(
     cgroup_root: &std::path::Path,
     pins: &Pins,
 ) -> Result<(), LoadError> {
-    // Tracepoints: exec/exit, and one small program per unlink/rename syscall.
+    // Every program is loaded before failing, so one start names every program the verifier
+    // rejects (with the first one's verifier log).
+    let mut failed: Vec<(&str, aya::programs::ProgramError)> = Vec::new();
+    // Tracepoints: exit, and one small program per unlink/rename/link/symlink syscall.
     for (category, name) in [
         ("sched", "sched_process_exit"),
         ("syscalls", "sys_enter_unlinkat"),
@@ -247,20 +253,42 @@ pub fn attach_host(
         ("syscalls", "sys_enter_truncate"),
     ] {
         let program: &mut TracePoint = host_program(ebpf, name)?;
-        program.load().map_err(fail(&format!("loading {name}")))?;
+        if let Err(err) = program.load() {
+            failed.push((name, err));
+            continue;
+        }
         let id = program
             .attach(category, name)
             .map_err(fail(&format!("attaching tracepoint {category}/{name}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
         pin_taken(pins, name, link)?;
     }
-    // Raw: exec needs the `linux_binprm` argument; sys_enter/sys_exit see every syscall.
-    for name in ["sched_process_exec", "sys_enter", "sys_exit"] {
+    // Raw: exec needs the `linux_binprm` argument; sys_enter/sys_exit see every syscall. The
+    // identity checks attach first: a hook runs its programs in attach order, and the
+    // recording program reads what the identity program found.
+    for (name, hook) in [
+        ("exec_path", "sched_process_exec"),
+        ("exec_identity", "sched_process_exec"),
+        ("sched_process_exec", "sched_process_exec"),
+        ("sys_enter", "sys_enter"),
+        ("open_identity", "sys_exit"),
+        ("sys_exit", "sys_exit"),
+    ] {
         let program: &mut RawTracePoint = host_program(ebpf, name)?;
-        program.load().map_err(fail(&format!("loading {name}")))?;
-        let id = program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
+        if let Err(err) = program.load() {
+            failed.push((name, err));
+            continue;
+        }
+        let id = program.attach(hook).map_err(fail(&format!("attaching raw tracepoint {hook}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
         pin_taken(pins, name, link)?;
+    }
+    let names: Vec<&str> = failed.iter().map(|(n, _)| *n).collect();
+    if let Some((name, source)) = failed.into_iter().next() {
+        return Err(LoadError::Program {
+            what: format!("loading {name} (the verifier rejected: {})", names.join(", ")),
+            source,
+        });
     }
     let cgroup = std::fs::File::open(cgroup_root).map_err(|e| LoadError::Program {
         what: format!("opening cgroup {}", cgroup_root.display()),

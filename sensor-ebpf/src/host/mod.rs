@@ -1,6 +1,7 @@
 //! Host hooks: process exec and exit, file opens, unlinks and renames, binds and connects,
 //! and denied syscalls, each scoped by the cgroup's policy mask before any other work.
 
+mod identity;
 mod path;
 mod process;
 mod sock;
@@ -202,10 +203,10 @@ fn inode_masks_for(masks: &InodeMasks, kinds: u32) -> (u64, u64) {
     let (mut audit, mut block) = (0, 0);
     let mut kind = 0;
     while kind < sensor_common::host::INODE_KINDS {
-        if kinds & (1 << kind) != 0 {
-            audit |= masks.audit[kind];
-            block |= masks.block[kind];
-        }
+        // Branch-free: an unknown `kinds` would otherwise fork the verifier's states per kind.
+        let select = u64::from((kinds >> kind) & 1).wrapping_neg();
+        audit |= masks.audit[kind] & select;
+        block |= masks.block[kind] & select;
         kind += 1;
     }
     (audit, block)

@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use sensor_common::host::{
-    InodeKey, InodeMasks, KernelOffsets, MAX_COMPONENT_LEN, MAX_IDENTITY_DEPTH, MAX_PATH_DEPTH,
+    InodeKey, InodeMasks, KernelOffsets, MAX_COMPONENT_LEN, MAX_PATH_DEPTH,
     MAX_PATH_LEN, PATH_KEY_LEN, PATH_SLOT_LEN, PathKey, ROLE_BELOW,
 };
 
@@ -263,7 +263,11 @@ pub struct Identity {
 /// top, past the task's root: a chroot or a bind mount does not hide where an object lives)
 /// against [`INODE_RULES`]. Stops at the first entry: the agent folds enclosing rules into it.
 #[inline(always)]
-pub fn identity_walk(o: &KernelOffsets, target: KPath, first_role: u32) -> Identity {
+pub fn identity_walk<const DEPTH: u32>(
+    o: &KernelOffsets,
+    target: KPath,
+    first_role: u32,
+) -> Identity {
     let lookup = |dentry: *const u8, role: u32| -> Option<&'static InodeMasks> {
         let key = inode_key(o, dentry, role)?;
         // SAFETY: map values live until removed; the agent removes entries only after a
@@ -276,7 +280,7 @@ pub fn identity_walk(o: &KernelOffsets, target: KPath, first_role: u32) -> Ident
     let mut dentry = target.dentry;
     let mut vfsmnt = target.mnt;
     let mut mount = vfsmnt.wrapping_sub(o.mount_mnt as usize);
-    for _ in 0..MAX_IDENTITY_DEPTH {
+    for _ in 0..DEPTH {
         if dentry.is_null() {
             return Identity { masks: None, complete: true };
         }

@@ -13,20 +13,84 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sensor_common::host::{
     ACCESS_EXEC, Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED,
-    FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN, ROLE_SELF,
+    FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
 };
 
 use super::{
     EXEC_RULES, HOST_SCOPES, SCRIPT_PENDING, add_identity, config, decide, emit, fill_header,
     generation_mask, kill_current,
     path::{
-        KPath, current_task, field_ptr, field_u64, identity_walk, lookup_key, task_root_and_pwd,
-        write_path,
+        KPath, current_task, field_ptr, field_u64, lookup_key, task_root_and_pwd, write_path,
     },
 };
 
+/// The executable's `struct file`, the key of its identity result.
+#[derive(Clone, Copy)]
+struct ExeFile {
+    file: *const u8,
+}
+
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `exec_path` wrote into [`EXEC_SCRATCH`]'s `exe`, for the same hook call.
+#[repr(C)]
+struct ExePathSlot {
+    pid_tgid: u64,
+    file: u64,
+    len: u32,
+    truncated: u32,
+}
+
+#[map]
+static EXE_PATH_SLOT: PerCpuArray<ExePathSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// Raw `sched_process_exec`, attached before [`sched_process_exec`]: writes the executable's
+/// canonical path into the exec record's scratch (a path walk of its own: the recording
+/// program's budget holds only the working directory's).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_path(_ctx: RawTracePointContext) -> i32 {
+    let Some(config) = config() else {
+        return 0;
+    };
+    if config.offsets_valid != 1 || (bpf_get_current_pid_tgid() >> 32) as u32 == config.self_tgid
+    {
+        return 0;
+    }
+    let (Some(event), Some(slot)) = (EXEC_SCRATCH.get_ptr_mut(0), EXE_PATH_SLOT.get_ptr_mut(0))
+    else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch and slot, handed to the next program of this hook call.
+    let (event, slot) = unsafe { (&mut *event, &mut *slot) };
+    let o = &config.offsets;
+    let mm = field_ptr(current_task(), o.task_mm);
+    let exe_file = field_ptr(mm, o.mm_exe_file);
+    if exe_file.is_null() {
+        return 0;
+    }
+    let (root, _) = task_root_and_pwd(o);
+    let exe = KPath::at(o, exe_file.wrapping_add(o.file_path as usize));
+    let (len, cut) = write_path(o, exe, root, &mut event.exe);
+    slot.pid_tgid = bpf_get_current_pid_tgid();
+    slot.file = exe_file as u64;
+    slot.len = len;
+    slot.truncated = u32::from(cut);
+    0
+}
+
+/// The executable path `exec_path` left for `file` in this hook call: length and cut flag.
+#[inline(always)]
+fn take_exe_path(file: *const u8) -> Option<(u32, bool)> {
+    let slot = EXE_PATH_SLOT.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, read and cleared by the program of the same hook call.
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.file != file as u64 {
+        return None;
+    }
+    slot.pid_tgid = 0;
+    Some((slot.len, slot.truncated != 0))
+}
 
 /// Raw `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
 /// the new image is in place (credentials committed), its first instruction not yet run.
@@ -65,14 +129,17 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         let (root, pwd) = task_root_and_pwd(o);
         let mm = field_ptr(task, o.task_mm);
         let exe_file = field_ptr(mm, o.mm_exe_file);
-        if !exe_file.is_null() {
-            let exe = KPath::at(o, exe_file.wrapping_add(o.file_path as usize));
-            let (len, cut) = write_path(o, exe, root, &mut event.exe);
+        // `exec_path` wrote the executable's path into this scratch just before.
+        if !exe_file.is_null()
+            && let Some((len, cut)) = take_exe_path(exe_file)
+        {
             event.exe_len = len;
-            exe_path = Some(exe);
             if cut {
                 event.header.flags |= FLAG_PATH_TRUNCATED;
             }
+        }
+        if !exe_file.is_null() {
+            exe_path = Some(ExeFile { file: exe_file });
         }
         let (len, cut) = write_path(o, pwd, root, &mut event.cwd);
         event.cwd_len = len;
@@ -111,8 +178,10 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         if let Some(exe) = exe_path {
             // The executable as an object: any name, hard link, bind mount or descriptor.
-            let identity = identity_walk(&config.offsets, exe, ROLE_SELF);
-            add_identity(config, scope, &identity, 1 << ACCESS_EXEC, &mut acc);
+            // Checked by `exec_identity` just before this program (its own verifier budget).
+            if let Some(identity) = super::identity::take(exe.file) {
+                add_identity(config, scope, &identity, 1 << ACCESS_EXEC, &mut acc);
+            }
         }
         event.header.flags |= acc.2;
         let mut verdict = decide(config, scope, acc.0, acc.1);

@@ -15,14 +15,14 @@ use aya_ebpf::{
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
     FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks,
-    LossCounter, OpenArgs, ROLE_SELF, SyscallEvent,
+    LossCounter, OpenArgs, SyscallEvent,
 };
 
 use super::{
     EXEC_RULES, FILE_RULES, OPEN_ARGS, SCRIPT_PENDING, SYSCALL_RULES, add_identity, config,
     count_loss, current_scope, decide, emit, fill_header, kill_current,
     path::{
-        KPath, current_file, field_u64, identity_walk, lookup_key, task_root_and_pwd, write_path,
+        KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path,
     },
 };
 
@@ -153,10 +153,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     // The object itself: a hard link, bind mount, chroot or /proc/<pid>/root path reaches
     // the same inode.
-    let identity = identity_walk(o, target, ROLE_SELF);
+    // Checked by `open_identity` just before this program (its own verifier budget).
+    let identity = super::identity::take(file);
     let kinds = open.access | if script { 1 << ACCESS_EXEC } else { 0 };
-    add_identity(config, open.scope, &identity, kinds, &mut acc);
+    if let Some(identity) = &identity {
+        add_identity(config, open.scope, identity, kinds, &mut acc);
+    }
     if script
+        && let Some(identity) = &identity
         && let Some(masks) = identity.masks
         && (masks.audit[ACCESS_EXEC] | masks.block[ACCESS_EXEC]) & open.scope != 0
     {
@@ -228,10 +232,10 @@ fn masks_for(masks: &FileMasks, access: u32) -> (u64, u64) {
     let (mut audit, mut block) = (0, 0);
     let mut kind = 0;
     while kind < ACCESS_KINDS {
-        if access & (1 << kind) != 0 {
-            audit |= masks.audit[kind];
-            block |= masks.block[kind];
-        }
+        // Branch-free: an unknown `access` would otherwise fork the verifier's states per kind.
+        let select = u64::from((access >> kind) & 1).wrapping_neg();
+        audit |= masks.audit[kind] & select;
+        block |= masks.block[kind] & select;
         kind += 1;
     }
     (audit, block)

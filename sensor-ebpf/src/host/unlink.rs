@@ -2,24 +2,38 @@
 //! `RENAME_EXCHANGE`), link, symlink and truncate, one small `syscalls/sys_enter_*` tracepoint
 //! program each (a path walk inside the raw `sys_enter` program exceeds the verifier's budget).
 //!
+//! The `*at()` forms with a directory descriptor argument (renameat, renameat2, linkat,
+//! symlinkat) match by spelling only: a descriptor-chosen base plus an identity walk exceeds
+//! the verifier's budget in one program. unlinkat, and the forms relative to the working
+//! directory, also match the directory's identity.
+//!
 //! Decided at entry, and the kernel still completes that one call (no BPF-LSM here): a Block
 //! match kills the process (`Action::Killed`). Each path is matched by its spelling (joined to
 //! the working directory or directory descriptor when relative; `..` not resolved in the
 //! kernel) and, when it names an entry of the starting directory itself (one component, the
 //! common `*at()` form), by the identity of that directory and its ancestors.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user, bpf_probe_read_user_str,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_DELETE, ACCESS_READ, ACCESS_RENAME, ACCESS_WRITE, Action, EventKind,
     FILE_OP_LINK, FILE_OP_RENAME, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
-    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, MAX_COMPONENT_LEN, MAX_PATH_LEN, PATH_SLOT_LEN,
-    ROLE_BELOW, ROLE_SELF,
+    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, MAX_COMPONENT_LEN, MAX_DIR_IDENTITY_DEPTH,
+    MAX_PATH_LEN, PATH_SLOT_LEN,
+    FileEvent, ROLE_BELOW, ROLE_SELF,
 };
 
 use super::{
     FILE_RULES, HostConfig, add_identity, config, current_scope, decide, emit, fill_header,
     kill_current,
-    path::{KPath, current_file, identity_walk, lookup_key, write_user_path},
+    path::{Identity, KPath, current_file, identity_walk, lookup_key, write_user_path},
     syscalls::FILE_SCRATCH,
 };
 
@@ -60,51 +74,52 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
 #[tracepoint]
 pub fn sys_enter_unlinkat(ctx: TracePointContext) -> u32 {
     let one = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: DELETE };
-    check(FILE_OP_UNLINK, one, Path::NONE, Second::None)
+    check::<true>(FILE_OP_UNLINK, one, Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
+    check::<true>(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_rmdir(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
+    check::<true>(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_TRUNCATE, Path::cwd(arg(&ctx, 16), WRITE), Path::NONE, Second::None)
+    check::<true>(FILE_OP_TRUNCATE, Path::cwd(arg(&ctx, 16), WRITE), Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
     let to = Path::cwd(arg(&ctx, 24), RENAME | CREATE | WRITE);
-    check(FILE_OP_RENAME, Path::cwd(arg(&ctx, 16), RENAME), to, Second::Matched)
+    check::<true>(FILE_OP_RENAME, Path::cwd(arg(&ctx, 16), RENAME), to, Second::Matched)
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
     let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: RENAME };
     let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: RENAME | CREATE | WRITE };
-    check(FILE_OP_RENAME, from, to, Second::Matched)
+    check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
 }
 
 /// renameat2: with `RENAME_EXCHANGE` both names are replaced, so both are destinations.
 #[tracepoint]
 pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    let exchange = arg(&ctx, 48) & RENAME_EXCHANGE != 0;
-    let kinds = if exchange { RENAME | CREATE | WRITE } else { RENAME };
+    // Branch-free: the source also asks for create and write when it is exchanged.
+    let exchange = ((arg(&ctx, 48) & RENAME_EXCHANGE) >> 1) as u32;
+    let kinds = RENAME | (exchange.wrapping_neg() & (CREATE | WRITE));
     let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds };
     let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: RENAME | CREATE | WRITE };
-    check(FILE_OP_RENAME, from, to, Second::Matched)
+    check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
 }
 
 #[tracepoint]
 pub fn sys_enter_link(ctx: TracePointContext) -> u32 {
     let to = Path::cwd(arg(&ctx, 24), CREATE);
-    check(FILE_OP_LINK, Path::cwd(arg(&ctx, 16), ANY), to, Second::Matched)
+    check::<true>(FILE_OP_LINK, Path::cwd(arg(&ctx, 16), ANY), to, Second::Matched)
 }
 
 /// linkat; with `AT_EMPTY_PATH` the existing file is the descriptor itself.
@@ -115,21 +130,21 @@ pub fn sys_enter_linkat(ctx: TracePointContext) -> u32 {
         from.kinds |= EMPTY_PATH;
     }
     let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: CREATE };
-    check(FILE_OP_LINK, from, to, Second::Matched)
+    check::<false>(FILE_OP_LINK, from, to, Second::Matched)
 }
 
 /// symlink: the new link is what is created; its target is only text.
 #[tracepoint]
 pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
     let target = Path::cwd(arg(&ctx, 16), 0);
-    check(FILE_OP_SYMLINK, Path::cwd(arg(&ctx, 24), CREATE), target, Second::Text)
+    check::<true>(FILE_OP_SYMLINK, Path::cwd(arg(&ctx, 24), CREATE), target, Second::Text)
 }
 
 #[tracepoint]
 pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
     let target = Path::cwd(arg(&ctx, 16), 0);
     let link = Path { dfd: dfd(&ctx, 24), ptr: arg(&ctx, 32), kinds: CREATE };
-    check(FILE_OP_SYMLINK, link, target, Second::Text)
+    check::<false>(FILE_OP_SYMLINK, link, target, Second::Text)
 }
 
 /// `kinds` bit (above the access kinds) for "the path is empty: the descriptor is the file".
@@ -169,42 +184,126 @@ fn one_component(buf: &[u8; PATH_SLOT_LEN], from: u32, to: u32) -> bool {
     false
 }
 
-/// Matches one path (already written to `out`) by spelling and identity into `acc`.
+/// What matching one path found, for the second path of the same call.
+struct Matched {
+    len: u32,
+    truncated: bool,
+    /// Bytes of the slot the starting directory took (relative paths), 0 otherwise.
+    base_len: u32,
+    /// The starting directory's identity check (relative one-component paths).
+    identity: Option<Identity>,
+}
+
+/// Writes one path into `out` and matches it by spelling and identity into `acc`.
 #[inline(always)]
-fn match_path(
+fn match_path<const IDENTITY: bool>(
     config: &HostConfig,
     scope: u64,
     path: Path,
     out: &mut [u8; PATH_SLOT_LEN],
     acc: &mut (u64, u64, u32),
-) -> (u32, bool) {
+) -> Matched {
     let o = &config.offsets;
     let kinds = path.kinds & 0xffff;
-    if path.kinds & EMPTY_PATH != 0 && path.dfd >= 0 {
+    if IDENTITY && path.kinds & EMPTY_PATH != 0 && path.dfd >= 0 {
         // The descriptor's own file: its identity, exactly.
         let file = current_file(o, path.dfd as u32);
         if !file.is_null() {
             let target = KPath::at(o, file.wrapping_add(o.file_path as usize));
-            let identity = identity_walk(o, target, ROLE_SELF);
-            super::add_identity(config, scope, &identity, kinds, acc);
+            let identity = identity_walk::<MAX_DIR_IDENTITY_DEPTH>(o, target, ROLE_SELF);
+            add_identity(config, scope, &identity, kinds, acc);
             let (root, _) = super::path::task_root_and_pwd(o);
-            return super::path::write_path(o, target, root, out);
+            let (len, truncated) = super::path::write_path(o, target, root, out);
+            return Matched { len, truncated, base_len: 0, identity: None };
         }
     }
     let written = write_user_path(o, path.dfd, path.ptr as *const u8, out);
-    if let Some(m) = lookup_key(out.as_ptr(), written.len).and_then(|key| FILE_RULES.get(key)) {
+    add_spelling(out, written.len, kinds, acc);
+    let mut identity = None;
+    if IDENTITY
+        && let Some(base) = written.base
+        && one_component(out, written.base_len, written.len)
+    {
+        // An entry of the starting directory: that directory's identity decides.
+        let found = identity_walk::<MAX_DIR_IDENTITY_DEPTH>(o, base, ROLE_BELOW);
+        add_identity(config, scope, &found, kinds, acc);
+        identity = Some(found);
+    }
+    Matched {
+        len: written.len,
+        truncated: written.truncated,
+        base_len: if written.base.is_some() { written.base_len } else { 0 },
+        identity,
+    }
+}
+
+/// Adds the masks of the path rules the spelled path in `out` matches.
+#[inline(always)]
+fn add_spelling(out: &[u8; PATH_SLOT_LEN], len: u32, kinds: u32, acc: &mut (u64, u64, u32)) {
+    if let Some(m) = lookup_key(out.as_ptr(), len).and_then(|key| FILE_RULES.get(key)) {
         let (audit, block) = file_masks_for(m, kinds);
         acc.0 |= audit;
         acc.1 |= block;
     }
-    if let Some(base) = written.base
-        && one_component(out, written.base_len, written.len)
-    {
-        // An entry of the starting directory: that directory's identity decides.
-        let identity = identity_walk(o, base, ROLE_BELOW);
-        add_identity(config, scope, &identity, kinds, acc);
+}
+
+/// Writes and matches the second path of a rename or link without a second directory walk
+/// (over the verifier's budget in one program): absolute as given; relative to the same
+/// directory as the first path by reusing the first path's directory part (and identity);
+/// relative to another directory, as given (unmatched, reported relative).
+#[inline(always)]
+fn match_second(
+    config: &HostConfig,
+    scope: u64,
+    one: Path,
+    first: &Matched,
+    two: Path,
+    event: &mut FileEvent,
+    acc: &mut (u64, u64, u32),
+) -> (u32, bool) {
+    let kinds = two.kinds & 0xffff;
+    let mut lead = 0_u8;
+    // SAFETY: reads one byte of user memory through the checked helper.
+    unsafe {
+        bpf_probe_read_user((&raw mut lead).cast::<c_void>(), 1, two.ptr as *const c_void)
+    };
+    let same_base = lead != b'/' && two.dfd == one.dfd && first.base_len > 0;
+    let at = if same_base { first.base_len & (MAX_PATH_LEN as u32 - 1) } else { 0 };
+    if same_base {
+        // SAFETY: copies `at` < MAX_PATH_LEN bytes between two slots of PATH_SLOT_LEN.
+        unsafe {
+            read_kernel_raw(
+                event.path2.as_mut_ptr().cast::<c_void>(),
+                at,
+                event.path.as_ptr().cast::<c_void>(),
+            )
+        };
     }
-    (written.len, written.truncated)
+    let room = if same_base { MAX_COMPONENT_LEN as u32 } else { MAX_PATH_LEN as u32 };
+    // SAFETY: `at` < MAX_PATH_LEN, and `room` bytes from it stay inside the slot.
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            event.path2.as_mut_ptr().add(at as usize).cast::<c_void>(),
+            room,
+            two.ptr as *const c_void,
+        )
+    };
+    if n <= 0 {
+        return (at, true);
+    }
+    let added = n as u32 - 1;
+    let len = (at + added) & (MAX_PATH_LEN as u32 - 1);
+    let truncated = added + 1 >= room;
+    if lead == b'/' || same_base {
+        add_spelling(&event.path2, len, kinds, acc);
+    }
+    if same_base
+        && one_component(&event.path2, at, len)
+        && let Some(identity) = &first.identity
+    {
+        add_identity(config, scope, identity, kinds, acc);
+    }
+    (len, truncated)
 }
 
 #[inline(always)]
@@ -212,17 +311,17 @@ fn file_masks_for(m: &sensor_common::host::FileMasks, kinds: u32) -> (u64, u64) 
     let (mut audit, mut block) = (0, 0);
     let mut kind = 0;
     while kind < sensor_common::host::ACCESS_KINDS {
-        if kinds & (1 << kind) != 0 {
-            audit |= m.audit[kind];
-            block |= m.block[kind];
-        }
+        // Branch-free: an unknown `kinds` would otherwise fork the verifier's states per kind.
+        let select = u64::from((kinds >> kind) & 1).wrapping_neg();
+        audit |= m.audit[kind] & select;
+        block |= m.block[kind] & select;
         kind += 1;
     }
     (audit, block)
 }
 
 #[inline(always)]
-fn check(op: u32, one: Path, two: Path, second: Second) -> u32 {
+fn check<const IDENTITY: bool>(op: u32, one: Path, two: Path, second: Second) -> u32 {
     let Some(config) = config() else {
         return 0;
     };
@@ -238,12 +337,15 @@ fn check(op: u32, one: Path, two: Path, second: Second) -> u32 {
     // SAFETY: per-CPU scratch, used by this program only until it returns.
     let event = unsafe { &mut *event };
     let mut acc = (0_u64, 0_u64, 0_u32);
-    let (len, cut) = match_path(config, scope, one, &mut event.path, &mut acc);
+    let first = match_path::<IDENTITY>(config, scope, one, &mut event.path, &mut acc);
+    let (len, cut) = (first.len, first.truncated);
     let (mut len2, mut cut2) = (0, false);
     event.path2[0] = 0;
     match second {
         Second::None => {}
-        Second::Matched => (len2, cut2) = match_path(config, scope, two, &mut event.path2, &mut acc),
+        Second::Matched => {
+            (len2, cut2) = match_second(config, scope, one, &first, two, event, &mut acc);
+        }
         Second::Text => {
             // SAFETY: the helper writes at most MAX_PATH_LEN bytes into the slot.
             let n = unsafe {

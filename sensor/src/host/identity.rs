@@ -28,7 +28,7 @@ use super::policy::{HostPolicy, PathMatch, PolicyAction};
 
 /// Objects entered per tree walk, over all trees and roots of one compile; the kernel map holds
 /// two generations of [`sensor_common::host::INODE_RULES_MAX_ENTRIES`] / 2.
-pub const MAX_MEMBERS: usize = 60_000;
+pub const MAX_MEMBERS: usize = 30_000;
 /// Directory levels a tree walk descends.
 const MAX_TREE_DEPTH: usize = 64;
 
