@@ -39,7 +39,6 @@ use super::{
 
 const AT_FDCWD: i64 = -100;
 const AT_EMPTY_PATH: u64 = 0x1000;
-const RENAME_EXCHANGE: u64 = 1 << 1;
 
 const DELETE: u32 = 1 << ACCESS_DELETE;
 const RENAME: u32 = 1 << ACCESS_RENAME;
@@ -105,13 +104,13 @@ pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
     check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
 }
 
-/// renameat2: with `RENAME_EXCHANGE` both names are replaced, so both are destinations.
+/// renameat2 (also `RENAME_EXCHANGE`, `RENAME_NOREPLACE`, `RENAME_WHITEOUT`).
 #[tracepoint]
 pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    // Branch-free: the source also asks for create and write when it is exchanged.
-    let exchange = ((arg(&ctx, 48) & RENAME_EXCHANGE) >> 1) as u32;
-    let kinds = RENAME | (exchange.wrapping_neg() & (CREATE | WRITE));
-    let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds };
+    // The flags are not read: with `RENAME_EXCHANGE` the source is replaced too, so the
+    // source is always matched as a destination (a flag-dependent match exceeds the
+    // verifier's budget here). Without it, renaming a protected file away also changes it.
+    let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: RENAME | CREATE | WRITE };
     let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: RENAME | CREATE | WRITE };
     check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
 }

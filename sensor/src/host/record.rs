@@ -274,17 +274,19 @@ impl HostFormatter {
             port: None,
             syscall: None,
             action: header.action,
-            matched_by: (header.policy != 0).then(|| matched_by(header.flags)),
+            matched_by: None,
             policy_name: None,
         };
         match &e.detail {
             Detail::Exec { binary_truncated, args_truncated } => {
                 body.process.binary_truncated = *binary_truncated;
                 body.process.arguments_truncated = *args_truncated;
+                body.matched_by = (header.policy != 0).then(|| matched_by(header.flags));
             }
             Detail::Exit => {}
             Detail::File(op) => {
                 body.operation = Some(op.operation);
+                body.matched_by = (header.policy != 0).then(|| matched_by(header.flags));
                 body.path = Some(&op.path);
                 body.path_truncated = op.path_truncated;
                 body.new_path = op.new_path.as_deref();
