@@ -9,8 +9,7 @@ use sensor_common::{
     host::{
         Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_EXEC, FILE_OP_LINK,
         FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FLAG_ARGS_TRUNCATED,
-        FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND,
-        SockEvent, SyscallEvent,
+        FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND, SockEvent, SyscallEvent,
     },
     net::{FAMILY_IPV4, FlowEvent},
 };
@@ -235,8 +234,7 @@ fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
 
 fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
     use sensor_common::host::ACCESS_KINDS;
-    const NAMES: [&str; ACCESS_KINDS + 1] =
-        ["read", "write", "create", "delete", "rename", "exec"];
+    const NAMES: [&str; ACCESS_KINDS + 1] = ["read", "write", "create", "delete", "rename", "exec"];
     let raw: FileEvent = read(record, "file")?;
     let operation = match raw.op {
         FILE_OP_OPEN => "open",

@@ -42,12 +42,7 @@ fn pod() -> Pod {
     }
     let walk = pod.dir.join("walk");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/walk.c");
-    let out = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&walk)
-        .arg(&src)
-        .output()
-        .expect("run cc");
+    let out = Command::new("cc").args(["-O2", "-o"]).arg(&walk).arg(&src).output().expect("run cc");
     assert!(out.status.success(), "cc walk.c: {}", String::from_utf8_lossy(&out.stderr));
     fs::copy("/bin/true", pod.dir.join("data/bin/tool")).expect("copy true");
     fs::write(pod.dir.join("data/scripts/run.sh"), "#!/bin/sh\necho script-ran\n").expect("script");
@@ -109,9 +104,11 @@ fn assert_stopped(sensor: &Sensor, pod: &Pod, route: &str, script: &str, leak: &
         !status.success() && !out.contains(leak),
         "route {route:?} went through: {status:?} {out:?}\n{script}"
     );
-    sensor_e2e::wait_until(&format!("a blocked/killed record of route {route:?}"), Duration::from_secs(10), || {
-        (stopped(sensor).len() > before).then_some(())
-    });
+    sensor_e2e::wait_until(
+        &format!("a blocked/killed record of route {route:?}"),
+        Duration::from_secs(10),
+        || (stopped(sensor).len() > before).then_some(()),
+    );
 }
 
 fn files_spec(data: &str) -> String {
@@ -142,8 +139,14 @@ fn every_route_to_a_protected_file_is_stopped_and_recorded() {
     let routes: Vec<(&str, String)> = vec![
         ("control", format!("cat {data}/secret/token")),
         ("hard link made before", format!("cat {data}/pub/early-link")),
-        ("symlinked directory", format!("ln -s {data}/secret {data}/pub/s && cat {data}/pub/s/token")),
-        ("symlink to the file", format!("ln -s {data}/secret/token {data}/pub/f && cat {data}/pub/f")),
+        (
+            "symlinked directory",
+            format!("ln -s {data}/secret {data}/pub/s && cat {data}/pub/s/token"),
+        ),
+        (
+            "symlink to the file",
+            format!("ln -s {data}/secret/token {data}/pub/f && cat {data}/pub/f"),
+        ),
         ("/proc/self/root", format!("cat /proc/self/root{data}/secret/token")),
         ("dirfd relative", format!("{w} read_at {data}/secret token")),
         ("/proc/self/fd directory", format!("{w} read_procfd {data}/secret token")),
@@ -161,8 +164,16 @@ fn every_route_to_a_protected_file_is_stopped_and_recorded() {
         ("250-byte names", format!("cd {long} && cat token")),
         ("dot-dot", format!("cd {data}/pub && cat ../secret/token")),
         ("rename into", format!("mv {data}/pub/early-link {data}/secret/planted")),
-        ("link into", format!("echo x > {data}/pub/evil && ln {data}/pub/evil {data}/secret/planted")),
-        ("exchange", format!("echo x > {data}/pub/evil2 && {w} exchange {data}/pub/evil2 {data}/secret/token")),
+        (
+            "link into",
+            format!("echo x > {data}/pub/evil && ln {data}/pub/evil {data}/secret/planted"),
+        ),
+        (
+            "exchange",
+            format!(
+                "echo x > {data}/pub/evil2 && {w} exchange {data}/pub/evil2 {data}/secret/token"
+            ),
+        ),
         ("rename out", format!("mv {data}/secret/token {data}/pub/stolen")),
         ("unlink via dirfd", format!("{w} unlink_at {data}/secret token")),
         ("truncate", format!("truncate -s 0 {data}/secret/token")),
@@ -250,20 +261,28 @@ fn every_route_to_a_protected_executable_is_killed_and_recorded() {
     let routes: Vec<(&str, String)> = vec![
         ("control", format!("exec {data}/bin/tool")),
         ("hard link", format!("exec {data}/pub/tool-link")),
-        ("symlink", format!("ln -s {data}/bin/tool {data}/pub/tool-sym && exec {data}/pub/tool-sym")),
+        (
+            "symlink",
+            format!("ln -s {data}/bin/tool {data}/pub/tool-sym && exec {data}/pub/tool-sym"),
+        ),
         ("relative", format!("cd {data}/bin && exec ./tool")),
         ("/proc/self/root", format!("exec /proc/self/root{data}/bin/tool")),
         ("execveat AT_EMPTY_PATH", format!("exec {w} fdexec {data}/bin/tool tool")),
         (
             "deleted file",
-            format!("ln {data}/bin/tool {data}/pub/doomed 2>/dev/null; exec {w} deleted_exec {data}/pub/doomed tool"),
+            format!(
+                "ln {data}/bin/tool {data}/pub/doomed 2>/dev/null; exec {w} deleted_exec {data}/pub/doomed tool"
+            ),
         ),
         ("40 components deep, relative", format!("cd {deep} && exec ./tool")),
         ("/bin -> usr/bin", "exec /usr/bin/echo ran".to_owned()),
         ("PATH lookup", "PATH=/usr/bin exec echo ran".to_owned()),
         ("script, absolute", format!("exec {data}/scripts/run.sh")),
         ("script, relative", format!("cd {data}/scripts && exec ./run.sh")),
-        ("script, through a symlinked dir", format!("ln -s {data}/scripts {data}/pub/sd && exec {data}/pub/sd/run.sh")),
+        (
+            "script, through a symlinked dir",
+            format!("ln -s {data}/scripts {data}/pub/sd && exec {data}/pub/sd/run.sh"),
+        ),
         (
             "bind mount in a private mount namespace",
             format!(
@@ -322,8 +341,7 @@ fn a_setuid_root_program_run_by_nobody_is_killed_by_no_root() {
     assert!(!status.success() && !out.contains(SECRET), "{status:?} {out:?}");
     assert_eq!(status.signal(), Some(9), "killed");
     let event = sensor.wait_event("blocked setuid exec", |v| {
-        v["process_exec"]["action"] == "blocked"
-            && v["process_exec"]["process"]["uid"] == 65534
+        v["process_exec"]["action"] == "blocked" && v["process_exec"]["process"]["uid"] == 65534
     });
     let creds = &event["process_exec"]["process"]["process_credentials"];
     assert_eq!((creds["uid"].as_u64(), creds["euid"].as_u64()), (Some(65534), Some(0)), "{event}");
@@ -370,11 +388,11 @@ fn a_rename_destination_is_resolved_against_its_directory_descriptor() {
         &format!("  action: Audit\n  files: [{{prefix: {data}/secret/, access: [rename]}}]\n"),
     );
     // The working directory is pub/, the descriptor is secret/.
-    let (status, _) = pod.sh(&format!("cd {data}/pub && {} rename_at {data}/secret r1 r1-new", pod.walk));
+    let (status, _) =
+        pod.sh(&format!("cd {data}/pub && {} rename_at {data}/secret r1 r1-new", pod.walk));
     assert!(status.success());
-    let event = sensor.wait_event("rename record", |v| {
-        v["process_file"]["path"] == format!("{data}/secret/r1")
-    });
+    let event = sensor
+        .wait_event("rename record", |v| v["process_file"]["path"] == format!("{data}/secret/r1"));
     assert_eq!(event["process_file"]["new_path"], format!("{data}/secret/r1-new"), "{event}");
 }
 
@@ -391,7 +409,8 @@ fn long_names_and_binary_paths_are_reported_whole() {
     let p250 = format!("{data}/pub/{}", "p".repeat(250));
     fs::copy("/bin/true", &p250).expect("copy");
     let sensor = pod.start("detect", &files_spec(&data));
-    let (status, _) = pod.sh(&format!("cat {data}/secret/{c130}/token >/dev/null; exec {p250} a b"));
+    let (status, _) =
+        pod.sh(&format!("cat {data}/secret/{c130}/token >/dev/null; exec {p250} a b"));
     assert!(status.success());
     let want = format!("{data}/secret/{c130}/token");
     sensor.wait_event("the read, its 130-byte name whole", |v| v["process_file"]["path"] == want);
@@ -409,8 +428,8 @@ fn detect_mode_reports_would_block_for_an_executable_by_identity() {
     let pod = pod();
     let data = pod.data();
     fs::hard_link(format!("{data}/bin/tool"), format!("{data}/pub/tool-link")).expect("ln");
-    let sensor =
-        pod.start("detect", &format!("  action: Block\n  executables: [{{prefix: {data}/bin/}}]\n"));
+    let sensor = pod
+        .start("detect", &format!("  action: Block\n  executables: [{{prefix: {data}/bin/}}]\n"));
     let (status, _) = pod.sh(&format!("exec {data}/pub/tool-link"));
     assert!(status.success(), "{status:?}");
     let event = sensor.wait_event("would_block exec through a hard link", |v| {

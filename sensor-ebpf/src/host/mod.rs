@@ -133,7 +133,13 @@ fn fill_header(header: &mut EventHeader, kind: u32, action: Action, policy: u32)
     header.policy = policy;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let creds = config().filter(|c| c.offsets_valid == 1).map(|c| task_creds(&c.offsets));
-    let creds = creds.unwrap_or(TaskCreds { ppid: 0, euid: u32::MAX, egid: u32::MAX, loginuid: u32::MAX, caps: 0 });
+    let creds = creds.unwrap_or(TaskCreds {
+        ppid: 0,
+        euid: u32::MAX,
+        egid: u32::MAX,
+        loginuid: u32::MAX,
+        caps: 0,
+    });
     header.ppid = creds.ppid;
     header.euid = creds.euid;
     header.egid = creds.egid;

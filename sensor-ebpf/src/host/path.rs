@@ -15,8 +15,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use sensor_common::host::{
-    InodeKey, InodeMasks, KernelOffsets, MAX_COMPONENT_LEN, MAX_PATH_DEPTH,
-    MAX_PATH_LEN, PATH_KEY_LEN, PATH_SLOT_LEN, PathKey, ROLE_BELOW,
+    InodeKey, InodeMasks, KernelOffsets, MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN,
+    PATH_KEY_LEN, PATH_SLOT_LEN, PathKey, ROLE_BELOW,
 };
 
 use super::INODE_RULES;
@@ -358,7 +358,12 @@ pub fn write_user_path(
             return UserPath { len: 0, truncated: true, base: None, base_len: 0 };
         }
         let len = n as u32 - 1;
-        return UserPath { len, truncated: len + 1 >= MAX_PATH_LEN as u32, base: None, base_len: 0 };
+        return UserPath {
+            len,
+            truncated: len + 1 >= MAX_PATH_LEN as u32,
+            base: None,
+            base_len: 0,
+        };
     }
     let (root, base) = user_path_base(o, dfd);
     let (mut len, truncated) = write_path(o, base, root, out);

@@ -12,16 +12,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use sensor_common::host::{
-    ACCESS_EXEC, Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED,
-    FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
+    ACCESS_EXEC, Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED,
+    FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
 };
 
 use super::{
     EXEC_RULES, HOST_SCOPES, SCRIPT_PENDING, add_identity, config, decide, emit, fill_header,
     generation_mask, kill_current,
-    path::{
-        KPath, current_task, field_ptr, field_u64, lookup_key, task_root_and_pwd, write_path,
-    },
+    path::{KPath, current_task, field_ptr, field_u64, lookup_key, task_root_and_pwd, write_path},
 };
 
 /// The executable's `struct file`, the key of its identity result.
@@ -53,8 +51,7 @@ pub fn exec_path(_ctx: RawTracePointContext) -> i32 {
     let Some(config) = config() else {
         return 0;
     };
-    if config.offsets_valid != 1 || (bpf_get_current_pid_tgid() >> 32) as u32 == config.self_tgid
-    {
+    if config.offsets_valid != 1 || (bpf_get_current_pid_tgid() >> 32) as u32 == config.self_tgid {
         return 0;
     }
     let (Some(event), Some(slot)) = (EXEC_SCRATCH.get_ptr_mut(0), EXE_PATH_SLOT.get_ptr_mut(0))

@@ -21,9 +21,7 @@ use sensor_common::host::{
 use super::{
     EXEC_RULES, FILE_RULES, OPEN_ARGS, SCRIPT_PENDING, SYSCALL_RULES, add_identity, config,
     count_loss, current_scope, decide, emit, fill_header, kill_current,
-    path::{
-        KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path,
-    },
+    path::{KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path},
 };
 
 const SYS_OPEN: u32 = 2;

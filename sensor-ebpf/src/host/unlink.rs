@@ -25,9 +25,8 @@ use aya_ebpf::{
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_DELETE, ACCESS_READ, ACCESS_RENAME, ACCESS_WRITE, Action, EventKind,
     FILE_OP_LINK, FILE_OP_RENAME, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
-    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, MAX_COMPONENT_LEN, MAX_DIR_IDENTITY_DEPTH,
-    MAX_PATH_LEN, PATH_SLOT_LEN,
-    FileEvent, ROLE_BELOW, ROLE_SELF,
+    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FileEvent, MAX_COMPONENT_LEN,
+    MAX_DIR_IDENTITY_DEPTH, MAX_PATH_LEN, PATH_SLOT_LEN, ROLE_BELOW, ROLE_SELF,
 };
 
 use super::{
@@ -263,9 +262,7 @@ fn match_second(
     let kinds = two.kinds & 0xffff;
     let mut lead = 0_u8;
     // SAFETY: reads one byte of user memory through the checked helper.
-    unsafe {
-        bpf_probe_read_user((&raw mut lead).cast::<c_void>(), 1, two.ptr as *const c_void)
-    };
+    unsafe { bpf_probe_read_user((&raw mut lead).cast::<c_void>(), 1, two.ptr as *const c_void) };
     let same_base = lead != b'/' && two.dfd == one.dfd && first.base_len > 0;
     let at = if same_base { first.base_len & (MAX_PATH_LEN as u32 - 1) } else { 0 };
     if same_base {

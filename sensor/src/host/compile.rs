@@ -164,7 +164,8 @@ pub fn compile(
             add(&mut out.noroot, action, bit(i));
         }
         let blocks = |a: PolicyAction| a == PolicyAction::Block;
-        if p.files.iter().any(|r| blocks(r.action)) || p.executables.iter().any(|r| blocks(r.action))
+        if p.files.iter().any(|r| blocks(r.action))
+            || p.executables.iter().any(|r| blocks(r.action))
         {
             out.walk_block |= bit(i);
         }

@@ -111,8 +111,11 @@ fn open_in_root(root: &OwnedFd, path: &str) -> Option<OwnedFd> {
     const RESOLVE_IN_ROOT: u64 = 0x10;
     let name = CString::new(path.trim_start_matches('/')).ok()?;
     let name = if name.as_bytes().is_empty() { CString::new(".").ok()? } else { name };
-    let how =
-        OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT };
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT,
+    };
     // SAFETY: valid descriptor, NUL-terminated name, and an open_how of the size passed.
     let fd = unsafe {
         libc::syscall(
@@ -141,8 +144,8 @@ fn found(fd: &OwnedFd) -> Option<Found> {
 fn roots(pids: &[u32]) -> Vec<OwnedFd> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let candidates = std::iter::once("/".to_owned())
-        .chain(pids.iter().map(|pid| format!("/proc/{pid}/root")));
+    let candidates =
+        std::iter::once("/".to_owned()).chain(pids.iter().map(|pid| format!("/proc/{pid}/root")));
     for path in candidates {
         let Ok(dir) = std::fs::File::open(&path) else { continue };
         let Ok(meta) = dir.metadata() else { continue };
