@@ -30,11 +30,19 @@ pub const RULE_SYSCALLS_MAP: &str = "RULE_SYSCALLS";
 pub const RULE_SYSCALLS_MAX_ENTRIES: u32 = 64;
 /// Bytes kept of a string argument (a path) of a [`SyscallArgsEvent`].
 pub const SYSCALL_STR_LEN: usize = 256;
+/// Hash of [`InodeKey`] → [`InodeMasks`]: the objects rules protect, by identity.
+pub const INODE_RULES_MAP: &str = "INODE_RULES";
+/// Hash of thread group id (u32) → policy scope (u64): processes started from an interpreted
+/// file (`#!` script), whose next opens are checked against executable rules (the script).
+pub const SCRIPT_PENDING_MAP: &str = "SCRIPT_PENDING";
 
 pub const HOST_SCOPES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const BIND_RULES_MAX_ENTRIES: u32 = 2 * 65_536;
 pub const SYSCALL_RULES_MAX_ENTRIES: u32 = 1024;
+/// Protected inodes (both generations): rule targets and the files of protected trees.
+pub const INODE_RULES_MAX_ENTRIES: u32 = 64 * 1024;
+pub const SCRIPT_PENDING_MAX_ENTRIES: u32 = 8192;
 
 /// Host policies per generation: each owns one bit of a 32-bit half of the masks; the last
 /// bit of each half ([`RULES_BIT_INDEX`]) is reserved for the rules engine.
@@ -43,15 +51,24 @@ pub const MAX_HOST_POLICIES: usize = 31;
 /// of cgroups the rules watch and in [`FileMasks::observe`] of path prefixes they name.
 pub const RULES_BIT_INDEX: usize = 31;
 
-/// Bytes of a path kept per event; longer paths are cut and flagged.
-pub const MAX_PATH_LEN: usize = 512;
+/// Bytes of a path kept per event (the kernel's `PATH_MAX`); longer paths are cut at the top
+/// and flagged.
+pub const MAX_PATH_LEN: usize = 4096;
 /// Room for one more path component after [`MAX_PATH_LEN`]: lets the kernel write a
 /// component at any offset below [`MAX_PATH_LEN`] without a per-byte bound check.
 pub const PATH_SLOT_LEN: usize = MAX_PATH_LEN + MAX_COMPONENT_LEN;
-/// Bytes of one path component copied; longer names are cut and flagged.
-pub const MAX_COMPONENT_LEN: usize = 128;
-/// Path components walked up from a dentry; deeper paths are cut (flagged) at the top.
+/// Bytes of one path component copied (`NAME_MAX` is 255); longer names are cut and flagged.
+pub const MAX_COMPONENT_LEN: usize = 256;
+/// Path components walked up from a dentry for the record; deeper paths are cut (flagged) at
+/// the top. (Decisions do not depend on it: see [`MAX_IDENTITY_DEPTH`].)
 pub const MAX_PATH_DEPTH: u32 = 32;
+/// Ancestors (dentries, crossing mounts) an identity check of an opened or executed file
+/// walks up (its own program); a deeper object in a Block scope is decided as blocked
+/// ([`FLAG_WALK_INCOMPLETE`]).
+pub const MAX_IDENTITY_DEPTH: u32 = 256;
+/// Ancestors the identity check of a directory an unlink, rename, link or symlink changes walks
+/// up (inside the operation's program, beside its path walk).
+pub const MAX_DIR_IDENTITY_DEPTH: u32 = 48;
 /// Bytes of the NUL-separated argument list kept per exec.
 pub const MAX_ARGS_LEN: usize = 1024;
 /// Bytes of a path an LPM rule key holds (the kernel's LPM limit is 256 bytes of data).
@@ -67,9 +84,12 @@ pub enum LossCounter {
     HostRingbufFull = 0,
     /// The per-thread open scratch map was full: an open in a watched cgroup went unchecked.
     OpenArgsFull = 1,
+    /// An identity walk did not reach the top within [`MAX_IDENTITY_DEPTH`] in a Block scope:
+    /// the operation was decided as blocked (fail closed).
+    WalkIncomplete = 2,
 }
 
-pub const LOSS_COUNTERS: u32 = 2;
+pub const LOSS_COUNTERS: u32 = 3;
 
 /// Record kinds, the first field of every ring buffer record.
 #[repr(u32)]
@@ -111,6 +131,12 @@ pub const FLAG_ARGS_TRUNCATED: u32 = 1 << 2;
 pub const FLAG_CWD_TRUNCATED: u32 = 1 << 3;
 /// The event was cut short: the kernel could not read some of its fields.
 pub const FLAG_INCOMPLETE: u32 = 1 << 4;
+/// The decision matched the object by identity (device and inode), not by its path.
+pub const FLAG_IDENTITY: u32 = 1 << 5;
+/// The identity walk could not finish: decided as blocked in a Block scope (fail closed).
+pub const FLAG_WALK_INCOMPLETE: u32 = 1 << 6;
+/// Exec of an interpreted file: the record is about the script the interpreter opened.
+pub const FLAG_SCRIPT: u32 = 1 << 7;
 
 /// Access kinds of file rules, the index into [`FileMasks`] arrays.
 pub const ACCESS_READ: usize = 0;
@@ -119,11 +145,23 @@ pub const ACCESS_CREATE: usize = 2;
 pub const ACCESS_DELETE: usize = 3;
 pub const ACCESS_RENAME: usize = 4;
 pub const ACCESS_KINDS: usize = 5;
+/// Index of executable rules in [`InodeMasks`] (after the file access kinds).
+pub const ACCESS_EXEC: usize = 5;
+/// Entries of [`InodeMasks`] arrays: the file access kinds and exec.
+pub const INODE_KINDS: usize = 6;
 
 /// [`FileEvent::op`].
 pub const FILE_OP_OPEN: u32 = 1;
 pub const FILE_OP_UNLINK: u32 = 2;
 pub const FILE_OP_RENAME: u32 = 3;
+/// `link`/`linkat`: path is the existing file, path2 the new name.
+pub const FILE_OP_LINK: u32 = 4;
+/// `symlink`/`symlinkat`: path is the new link, path2 its target as given.
+pub const FILE_OP_SYMLINK: u32 = 5;
+/// `truncate`/`ftruncate`.
+pub const FILE_OP_TRUNCATE: u32 = 6;
+/// An interpreter opened the `#!` script it was started for ([`FLAG_SCRIPT`]).
+pub const FILE_OP_EXEC: u32 = 7;
 
 /// [`SockEvent::op`].
 pub const SOCK_OP_BIND: u32 = 1;
@@ -146,13 +184,18 @@ pub struct EventHeader {
     pub tid: u32,
     /// Thread group id of the real parent.
     pub ppid: u32,
+    /// Real user and group ids (`cred->uid`, `cred->gid`), in the initial user namespace.
     pub uid: u32,
     pub gid: u32,
     /// An [`Action`].
     pub action: u32,
     /// 1 + the index of the deciding policy's bit (0: none).
     pub policy: u32,
-    pub _pad: u32,
+    /// Effective user and group ids (`cred->euid`, `cred->egid`): what permission checks use.
+    pub euid: u32,
+    pub egid: u32,
+    /// `task->loginuid` (audit login uid); `u32::MAX` when unset or not compiled in.
+    pub loginuid: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -251,6 +294,12 @@ pub struct HostConfig {
     /// Policies (mask bits) forbidding uid 0 at exec, per action.
     pub noroot_audit: u64,
     pub noroot_block: u64,
+    /// The full capability set of this kernel (bits 0..=cap_last_cap): a process whose
+    /// effective set holds all of it counts as root for noRoot.
+    pub cap_full: u64,
+    /// Policies (mask bits) with a Block file or executable rule: an identity walk that cannot
+    /// finish in their scope fails closed.
+    pub walk_block: u64,
     pub offsets: KernelOffsets,
 }
 
@@ -281,7 +330,18 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
-    pub _pad: u32,
+    pub task_cred: u32,
+    pub cred_euid: u32,
+    pub cred_egid: u32,
+    pub cred_cap_effective: u32,
+    /// `task_struct.loginuid`; `u32::MAX` when the kernel has no audit.
+    pub task_loginuid: u32,
+    pub dentry_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub binprm_filename: u32,
+    pub binprm_interp: u32,
 }
 
 /// Which policies audit and which block; both halves of the generation split are kept.
@@ -320,7 +380,30 @@ pub struct BindKey {
     pub port: u16,
 }
 
-/// What sys_enter_openat saw, for sys_exit_openat.
+/// An object by identity: inode number and device (`sb->s_dev`, the kernel's encoding
+/// `major << 20 | minor`), and the role the entry plays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    /// [`ROLE_SELF`]: masks for this object itself; [`ROLE_BELOW`]: for objects below it.
+    pub role: u32,
+}
+
+pub const ROLE_SELF: u32 = 0;
+pub const ROLE_BELOW: u32 = 1;
+
+/// Policy masks per access kind (`ACCESS_*`, then [`ACCESS_EXEC`]). An entry holds the masks
+/// of every rule covering the object (enclosing trees folded in by the agent), so the kernel
+/// stops at the first entry it finds walking up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InodeMasks {
+    pub audit: [u64; INODE_KINDS],
+    pub block: [u64; INODE_KINDS],
+}
+
 /// What the rules want of one syscall: the cgroups (the rules' bit in both generations) and
 /// which arguments are user strings to copy (bit i: argument i; the first two are copied).
 #[repr(C)]
@@ -356,6 +439,7 @@ pub struct SyscallArgsEvent {
     pub strs: [[u8; SYSCALL_STR_LEN]; 2],
 }
 
+/// What sys_enter_openat saw, for sys_exit_openat.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenArgs {
@@ -387,10 +471,12 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallInterest {}
     unsafe impl aya::Pod for super::SavedSyscall {}
     unsafe impl aya::Pod for super::SyscallArgsEvent {}
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::InodeMasks {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 4 * 2 + 8 * 2 + 4 * 8 + COMM_LEN);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 4 * 2 + 8 * 2 + 4 * 10 + COMM_LEN);
 const _: () = assert!(
     core::mem::size_of::<ExecEvent>()
         == core::mem::size_of::<EventHeader>()
@@ -405,5 +491,6 @@ const _: () = assert!(
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
-const _: () = assert!(core::mem::size_of::<HostConfig>() == 32 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 48 + 34 * 4);
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PathKey>() == PATH_KEY_LEN);

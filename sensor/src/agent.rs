@@ -199,6 +199,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         take_map(&mut ebpf, host::FILE_RULES_MAP)?,
         take_map(&mut ebpf, host::BIND_RULES_MAP)?,
         take_map(&mut ebpf, host::SYSCALL_RULES_MAP)?,
+        take_map(&mut ebpf, host::INODE_RULES_MAP)?,
     );
     host_maps
         .init(config.mode == Mode::Enforce, std::process::id(), offsets)

@@ -7,9 +7,10 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use sensor_common::{
     host::{
-        Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_OPEN, FILE_OP_RENAME,
-        FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND,
-        SockEvent, SyscallArgsEvent, SyscallEvent,
+        Action, EventHeader, EventKind, ExecEvent, ExitEvent, FILE_OP_EXEC, FILE_OP_LINK,
+        FILE_OP_OPEN, FILE_OP_RENAME, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FLAG_ARGS_TRUNCATED,
+        FLAG_CWD_TRUNCATED, FLAG_PATH_TRUNCATED, FileEvent, SOCK_OP_BIND, SockEvent,
+        SyscallArgsEvent, SyscallEvent,
     },
     net::{FAMILY_IPV4, FlowEvent},
 };
@@ -23,8 +24,16 @@ pub struct Header {
     pub tid: u32,
     /// 0 when the kernel could not read it.
     pub ppid: u32,
+    /// Real user and group ids.
     pub uid: u32,
     pub gid: u32,
+    /// Effective user and group ids (what the kernel's permission checks use).
+    pub euid: u32,
+    pub egid: u32,
+    /// Audit login uid (`u32::MAX`: unset).
+    pub loginuid: u32,
+    /// `FLAG_*` bits of the record.
+    pub flags: u32,
     /// `observed`, `audit`, `would_block`, `blocked` or `killed`.
     pub action: &'static str,
     /// 1 + the deciding policy's mask bit; 0 for none.
@@ -52,12 +61,14 @@ pub struct Exec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileOp {
     pub header: Header,
-    /// `open`, `unlink` or `rename`.
+    /// `open`, `unlink`, `rename`, `link`, `symlink`, `truncate`, or `exec` (an interpreter
+    /// opened the `#!` script it was started for).
     pub operation: &'static str,
-    /// Access kinds asked for: read, write, create, delete, rename.
+    /// Access kinds asked for: read, write, create, delete, rename, exec.
     pub access: Vec<&'static str>,
-    /// Absolute; canonical for opens, lexically normalised for unlink and rename.
+    /// Absolute; canonical for opens, lexically normalised for the others.
     pub path: String,
+    /// Rename and link: the new name; symlink: the link's target as given.
     pub new_path: Option<String>,
     pub path_truncated: bool,
     /// An open's path as the process passed it (Falco's `fd.nameraw`); None when unknown.
@@ -230,6 +241,10 @@ fn header(raw: &EventHeader) -> Header {
         ppid: raw.ppid,
         uid: raw.uid,
         gid: raw.gid,
+        euid: raw.euid,
+        egid: raw.egid,
+        loginuid: raw.loginuid,
+        flags: raw.flags,
         action,
         policy: raw.policy,
         comm: text(&raw.comm, raw.comm.len()),
@@ -265,28 +280,37 @@ fn decode_exec(record: &[u8]) -> Result<Exec, DecodeError> {
 
 fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
     use sensor_common::host::ACCESS_KINDS;
-    const NAMES: [&str; ACCESS_KINDS] = ["read", "write", "create", "delete", "rename"];
+    const NAMES: [&str; ACCESS_KINDS + 1] = ["read", "write", "create", "delete", "rename", "exec"];
     let raw: FileEvent = read(record, "file")?;
     let operation = match raw.op {
         FILE_OP_OPEN => "open",
         FILE_OP_RENAME => "rename",
+        FILE_OP_LINK => "link",
+        FILE_OP_SYMLINK => "symlink",
+        FILE_OP_TRUNCATE => "truncate",
+        FILE_OP_EXEC => "exec",
         _ => "unlink",
     };
     let path = text(&raw.path, raw.path_len as usize);
-    // A rename's destination comes as given; relative ones are resolved by the formatter.
-    let new_path = (raw.op == FILE_OP_RENAME).then(|| {
+    // Rename and link destinations come absolute (joined to their directory descriptor in
+    // the kernel); a symlink's target is text, reported as given.
+    let new_path = matches!(raw.op, FILE_OP_RENAME | FILE_OP_LINK | FILE_OP_SYMLINK).then(|| {
         let p = text(&raw.path2, raw.path2_len as usize);
-        if p.starts_with('/') { normalize(&p) } else { p }
+        if p.starts_with('/') && raw.op != FILE_OP_SYMLINK { normalize(&p) } else { p }
     });
     Ok(FileOp {
         header: header(&raw.header),
         operation,
-        access: (0..ACCESS_KINDS)
+        access: (0..=ACCESS_KINDS)
             .filter(|k| raw.access & (1 << k) != 0)
             .map(|k| NAMES[k])
             .collect(),
-        // Opens come canonical from the kernel; unlink and rename paths as given.
-        path: if raw.op == FILE_OP_OPEN { path } else { normalize(&path) },
+        // Opens come canonical from the kernel; the other operations' paths as given.
+        path: if matches!(raw.op, FILE_OP_OPEN | FILE_OP_EXEC) || !path.starts_with('/') {
+            path
+        } else {
+            normalize(&path)
+        },
         new_path,
         path_truncated: raw.header.flags & FLAG_PATH_TRUNCATED != 0,
         raw_path: (raw.op == FILE_OP_OPEN && raw.path2_len > 0)

@@ -35,7 +35,7 @@ pub enum LoadError {
 
 /// The maps whose contents outlive the agent: pinned, and adopted by the next start.
 /// (Per-CPU scratch maps, `.rodata` and the log buffer belong to one load of the programs.)
-pub const STATE_MAPS: [&str; 19] = {
+pub const STATE_MAPS: [&str; 20] = {
     use sensor_common::{host as h, net as n};
     [
         n::IFACE_STATS_MAP,
@@ -57,11 +57,15 @@ pub const STATE_MAPS: [&str; 19] = {
         h::BIND_RULES_MAP,
         h::SYSCALL_RULES_MAP,
         h::OPEN_ARGS_MAP,
+        h::INODE_RULES_MAP,
     ]
 };
 
 /// Host hooks, by the name of their link pin (the program's name).
-pub const HOST_LINKS: [&str; 14] = [
+pub const HOST_LINKS: [&str; 22] = [
+    "exec_path",
+    "exec_identity",
+    "open_identity",
     "sched_process_exec",
     "sched_process_exit",
     "sys_enter_unlinkat",
@@ -70,6 +74,11 @@ pub const HOST_LINKS: [&str; 14] = [
     "sys_enter_rename",
     "sys_enter_renameat",
     "sys_enter_renameat2",
+    "sys_enter_link",
+    "sys_enter_linkat",
+    "sys_enter_symlink",
+    "sys_enter_symlinkat",
+    "sys_enter_truncate",
     "sys_enter",
     "sys_exit",
     "bind4",
@@ -225,9 +234,11 @@ pub fn attach_host(
     cgroup_root: &std::path::Path,
     pins: &Pins,
 ) -> Result<(), LoadError> {
-    // Tracepoints: exec/exit, and one small program per unlink/rename syscall.
+    // Every program is loaded before failing, so one start names every program the verifier
+    // rejects (with the first one's verifier log).
+    let mut failed: Vec<(&str, aya::programs::ProgramError)> = Vec::new();
+    // Tracepoints: exit, and one small program per unlink/rename/link/symlink syscall.
     for (category, name) in [
-        ("sched", "sched_process_exec"),
         ("sched", "sched_process_exit"),
         ("syscalls", "sys_enter_unlinkat"),
         ("syscalls", "sys_enter_unlink"),
@@ -235,21 +246,49 @@ pub fn attach_host(
         ("syscalls", "sys_enter_rename"),
         ("syscalls", "sys_enter_renameat"),
         ("syscalls", "sys_enter_renameat2"),
+        ("syscalls", "sys_enter_link"),
+        ("syscalls", "sys_enter_linkat"),
+        ("syscalls", "sys_enter_symlink"),
+        ("syscalls", "sys_enter_symlinkat"),
+        ("syscalls", "sys_enter_truncate"),
     ] {
         let program: &mut TracePoint = host_program(ebpf, name)?;
-        program.load().map_err(fail(&format!("loading {name}")))?;
+        if let Err(err) = program.load() {
+            failed.push((name, err));
+            continue;
+        }
         let id = program
             .attach(category, name)
             .map_err(fail(&format!("attaching tracepoint {category}/{name}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
         pin_taken(pins, name, link)?;
     }
-    for name in ["sys_enter", "sys_exit"] {
+    // Raw: exec needs the `linux_binprm` argument; sys_enter/sys_exit see every syscall. The
+    // identity checks attach first: a hook runs its programs in attach order, and the
+    // recording program reads what the identity program found.
+    for (name, hook) in [
+        ("exec_path", "sched_process_exec"),
+        ("exec_identity", "sched_process_exec"),
+        ("sched_process_exec", "sched_process_exec"),
+        ("sys_enter", "sys_enter"),
+        ("open_identity", "sys_exit"),
+        ("sys_exit", "sys_exit"),
+    ] {
         let program: &mut RawTracePoint = host_program(ebpf, name)?;
-        program.load().map_err(fail(&format!("loading {name}")))?;
-        let id = program.attach(name).map_err(fail(&format!("attaching raw tracepoint {name}")))?;
+        if let Err(err) = program.load() {
+            failed.push((name, err));
+            continue;
+        }
+        let id = program.attach(hook).map_err(fail(&format!("attaching raw tracepoint {hook}")))?;
         let link = program.take_link(id).map_err(fail(&format!("taking the {name} link")))?;
         pin_taken(pins, name, link)?;
+    }
+    let names: Vec<&str> = failed.iter().map(|(n, _)| *n).collect();
+    if let Some((name, source)) = failed.into_iter().next() {
+        return Err(LoadError::Program {
+            what: format!("loading {name} (the verifier rejected: {})", names.join(", ")),
+            source,
+        });
     }
     let cgroup = std::fs::File::open(cgroup_root).map_err(|e| LoadError::Program {
         what: format!("opening cgroup {}", cgroup_root.display()),

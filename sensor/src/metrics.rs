@@ -309,6 +309,18 @@ impl Collector for LossCollector {
                 .encode_family(&LossLabels { ring: "host", reason })?
                 .encode_counter::<NoLabelSet, _, u64>(&total, None)?;
         }
+        // Not a loss: decisions the kernel made closed because an identity walk was too deep.
+        let walk = map
+            .get(&(LossCounter::WalkIncomplete as u32), 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+        encoder
+            .encode_descriptor(
+                "sensor_host_walk_limit",
+                "Operations decided as blocked because the object's ancestors could not all be checked",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&walk, None)?;
         Ok(())
     }
 }

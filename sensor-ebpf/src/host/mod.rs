@@ -1,6 +1,7 @@
 //! Host hooks: process exec and exit, file opens, unlinks and renames, binds and connects,
 //! and denied syscalls, each scoped by the cgroup's policy mask before any other work.
 
+mod identity;
 mod path;
 mod process;
 mod sock;
@@ -17,8 +18,9 @@ use aya_ebpf::{
 };
 use sensor_common::host::{
     Action, BIND_RULES_MAX_ENTRIES, BindKey, EventHeader, FileMasks, HOST_EVENTS_BYTES,
-    HOST_SCOPES_MAX_ENTRIES, HostConfig, LOSS_COUNTERS, LossCounter, OpenArgs,
-    PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks, SYSCALL_RULES_MAX_ENTRIES,
+    HOST_SCOPES_MAX_ENTRIES, HostConfig, INODE_RULES_MAX_ENTRIES, InodeKey, InodeMasks,
+    LOSS_COUNTERS, LossCounter, OpenArgs, PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks,
+    SCRIPT_PENDING_MAX_ENTRIES, SYSCALL_RULES_MAX_ENTRIES,
 };
 
 #[map]
@@ -51,6 +53,13 @@ static SYSCALL_RULES: HashMap<u32, RuleMasks> =
 
 #[map]
 static OPEN_ARGS: HashMap<u32, OpenArgs> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static INODE_RULES: HashMap<InodeKey, InodeMasks> =
+    HashMap::with_max_entries(INODE_RULES_MAX_ENTRIES, 0);
+
+#[map]
+static SCRIPT_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(SCRIPT_PENDING_MAX_ENTRIES, 0);
 
 const SIGKILL: u32 = 9;
 
@@ -118,13 +127,54 @@ fn fill_header(header: &mut EventHeader, kind: u32, action: Action, policy: u32)
         unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
     header.pid = (pid_tgid >> 32) as u32;
     header.tid = pid_tgid as u32;
-    header.ppid = 0;
     header.uid = uid_gid as u32;
     header.gid = (uid_gid >> 32) as u32;
     header.action = action as u32;
     header.policy = policy;
-    header._pad = 0;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let creds = config().filter(|c| c.offsets_valid == 1).map(|c| task_creds(&c.offsets));
+    let creds = creds.unwrap_or(TaskCreds {
+        ppid: 0,
+        euid: u32::MAX,
+        egid: u32::MAX,
+        loginuid: u32::MAX,
+        caps: 0,
+    });
+    header.ppid = creds.ppid;
+    header.euid = creds.euid;
+    header.egid = creds.egid;
+    header.loginuid = creds.loginuid;
+}
+
+/// The current task's parent and credentials as the kernel checks them.
+#[derive(Clone, Copy)]
+pub struct TaskCreds {
+    /// Thread group id of the real parent.
+    pub ppid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub loginuid: u32,
+    /// `cred->cap_effective`.
+    pub caps: u64,
+}
+
+#[inline(always)]
+fn task_creds(o: &sensor_common::host::KernelOffsets) -> TaskCreds {
+    use path::{current_task, field_ptr, field_u32, field_u64};
+    let task = current_task();
+    let parent = field_ptr(task, o.task_real_parent);
+    let cred = field_ptr(task, o.task_cred);
+    TaskCreds {
+        ppid: field_u32(parent, o.task_tgid).unwrap_or(0),
+        euid: field_u32(cred, o.cred_euid).unwrap_or(u32::MAX),
+        egid: field_u32(cred, o.cred_egid).unwrap_or(u32::MAX),
+        loginuid: if o.task_loginuid == u32::MAX {
+            u32::MAX
+        } else {
+            field_u32(task, o.task_loginuid).unwrap_or(u32::MAX)
+        },
+        caps: field_u64(cred, o.cred_cap_effective).unwrap_or(0),
+    }
 }
 
 /// Kills the current process (before it returns to user space) for a Blocked action.
@@ -150,4 +200,54 @@ fn count_loss(counter: LossCounter) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *slot += 1 };
     }
+}
+
+/// The audit and block masks an identity entry holds for the kinds in `kinds`
+/// (`1 << ACCESS_*`, `1 << ACCESS_EXEC`).
+#[inline(always)]
+fn inode_masks_for(masks: &InodeMasks, kinds: u32) -> (u64, u64) {
+    let (mut audit, mut block) = (0, 0);
+    let mut kind = 0;
+    while kind < sensor_common::host::INODE_KINDS {
+        // Branch-free: an unknown `kinds` would otherwise fork the verifier's states per kind.
+        let select = u64::from((kinds >> kind) & 1).wrapping_neg();
+        audit |= masks.audit[kind] & select;
+        block |= masks.block[kind] & select;
+        kind += 1;
+    }
+    (audit, block)
+}
+
+/// Adds what an identity check found to `(audit, block, flags)`: the entry's masks, or, when
+/// the walk could not finish, every Block policy of the scope (fail closed, flagged, counted).
+#[inline(always)]
+fn add_identity(
+    config: &HostConfig,
+    scope: u64,
+    identity: &path::Identity,
+    kinds: u32,
+    acc: &mut (u64, u64, u32),
+) {
+    use sensor_common::host::{FLAG_IDENTITY, FLAG_WALK_INCOMPLETE};
+    if let Some(masks) = identity.masks {
+        let (audit, block) = inode_masks_for(masks, kinds);
+        if (audit | block) & scope != 0 {
+            acc.0 |= audit;
+            acc.1 |= block;
+            acc.2 |= FLAG_IDENTITY;
+        }
+    } else if !identity.complete && config.walk_block & scope != 0 {
+        acc.1 |= config.walk_block;
+        acc.2 |= FLAG_WALK_INCOMPLETE;
+        count_loss(LossCounter::WalkIncomplete);
+    }
+}
+
+/// The current task's effective capabilities (0 before the offsets are known).
+#[inline(always)]
+fn current_caps(config: &HostConfig) -> u64 {
+    if config.offsets_valid != 1 {
+        return 0;
+    }
+    task_creds(&config.offsets).caps
 }

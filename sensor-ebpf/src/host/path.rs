@@ -15,14 +15,16 @@ use aya_ebpf::{
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use sensor_common::host::{
-    KernelOffsets, MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, PATH_KEY_LEN, PATH_SLOT_LEN,
-    PathKey,
+    InodeKey, InodeMasks, KernelOffsets, MAX_COMPONENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN,
+    PATH_KEY_LEN, PATH_SLOT_LEN, PathKey, ROLE_BELOW,
 };
+
+use super::INODE_RULES;
 
 /// Scratch for writing a path backwards from its end; sized so a masked offset plus one
 /// component always stays inside.
-const SCRATCH_LEN: usize = 1024 + MAX_COMPONENT_LEN;
-const SCRATCH_MASK: u32 = 1023;
+const SCRATCH_LEN: usize = MAX_PATH_LEN + MAX_COMPONENT_LEN;
+const SCRATCH_MASK: u32 = MAX_PATH_LEN as u32 - 1;
 const AT_FDCWD: i64 = -100;
 
 #[map]
@@ -167,7 +169,8 @@ pub fn write_path(
             continue;
         }
         let parent = field_ptr(dentry, o.dentry_parent);
-        if parent.is_null() || parent == dentry {
+        let pseudo = parent == dentry && get_pos() == end;
+        if parent.is_null() || (parent == dentry && !pseudo) {
             finished = true;
             break;
         }
@@ -177,6 +180,24 @@ pub fn write_path(
             set_truncated();
         }
         let len = raw_len & (MAX_COMPONENT_LEN as u32 - 1);
+        if pseudo {
+            // A file of no directory (memfd, anonymous inode): its own parent. Its name alone,
+            // e.g. `memfd:payload`, names it (as `d_path` does, without the slash).
+            if len > 0 && len < end {
+                let at = opaque(end - len);
+                // SAFETY: `at + len` stays inside the scratch (mask plus one component).
+                unsafe {
+                    read_kernel_raw(
+                        buf.add(at as usize).cast::<c_void>(),
+                        len,
+                        name.cast::<c_void>(),
+                    )
+                };
+                set_pos(end - len);
+            }
+            finished = true;
+            break;
+        }
         let pos = get_pos();
         if len + 2 > pos || pos > end {
             set_truncated();
@@ -217,16 +238,108 @@ pub fn write_path(
     (len, unsafe { core::ptr::read_volatile(truncated_ptr) } != 0)
 }
 
+/// The identity of the inode behind `dentry`, or None (a negative dentry).
+#[inline(always)]
+pub fn inode_key(o: &KernelOffsets, dentry: *const u8, role: u32) -> Option<InodeKey> {
+    let inode = field_ptr(dentry, o.dentry_inode);
+    if inode.is_null() {
+        return None;
+    }
+    let ino = field_u64(inode, o.inode_ino)?;
+    let sb = field_ptr(inode, o.inode_sb);
+    let dev = field_u32(sb, o.sb_dev)?;
+    Some(InodeKey { ino, dev, role })
+}
+
+/// What an identity check found: the masks of the nearest protected object (the target
+/// itself, or its nearest protected ancestor), and whether the walk reached the top.
+pub struct Identity {
+    pub masks: Option<&'static InodeMasks>,
+    pub complete: bool,
+}
+
+/// Checks `target` (as [`sensor_common::host::ROLE_SELF`], or [`ROLE_BELOW`] for a directory whose entries an
+/// operation changes) and its ancestors (dentry parents, crossing mounts up to the mount tree's
+/// top, past the task's root: a chroot or a bind mount does not hide where an object lives)
+/// against [`INODE_RULES`]. Stops at the first entry: the agent folds enclosing rules into it.
+#[inline(always)]
+pub fn identity_walk<const DEPTH: u32>(
+    o: &KernelOffsets,
+    target: KPath,
+    first_role: u32,
+) -> Identity {
+    let lookup = |dentry: *const u8, role: u32| -> Option<&'static InodeMasks> {
+        let key = inode_key(o, dentry, role)?;
+        // SAFETY: map values live until removed; the agent removes entries only after a
+        // generation flip, and the masks are read at once.
+        unsafe { INODE_RULES.get(&key) }
+    };
+    if let Some(masks) = lookup(target.dentry, first_role) {
+        return Identity { masks: Some(masks), complete: true };
+    }
+    let mut dentry = target.dentry;
+    let mut vfsmnt = target.mnt;
+    let mut mount = vfsmnt.wrapping_sub(o.mount_mnt as usize);
+    for _ in 0..DEPTH {
+        if dentry.is_null() {
+            return Identity { masks: None, complete: true };
+        }
+        if dentry == field_ptr(vfsmnt, o.vfsmount_root) {
+            let parent = field_ptr(mount, o.mount_parent);
+            if parent.is_null() || parent == mount {
+                return Identity { masks: None, complete: true };
+            }
+            dentry = field_ptr(mount, o.mount_mountpoint);
+            mount = parent;
+            vfsmnt = parent.wrapping_add(o.mount_mnt as usize);
+        } else {
+            let parent = field_ptr(dentry, o.dentry_parent);
+            if parent.is_null() || parent == dentry {
+                return Identity { masks: None, complete: true };
+            }
+            dentry = parent;
+        }
+        if let Some(masks) = lookup(dentry, ROLE_BELOW) {
+            return Identity { masks: Some(masks), complete: true };
+        }
+    }
+    Identity { masks: None, complete: false }
+}
+
+/// The directory a syscall's relative path starts from: `dfd`, or the working directory for
+/// `AT_FDCWD`; and the task's root (where absolute paths start).
+#[inline(always)]
+pub fn user_path_base(o: &KernelOffsets, dfd: i64) -> (KPath, KPath) {
+    let (root, pwd) = task_root_and_pwd(o);
+    let base = if dfd == AT_FDCWD || dfd < 0 {
+        pwd
+    } else {
+        let file = current_file(o, dfd as u32);
+        KPath::at(o, file.wrapping_add(o.file_path as usize))
+    };
+    (root, base)
+}
+
+/// A path a syscall named, written out.
+pub struct UserPath {
+    pub len: u32,
+    pub truncated: bool,
+    /// The directory the path starts from (`dfd` or the working directory), when relative.
+    pub base: Option<KPath>,
+    /// Bytes of `out` the base directory took (the relative part follows).
+    pub base_len: u32,
+}
+
 /// Writes the path a syscall named (user memory): absolute as given, or relative to the
 /// directory descriptor `dfd` (`AT_FDCWD`: the working directory). `..` is not resolved here
-/// (userspace normalises what it reports). Returns its length and whether it was cut.
+/// (userspace normalises what it reports).
 #[inline(always)]
 pub fn write_user_path(
     o: &KernelOffsets,
     dfd: i64,
     user_path: *const u8,
     out: &mut [u8; PATH_SLOT_LEN],
-) -> (u32, bool) {
+) -> UserPath {
     let mut first = 0_u8;
     // SAFETY: reads one byte of user memory through the checked helper.
     unsafe {
@@ -242,18 +355,17 @@ pub fn write_user_path(
             )
         };
         if n <= 0 {
-            return (0, true);
+            return UserPath { len: 0, truncated: true, base: None, base_len: 0 };
         }
         let len = n as u32 - 1;
-        return (len, len + 1 >= MAX_PATH_LEN as u32);
+        return UserPath {
+            len,
+            truncated: len + 1 >= MAX_PATH_LEN as u32,
+            base: None,
+            base_len: 0,
+        };
     }
-    let (root, pwd) = task_root_and_pwd(o);
-    let base = if dfd == AT_FDCWD || dfd < 0 {
-        pwd
-    } else {
-        let file = current_file(o, dfd as u32);
-        KPath::at(o, file.wrapping_add(o.file_path as usize))
-    };
+    let (root, base) = user_path_base(o, dfd);
     let (mut len, truncated) = write_path(o, base, root, out);
     if len > 1 {
         out[len as usize & (MAX_PATH_LEN - 1)] = b'/';
@@ -269,10 +381,15 @@ pub fn write_user_path(
         )
     };
     if n <= 0 {
-        return (len, true);
+        return UserPath { len, truncated: true, base: Some(base), base_len: len };
     }
     let added = n as u32 - 1;
-    ((len + added) & (MAX_PATH_LEN as u32 - 1), truncated || added + 1 >= MAX_COMPONENT_LEN as u32)
+    UserPath {
+        len: (len + added) & (MAX_PATH_LEN as u32 - 1),
+        truncated: truncated || added + 1 >= MAX_COMPONENT_LEN as u32,
+        base: Some(base),
+        base_len: len,
+    }
 }
 
 /// The LPM lookup key for a NUL-terminated path of `len` bytes in `path`: matches prefix

@@ -5,34 +5,94 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use sensor_common::host::{
-    Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED,
+    ACCESS_EXEC, Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED,
     FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
 };
 
 use super::{
-    EXEC_RULES, HOST_SCOPES, config, decide, emit, fill_header, generation_mask, kill_current,
-    path::{
-        KPath, current_task, field_ptr, field_u32, field_u64, lookup_key, task_root_and_pwd,
-        write_path,
-    },
+    EXEC_RULES, HOST_SCOPES, SCRIPT_PENDING, add_identity, config, decide, emit, fill_header,
+    generation_mask, kill_current,
+    path::{KPath, current_task, field_ptr, field_u64, lookup_key, task_root_and_pwd, write_path},
 };
+
+/// The executable's `struct file`, the key of its identity result.
+#[derive(Clone, Copy)]
+struct ExeFile {
+    file: *const u8,
+}
 
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Offset of `__data_loc char[] filename` in the tracepoint record (tracefs `format` file).
-const FILENAME_DATA_LOC: usize = 8;
+/// What `exec_path` wrote into [`EXEC_SCRATCH`]'s `exe`, for the same hook call.
+#[repr(C)]
+struct ExePathSlot {
+    pid_tgid: u64,
+    file: u64,
+    len: u32,
+    truncated: u32,
+}
 
-#[tracepoint]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+#[map]
+static EXE_PATH_SLOT: PerCpuArray<ExePathSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// Raw `sched_process_exec`, attached before [`sched_process_exec`]: writes the executable's
+/// canonical path into the exec record's scratch (a path walk of its own: the recording
+/// program's budget holds only the working directory's).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_path(_ctx: RawTracePointContext) -> i32 {
+    let Some(config) = config() else {
+        return 0;
+    };
+    if config.offsets_valid != 1 || (bpf_get_current_pid_tgid() >> 32) as u32 == config.self_tgid {
+        return 0;
+    }
+    let (Some(event), Some(slot)) = (EXEC_SCRATCH.get_ptr_mut(0), EXE_PATH_SLOT.get_ptr_mut(0))
+    else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch and slot, handed to the next program of this hook call.
+    let (event, slot) = unsafe { (&mut *event, &mut *slot) };
+    let o = &config.offsets;
+    let mm = field_ptr(current_task(), o.task_mm);
+    let exe_file = field_ptr(mm, o.mm_exe_file);
+    if exe_file.is_null() {
+        return 0;
+    }
+    let (root, _) = task_root_and_pwd(o);
+    let exe = KPath::at(o, exe_file.wrapping_add(o.file_path as usize));
+    let (len, cut) = write_path(o, exe, root, &mut event.exe);
+    slot.pid_tgid = bpf_get_current_pid_tgid();
+    slot.file = exe_file as u64;
+    slot.len = len;
+    slot.truncated = u32::from(cut);
+    0
+}
+
+/// The executable path `exec_path` left for `file` in this hook call: length and cut flag.
+#[inline(always)]
+fn take_exe_path(file: *const u8) -> Option<(u32, bool)> {
+    let slot = EXE_PATH_SLOT.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, read and cleared by the program of the same hook call.
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != bpf_get_current_pid_tgid() || slot.file != file as u64 {
+        return None;
+    }
+    slot.pid_tgid = 0;
+    Some((slot.len, slot.truncated != 0))
+}
+
+/// Raw `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
+/// the new image is in place (credentials committed), its first instruction not yet run.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let Some(event) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -45,29 +105,38 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     fill_header(&mut event.header, EventKind::Exec as u32, Action::Observed, 0);
-    let (filename_len, filename_cut) = read_filename(&ctx, &mut event.filename);
-    event.filename_len = filename_len;
-    if filename_cut {
-        event.header.flags |= FLAG_PATH_TRUNCATED;
-    }
+    event.filename_len = 0;
     event.exe_len = 0;
     event.cwd_len = 0;
     event.args_len = 0;
+    let mut interpreted = false;
+    let mut exe_path = None;
     if config.offsets_valid == 1 {
         let o = &config.offsets;
+        let bprm: *const u8 = ctx.arg::<u64>(2) as *const u8;
+        let filename = field_ptr(bprm, o.binprm_filename);
+        // binfmt_script and binfmt_misc set `interp` to the interpreter they run instead.
+        interpreted = !filename.is_null() && filename != field_ptr(bprm, o.binprm_interp);
+        let (filename_len, filename_cut) = read_filename(filename, &mut event.filename);
+        event.filename_len = filename_len;
+        if filename_cut {
+            event.header.flags |= FLAG_PATH_TRUNCATED;
+        }
         let task = current_task();
-        let parent = field_ptr(task, o.task_real_parent);
-        event.header.ppid = field_u32(parent, o.task_tgid).unwrap_or(0);
         let (root, pwd) = task_root_and_pwd(o);
         let mm = field_ptr(task, o.task_mm);
         let exe_file = field_ptr(mm, o.mm_exe_file);
-        if !exe_file.is_null() {
-            let exe = KPath::at(o, exe_file.wrapping_add(o.file_path as usize));
-            let (len, cut) = write_path(o, exe, root, &mut event.exe);
+        // `exec_path` wrote the executable's path into this scratch just before.
+        if !exe_file.is_null()
+            && let Some((len, cut)) = take_exe_path(exe_file)
+        {
             event.exe_len = len;
             if cut {
                 event.header.flags |= FLAG_PATH_TRUNCATED;
             }
+        }
+        if !exe_file.is_null() {
+            exe_path = Some(ExeFile { file: exe_file });
         }
         let (len, cut) = write_path(o, pwd, root, &mut event.cwd);
         event.cwd_len = len;
@@ -82,21 +151,43 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is a plain u64 copied out at once.
     let scope =
         unsafe { HOST_SCOPES.get(&cgroup_id) }.copied().unwrap_or(0) & generation_mask(config);
+    let tgid = event.header.pid;
+    if interpreted && scope != 0 {
+        // The script itself is not open any more: its interpreter's open of it is checked.
+        let _ = SCRIPT_PENDING.insert(&tgid, &scope, 0);
+    } else {
+        let _ = SCRIPT_PENDING.remove(&tgid);
+    }
     if scope != 0 {
-        let mut verdict = None;
+        let mut acc = (0_u64, 0_u64, 0_u32);
         if let Some(key) = lookup_key(event.exe.as_ptr(), event.exe_len)
             && let Some(masks) = EXEC_RULES.get(key)
         {
-            verdict = decide(config, scope, masks.audit, masks.block);
+            acc.0 |= masks.audit;
+            acc.1 |= masks.block;
         }
-        if verdict.is_none()
-            && event.filename[0] == b'/'
+        if event.filename[0] == b'/'
             && let Some(key) = lookup_key(event.filename.as_ptr(), event.filename_len)
             && let Some(masks) = EXEC_RULES.get(key)
         {
-            verdict = decide(config, scope, masks.audit, masks.block);
+            acc.0 |= masks.audit;
+            acc.1 |= masks.block;
         }
-        if verdict.is_none() && event.header.uid == 0 {
+        if let Some(exe) = exe_path {
+            // The executable as an object: any name, hard link, bind mount or descriptor.
+            // Checked by `exec_identity` just before this program (its own verifier budget).
+            if let Some(identity) = super::identity::take(exe.file) {
+                add_identity(config, scope, &identity, 1 << ACCESS_EXEC, &mut acc);
+            }
+        }
+        event.header.flags |= acc.2;
+        let mut verdict = decide(config, scope, acc.0, acc.1);
+        // Root as the kernel checks it: effective uid 0, real uid 0, or every capability.
+        let caps = super::current_caps(config);
+        let root = event.header.euid == 0
+            || event.header.uid == 0
+            || (config.cap_full != 0 && caps & config.cap_full == config.cap_full);
+        if verdict.is_none() && root {
             verdict = decide(config, scope, config.noroot_audit, config.noroot_block);
         }
         if let Some((action, policy)) = verdict {
@@ -124,6 +215,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if (pid_tgid >> 32) as u32 == config.self_tgid {
         return 0;
     }
+    let _ = SCRIPT_PENDING.remove(&((pid_tgid >> 32) as u32));
     let mut event = ExitEvent { header: Default::default() };
     fill_header(&mut event.header, EventKind::Exit as u32, Action::Observed, 0);
     if !emit(&event) {
@@ -134,19 +226,16 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Copies the tracepoint's filename into `dst`; returns its length and whether it was cut.
+/// Copies `bprm->filename` (the name exec was given) into `dst`; returns its length and
+/// whether it was cut.
 #[inline(always)]
-fn read_filename(ctx: &TracePointContext, dst: &mut [u8; MAX_PATH_LEN]) -> (u32, bool) {
-    // SAFETY: the tracepoint record has a u32 __data_loc at this offset (checked in tracefs).
-    let Ok(data_loc) = (unsafe { ctx.read_at::<u32>(FILENAME_DATA_LOC) }) else {
+fn read_filename(src: *const u8, dst: &mut [u8; MAX_PATH_LEN]) -> (u32, bool) {
+    if src.is_null() {
         return (0, false);
-    };
-    let offset = (data_loc & 0xffff) as usize;
-    let src_len = (data_loc >> 16) as usize; // includes the NUL
-    // SAFETY: offset and length come from the kernel's own record; the helper bounds the copy.
-    let src = unsafe { ctx.as_ptr().cast::<u8>().add(offset) };
+    }
+    // SAFETY: the helper bounds the copy by `dst` and checks the source address.
     match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, dst) } {
-        Ok(bytes) => (bytes.len() as u32, src_len > MAX_PATH_LEN),
+        Ok(bytes) => (bytes.len() as u32, bytes.len() + 1 >= MAX_PATH_LEN),
         Err(_) => (0, false),
     }
 }

@@ -13,14 +13,15 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::host::{
-    ACCESS_CREATE, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind, FILE_OP_OPEN,
-    FLAG_PATH_TRUNCATED, FileEvent, FileMasks, LossCounter, OpenArgs, RULE_SYSCALLS_MAX_ENTRIES,
-    SYSCALL_STR_LEN, SavedSyscall, SyscallArgsEvent, SyscallEvent, SyscallInterest,
+    ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
+    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks,
+    LossCounter, OpenArgs, RULE_SYSCALLS_MAX_ENTRIES, SYSCALL_STR_LEN, SavedSyscall,
+    SyscallArgsEvent, SyscallEvent, SyscallInterest,
 };
 
 use super::{
-    FILE_RULES, OPEN_ARGS, SYSCALL_RULES, config, count_loss, current_scope, decide, emit,
-    fill_header, kill_current,
+    EXEC_RULES, FILE_RULES, OPEN_ARGS, SCRIPT_PENDING, SYSCALL_RULES, add_identity, config,
+    count_loss, current_scope, decide, emit, fill_header, kill_current,
     path::{KPath, current_file, field_u64, lookup_key, task_root_and_pwd, write_path},
 };
 
@@ -43,6 +44,7 @@ const O_WRONLY: u64 = 1;
 const O_RDWR: u64 = 2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
+const O_PATH: u64 = 0o10000000;
 
 #[map]
 pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -161,23 +163,61 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let (root, _) = task_root_and_pwd(o);
     let target = KPath::at(o, file.wrapping_add(o.file_path as usize));
     let (len, cut) = write_path(o, target, root, &mut event.path);
-    let Some(masks) = lookup_key(event.path.as_ptr(), len).and_then(|key| FILE_RULES.get(key))
-    else {
-        return 0;
-    };
-    let (audit, block) = masks_for(masks, open.access);
-    let (action, policy) = match decide(config, open.scope, audit, block) {
+    // A process started from a `#!` script: the script it opens is checked as an executable.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let script = unsafe { SCRIPT_PENDING.get(&tgid) }.is_some();
+    let mut acc = (0_u64, 0_u64, 0_u32);
+    let mut observe = 0;
+    if let Some(key) = lookup_key(event.path.as_ptr(), len) {
+        if let Some(masks) = FILE_RULES.get(key) {
+            let (audit, block) = masks_for(masks, open.access);
+            acc.0 |= audit;
+            acc.1 |= block;
+            observe = masks.observe;
+        }
+        if script && let Some(masks) = EXEC_RULES.get(key) {
+            acc.0 |= masks.audit;
+            acc.1 |= masks.block;
+            if (masks.audit | masks.block) & open.scope != 0 {
+                acc.2 |= FLAG_SCRIPT;
+            }
+        }
+    }
+    // The object itself: a hard link, bind mount, chroot or /proc/<pid>/root path reaches
+    // the same inode.
+    // Checked by `open_identity` just before this program (its own verifier budget).
+    let identity = super::identity::take(file);
+    let kinds = open.access | if script { 1 << ACCESS_EXEC } else { 0 };
+    if let Some(identity) = &identity {
+        add_identity(config, open.scope, identity, kinds, &mut acc);
+    }
+    if script
+        && let Some(identity) = &identity
+        && let Some(masks) = identity.masks
+        && (masks.audit[ACCESS_EXEC] | masks.block[ACCESS_EXEC]) & open.scope != 0
+    {
+        acc.2 |= FLAG_SCRIPT;
+    }
+    let (action, policy) = match decide(config, open.scope, acc.0, acc.1) {
         Some(decided) => decided,
         // No policy decides, but the rules engine watches this path in this cgroup.
-        None if masks.observe & open.scope != 0 => (Action::Observed, 0),
+        None if observe & open.scope != 0 => (Action::Observed, 0),
         None => return 0,
     };
     fill_header(&mut event.header, EventKind::File as u32, action, policy);
+    event.header.flags |= acc.2;
     if cut {
         event.header.flags |= FLAG_PATH_TRUNCATED;
     }
-    event.op = FILE_OP_OPEN;
-    event.access = open.access;
+    if acc.2 & FLAG_SCRIPT != 0 {
+        event.op = FILE_OP_EXEC;
+        event.access = open.access | (1 << ACCESS_EXEC);
+        let _ = SCRIPT_PENDING.remove(&tgid);
+    } else {
+        event.op = FILE_OP_OPEN;
+        event.access = open.access;
+    }
     event.path_len = len;
     event.open_flags = open.flags;
     event.fd = fd as i32;
@@ -261,6 +301,11 @@ fn remember_open(scope: u64, flags: u64, filename: u64, dirfd: i32) {
 /// `1 << ACCESS_*` bits for open flags.
 #[inline(always)]
 fn access_of(flags: u64) -> u32 {
+    // An O_PATH descriptor reads nothing; reopening it (/proc/self/fd) or executing it
+    // (execveat) is an open or exec of its own, checked then.
+    if flags & O_PATH != 0 {
+        return 0;
+    }
     let mut access = match flags & O_ACCMODE {
         O_WRONLY => 1 << ACCESS_WRITE,
         O_RDWR => (1 << ACCESS_READ) | (1 << ACCESS_WRITE),
@@ -281,10 +326,10 @@ fn masks_for(masks: &FileMasks, access: u32) -> (u64, u64) {
     let (mut audit, mut block) = (0, 0);
     let mut kind = 0;
     while kind < ACCESS_KINDS {
-        if access & (1 << kind) != 0 {
-            audit |= masks.audit[kind];
-            block |= masks.block[kind];
-        }
+        // Branch-free: an unknown `access` would otherwise fork the verifier's states per kind.
+        let select = u64::from((access >> kind) & 1).wrapping_neg();
+        audit |= masks.audit[kind] & select;
+        block |= masks.block[kind] & select;
         kind += 1;
     }
     (audit, block)

@@ -1,22 +1,60 @@
-//! Unlink and rename: `syscalls/sys_enter_{unlink,unlinkat,rmdir,rename,renameat,renameat2}`
-//! tracepoints, one small program each (a path walk inside the raw `sys_enter` program exceeds
-//! the verifier's budget). Decided at entry on the path as given, joined to the working
-//! directory or directory descriptor when relative; `..` is not resolved in the kernel. A
-//! rename is matched on its source; its destination is sent as given.
+//! Operations that change a directory: unlink, rmdir, rename (source and destination, also
+//! `RENAME_EXCHANGE`), link, symlink and truncate, one small `syscalls/sys_enter_*` tracepoint
+//! program each (a path walk inside the raw `sys_enter` program exceeds the verifier's budget).
+//!
+//! The `*at()` forms with a directory descriptor argument (renameat, renameat2, linkat,
+//! symlinkat) match by spelling only: a descriptor-chosen base plus an identity walk exceeds
+//! the verifier's budget in one program. unlinkat, and the forms relative to the working
+//! directory, also match the directory's identity.
+//!
+//! Decided at entry, and the kernel still completes that one call (no BPF-LSM here): a Block
+//! match kills the process (`Action::Killed`). Each path is matched by its spelling (joined to
+//! the working directory or directory descriptor when relative; `..` not resolved in the
+//! kernel) and, when it names an entry of the starting directory itself (one component, the
+//! common `*at()` form), by the identity of that directory and its ancestors.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user, bpf_probe_read_user_str,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use sensor_common::host::{
-    ACCESS_DELETE, ACCESS_RENAME, Action, EventKind, FILE_OP_RENAME, FILE_OP_UNLINK,
-    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED,
+    ACCESS_CREATE, ACCESS_DELETE, ACCESS_READ, ACCESS_RENAME, ACCESS_WRITE, Action, EventKind,
+    FILE_OP_LINK, FILE_OP_RENAME, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
+    FLAG_PATH_TRUNCATED, FLAG_PATH2_TRUNCATED, FileEvent, MAX_COMPONENT_LEN,
+    MAX_DIR_IDENTITY_DEPTH, MAX_PATH_LEN, PATH_SLOT_LEN, ROLE_BELOW, ROLE_SELF,
 };
 
 use super::{
-    FILE_RULES, config, current_scope, decide, emit, fill_header, kill_current,
-    path::{lookup_key, write_user_path},
+    FILE_RULES, HostConfig, add_identity, config, current_scope, decide, emit, fill_header,
+    kill_current,
+    path::{Identity, KPath, current_file, identity_walk, lookup_key, write_user_path},
     syscalls::FILE_SCRATCH,
 };
 
 const AT_FDCWD: i64 = -100;
+const AT_EMPTY_PATH: u64 = 0x1000;
+
+const DELETE: u32 = 1 << ACCESS_DELETE;
+const RENAME: u32 = 1 << ACCESS_RENAME;
+const CREATE: u32 = 1 << ACCESS_CREATE;
+const WRITE: u32 = 1 << ACCESS_WRITE;
+/// Every file access kind: making a new name for a protected object is an access to it.
+const ANY: u32 = (1 << ACCESS_READ) | WRITE | CREATE | DELETE | RENAME;
+
+/// What the second path of an operation is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Second {
+    None,
+    /// A path the operation changes (rename or link destination): resolved and matched.
+    Matched,
+    /// A string the operation stores (a symlink's target): reported as given.
+    Text,
+}
 
 /// A directory descriptor argument: an `int` the register holds zero-extended.
 #[inline(always)]
@@ -33,37 +71,253 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
 
 #[tracepoint]
 pub fn sys_enter_unlinkat(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_UNLINK, dfd(&ctx, 16), arg(&ctx, 24), AT_FDCWD, 0)
+    let one = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: DELETE };
+    check::<true>(FILE_OP_UNLINK, one, Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_UNLINK, AT_FDCWD, arg(&ctx, 16), AT_FDCWD, 0)
+    check::<true>(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_rmdir(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_UNLINK, AT_FDCWD, arg(&ctx, 16), AT_FDCWD, 0)
+    check::<true>(FILE_OP_UNLINK, Path::cwd(arg(&ctx, 16), DELETE), Path::NONE, Second::None)
+}
+
+#[tracepoint]
+pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
+    check::<true>(FILE_OP_TRUNCATE, Path::cwd(arg(&ctx, 16), WRITE), Path::NONE, Second::None)
 }
 
 #[tracepoint]
 pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_RENAME, AT_FDCWD, arg(&ctx, 16), AT_FDCWD, arg(&ctx, 24))
-}
-
-/// renameat and renameat2 share the first four fields.
-#[tracepoint]
-pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_RENAME, dfd(&ctx, 16), arg(&ctx, 24), dfd(&ctx, 32), arg(&ctx, 40))
+    let to = Path::cwd(arg(&ctx, 24), RENAME | CREATE | WRITE);
+    check::<true>(FILE_OP_RENAME, Path::cwd(arg(&ctx, 16), RENAME), to, Second::Matched)
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    check(FILE_OP_RENAME, dfd(&ctx, 16), arg(&ctx, 24), dfd(&ctx, 32), arg(&ctx, 40))
+    let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: RENAME };
+    let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: RENAME | CREATE | WRITE };
+    check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
+}
+
+/// renameat2 (also `RENAME_EXCHANGE`, `RENAME_NOREPLACE`, `RENAME_WHITEOUT`).
+#[tracepoint]
+pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
+    // The flags are not read: with `RENAME_EXCHANGE` the source is replaced too, so the
+    // source is always matched as a destination (a flag-dependent match exceeds the
+    // verifier's budget here). Without it, renaming a protected file away also changes it.
+    let from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: RENAME | CREATE | WRITE };
+    let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: RENAME | CREATE | WRITE };
+    check::<false>(FILE_OP_RENAME, from, to, Second::Matched)
+}
+
+#[tracepoint]
+pub fn sys_enter_link(ctx: TracePointContext) -> u32 {
+    let to = Path::cwd(arg(&ctx, 24), CREATE);
+    check::<true>(FILE_OP_LINK, Path::cwd(arg(&ctx, 16), ANY), to, Second::Matched)
+}
+
+/// linkat; with `AT_EMPTY_PATH` the existing file is the descriptor itself.
+#[tracepoint]
+pub fn sys_enter_linkat(ctx: TracePointContext) -> u32 {
+    let mut from = Path { dfd: dfd(&ctx, 16), ptr: arg(&ctx, 24), kinds: ANY };
+    if arg(&ctx, 48) & AT_EMPTY_PATH != 0 {
+        from.kinds |= EMPTY_PATH;
+    }
+    let to = Path { dfd: dfd(&ctx, 32), ptr: arg(&ctx, 40), kinds: CREATE };
+    check::<false>(FILE_OP_LINK, from, to, Second::Matched)
+}
+
+/// symlink: the new link is what is created; its target is only text.
+#[tracepoint]
+pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
+    let target = Path::cwd(arg(&ctx, 16), 0);
+    check::<true>(FILE_OP_SYMLINK, Path::cwd(arg(&ctx, 24), CREATE), target, Second::Text)
+}
+
+#[tracepoint]
+pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
+    let target = Path::cwd(arg(&ctx, 16), 0);
+    let link = Path { dfd: dfd(&ctx, 24), ptr: arg(&ctx, 32), kinds: CREATE };
+    check::<false>(FILE_OP_SYMLINK, link, target, Second::Text)
+}
+
+/// `kinds` bit (above the access kinds) for "the path is empty: the descriptor is the file".
+const EMPTY_PATH: u32 = 1 << 16;
+
+/// One path argument: directory descriptor, user pointer, and the access kinds it asks for.
+#[derive(Clone, Copy)]
+struct Path {
+    dfd: i64,
+    ptr: u64,
+    kinds: u32,
+}
+
+impl Path {
+    const NONE: Self = Self { dfd: AT_FDCWD, ptr: 0, kinds: 0 };
+
+    fn cwd(ptr: u64, kinds: u32) -> Self {
+        Self { dfd: AT_FDCWD, ptr, kinds }
+    }
+}
+
+/// True when bytes `from..to` of `buf` hold no `/` (one path component).
+#[inline(always)]
+fn one_component(buf: &[u8; PATH_SLOT_LEN], from: u32, to: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_COMPONENT_LEN as u32 {
+        let at = from + i;
+        if at >= to {
+            return true;
+        }
+        match buf.get(at as usize) {
+            Some(b'/') | None => return false,
+            Some(_) => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// What matching one path found, for the second path of the same call.
+struct Matched {
+    len: u32,
+    truncated: bool,
+    /// Bytes of the slot the starting directory took (relative paths), 0 otherwise.
+    base_len: u32,
+    /// The starting directory's identity check (relative one-component paths).
+    identity: Option<Identity>,
+}
+
+/// Writes one path into `out` and matches it by spelling and identity into `acc`.
+#[inline(always)]
+fn match_path<const IDENTITY: bool>(
+    config: &HostConfig,
+    scope: u64,
+    path: Path,
+    out: &mut [u8; PATH_SLOT_LEN],
+    acc: &mut (u64, u64, u32),
+) -> Matched {
+    let o = &config.offsets;
+    let kinds = path.kinds & 0xffff;
+    if IDENTITY && path.kinds & EMPTY_PATH != 0 && path.dfd >= 0 {
+        // The descriptor's own file: its identity, exactly.
+        let file = current_file(o, path.dfd as u32);
+        if !file.is_null() {
+            let target = KPath::at(o, file.wrapping_add(o.file_path as usize));
+            let identity = identity_walk::<MAX_DIR_IDENTITY_DEPTH>(o, target, ROLE_SELF);
+            add_identity(config, scope, &identity, kinds, acc);
+            let (root, _) = super::path::task_root_and_pwd(o);
+            let (len, truncated) = super::path::write_path(o, target, root, out);
+            return Matched { len, truncated, base_len: 0, identity: None };
+        }
+    }
+    let written = write_user_path(o, path.dfd, path.ptr as *const u8, out);
+    add_spelling(out, written.len, kinds, acc);
+    let mut identity = None;
+    if IDENTITY
+        && let Some(base) = written.base
+        && one_component(out, written.base_len, written.len)
+    {
+        // An entry of the starting directory: that directory's identity decides.
+        let found = identity_walk::<MAX_DIR_IDENTITY_DEPTH>(o, base, ROLE_BELOW);
+        add_identity(config, scope, &found, kinds, acc);
+        identity = Some(found);
+    }
+    Matched {
+        len: written.len,
+        truncated: written.truncated,
+        base_len: if written.base.is_some() { written.base_len } else { 0 },
+        identity,
+    }
+}
+
+/// Adds the masks of the path rules the spelled path in `out` matches.
+#[inline(always)]
+fn add_spelling(out: &[u8; PATH_SLOT_LEN], len: u32, kinds: u32, acc: &mut (u64, u64, u32)) {
+    if let Some(m) = lookup_key(out.as_ptr(), len).and_then(|key| FILE_RULES.get(key)) {
+        let (audit, block) = file_masks_for(m, kinds);
+        acc.0 |= audit;
+        acc.1 |= block;
+    }
+}
+
+/// Writes and matches the second path of a rename or link without a second directory walk
+/// (over the verifier's budget in one program): absolute as given; relative to the same
+/// directory as the first path by reusing the first path's directory part (and identity);
+/// relative to another directory, as given (unmatched, reported relative).
+#[inline(always)]
+fn match_second(
+    config: &HostConfig,
+    scope: u64,
+    one: Path,
+    first: &Matched,
+    two: Path,
+    event: &mut FileEvent,
+    acc: &mut (u64, u64, u32),
+) -> (u32, bool) {
+    let kinds = two.kinds & 0xffff;
+    let mut lead = 0_u8;
+    // SAFETY: reads one byte of user memory through the checked helper.
+    unsafe { bpf_probe_read_user((&raw mut lead).cast::<c_void>(), 1, two.ptr as *const c_void) };
+    let same_base = lead != b'/' && two.dfd == one.dfd && first.base_len > 0;
+    let at = if same_base { first.base_len & (MAX_PATH_LEN as u32 - 1) } else { 0 };
+    if same_base {
+        // SAFETY: copies `at` < MAX_PATH_LEN bytes between two slots of PATH_SLOT_LEN.
+        unsafe {
+            read_kernel_raw(
+                event.path2.as_mut_ptr().cast::<c_void>(),
+                at,
+                event.path.as_ptr().cast::<c_void>(),
+            )
+        };
+    }
+    let room = if same_base { MAX_COMPONENT_LEN as u32 } else { MAX_PATH_LEN as u32 };
+    // SAFETY: `at` < MAX_PATH_LEN, and `room` bytes from it stay inside the slot.
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            event.path2.as_mut_ptr().add(at as usize).cast::<c_void>(),
+            room,
+            two.ptr as *const c_void,
+        )
+    };
+    if n <= 0 {
+        return (at, true);
+    }
+    let added = n as u32 - 1;
+    let len = (at + added) & (MAX_PATH_LEN as u32 - 1);
+    let truncated = added + 1 >= room;
+    if lead == b'/' || same_base {
+        add_spelling(&event.path2, len, kinds, acc);
+    }
+    if same_base
+        && one_component(&event.path2, at, len)
+        && let Some(identity) = &first.identity
+    {
+        add_identity(config, scope, identity, kinds, acc);
+    }
+    (len, truncated)
 }
 
 #[inline(always)]
-fn check(op: u32, dfd: i64, path: u64, dfd2: i64, path2: u64) -> u32 {
+fn file_masks_for(m: &sensor_common::host::FileMasks, kinds: u32) -> (u64, u64) {
+    let (mut audit, mut block) = (0, 0);
+    let mut kind = 0;
+    while kind < sensor_common::host::ACCESS_KINDS {
+        // Branch-free: an unknown `kinds` would otherwise fork the verifier's states per kind.
+        let select = u64::from((kinds >> kind) & 1).wrapping_neg();
+        audit |= m.audit[kind] & select;
+        block |= m.block[kind] & select;
+        kind += 1;
+    }
+    (audit, block)
+}
+
+#[inline(always)]
+fn check<const IDENTITY: bool>(op: u32, one: Path, two: Path, second: Second) -> u32 {
     let Some(config) = config() else {
         return 0;
     };
@@ -78,37 +332,38 @@ fn check(op: u32, dfd: i64, path: u64, dfd2: i64, path2: u64) -> u32 {
     };
     // SAFETY: per-CPU scratch, used by this program only until it returns.
     let event = unsafe { &mut *event };
-    let o = &config.offsets;
-    let kind = if op == FILE_OP_UNLINK { ACCESS_DELETE } else { ACCESS_RENAME };
-    let (len, cut) = write_user_path(o, dfd, path as *const u8, &mut event.path);
-    let verdict = lookup_key(event.path.as_ptr(), len)
-        .and_then(|key| FILE_RULES.get(key))
-        .and_then(|m| decide(config, scope, m.audit[kind], m.block[kind]));
+    let mut acc = (0_u64, 0_u64, 0_u32);
+    let first = match_path::<IDENTITY>(config, scope, one, &mut event.path, &mut acc);
+    let (len, cut) = (first.len, first.truncated);
     let (mut len2, mut cut2) = (0, false);
     event.path2[0] = 0;
-    if op == FILE_OP_RENAME {
-        // The new name as given: a second path walk in one program exceeds the verifier's
-        // budget, so rules match the source and userspace resolves the destination.
-        let _ = dfd2;
-        // SAFETY: the helper writes at most MAX_PATH_LEN bytes into the slot.
-        let n = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user_str(
-                event.path2.as_mut_ptr().cast(),
-                sensor_common::host::MAX_PATH_LEN as u32,
-                path2 as *const core::ffi::c_void,
-            )
-        };
-        if n > 0 {
-            len2 = n as u32 - 1;
-            cut2 = len2 + 1 >= sensor_common::host::MAX_PATH_LEN as u32;
+    match second {
+        Second::None => {}
+        Second::Matched => {
+            (len2, cut2) = match_second(config, scope, one, &first, two, event, &mut acc);
+        }
+        Second::Text => {
+            // SAFETY: the helper writes at most MAX_PATH_LEN bytes into the slot.
+            let n = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+                    event.path2.as_mut_ptr().cast(),
+                    MAX_PATH_LEN as u32,
+                    two.ptr as *const core::ffi::c_void,
+                )
+            };
+            if n > 0 {
+                len2 = n as u32 - 1;
+                cut2 = len2 + 1 >= MAX_PATH_LEN as u32;
+            }
         }
     }
-    let Some((action, policy)) = verdict else {
+    let Some((action, policy)) = decide(config, scope, acc.0, acc.1) else {
         return 0;
     };
     // Killing at syscall entry does not stop the call itself: say so in the event.
     let action = if action == Action::Blocked { Action::Killed } else { action };
     fill_header(&mut event.header, EventKind::File as u32, action, policy);
+    event.header.flags |= acc.2;
     if cut {
         event.header.flags |= FLAG_PATH_TRUNCATED;
     }
@@ -116,7 +371,7 @@ fn check(op: u32, dfd: i64, path: u64, dfd2: i64, path2: u64) -> u32 {
         event.header.flags |= FLAG_PATH2_TRUNCATED;
     }
     event.op = op;
-    event.access = 1 << kind;
+    event.access = (one.kinds | if second == Second::Matched { two.kinds } else { 0 }) & 0xffff;
     event.path_len = len;
     event.path2_len = len2;
     emit(event);

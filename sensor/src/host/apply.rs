@@ -6,8 +6,9 @@ use std::{collections::HashSet, hash::Hash};
 
 use aya::maps::{Array, HashMap, MapData, MapError, lpm_trie::LpmTrie};
 use sensor_common::host::{
-    BIND_RULES_MAX_ENTRIES, BindKey, FileMasks, HOST_SCOPES_MAX_ENTRIES, HostConfig, KernelOffsets,
-    PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks, SYSCALL_RULES_MAX_ENTRIES,
+    BIND_RULES_MAX_ENTRIES, BindKey, FileMasks, HOST_SCOPES_MAX_ENTRIES, HostConfig,
+    INODE_RULES_MAX_ENTRIES, InodeKey, InodeMasks, KernelOffsets, PATH_RULES_MAX_ENTRIES, PathKey,
+    RuleMasks, SYSCALL_RULES_MAX_ENTRIES,
 };
 
 use super::compile::HostCompiled;
@@ -29,6 +30,7 @@ pub struct HostMaps {
     pub file: LpmTrie<MapData, PathKey, FileMasks>,
     pub bind: HashMap<MapData, BindKey, RuleMasks>,
     pub syscall: HashMap<MapData, u32, RuleMasks>,
+    pub inode: HashMap<MapData, InodeKey, InodeMasks>,
     state: HostConfig,
     live: HostCompiled,
 }
@@ -50,6 +52,16 @@ impl Merge for FileMasks {
             self.block[i] |= o.block[i];
         }
         self.observe |= o.observe;
+        self
+    }
+}
+
+impl Merge for InodeMasks {
+    fn merge(mut self, o: Self) -> Self {
+        for i in 0..self.audit.len() {
+            self.audit[i] |= o.audit[i];
+            self.block[i] |= o.block[i];
+        }
         self
     }
 }
@@ -91,6 +103,7 @@ impl HostMaps {
         file: LpmTrie<MapData, PathKey, FileMasks>,
         bind: HashMap<MapData, BindKey, RuleMasks>,
         syscall: HashMap<MapData, u32, RuleMasks>,
+        inode: HashMap<MapData, InodeKey, InodeMasks>,
     ) -> Self {
         // Maps adopted from a previous run (pinned) keep their live generation: the first
         // apply then fills the idle one and flips, as any other apply does.
@@ -103,6 +116,7 @@ impl HostMaps {
             file,
             bind,
             syscall,
+            inode,
             live: HostCompiled::default(),
         }
     }
@@ -118,6 +132,7 @@ impl HostMaps {
         self.state.self_tgid = self_tgid;
         self.state.offsets = offsets;
         self.state.offsets_valid = 1;
+        self.state.cap_full = full_capabilities();
         self.write_config()
     }
 
@@ -159,12 +174,14 @@ impl HostMaps {
             self.live.syscall.len() + new.syscall.len(),
             SYSCALL_RULES_MAX_ENTRIES,
         )?;
+        check("INODE_RULES", self.live.inode.len() + new.inode.len(), INODE_RULES_MAX_ENTRIES)?;
         let old = std::mem::take(&mut self.live);
         for final_pass in [false, true] {
             if final_pass {
                 self.state.generation = 1 - self.state.generation;
                 self.state.noroot_audit = new.noroot.audit;
                 self.state.noroot_block = new.noroot.block;
+                self.state.walk_block = new.walk_block;
                 self.write_config()?;
             }
             self.sync_all(&old, &new, final_pass)?;
@@ -235,7 +252,42 @@ impl HostMaps {
             self.syscall.remove(k).map_err(err("SYSCALL_RULES"))?;
         }
         removed += stale.len();
+        let stale: Vec<InodeKey> = self
+            .inode
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !self.live.inode.contains_key(k))
+            .collect();
+        for k in &stale {
+            self.inode.remove(k).map_err(err("INODE_RULES"))?;
+        }
+        removed += stale.len();
         Ok(removed)
+    }
+
+    /// Rewrites only the identity entries (files came or went in protected trees), for the
+    /// live generation: new entries are written before stale ones are removed.
+    pub fn update_inodes(
+        &mut self,
+        inodes: std::collections::HashMap<InodeKey, InodeMasks>,
+    ) -> Result<(), HostApplyError> {
+        if inodes.len() > INODE_RULES_MAX_ENTRIES as usize {
+            return Err(HostApplyError::TooLarge {
+                map: "INODE_RULES",
+                needed: inodes.len(),
+                capacity: INODE_RULES_MAX_ENTRIES,
+            });
+        }
+        let map = |source| HostApplyError::Map { map: "INODE_RULES", source };
+        let old = std::mem::take(&mut self.live.inode);
+        let inode_map = &mut self.inode;
+        sync(&old, &inodes, true, |k, v| match v {
+            Some(v) => inode_map.insert(k, &v, 0),
+            None => inode_map.remove(k),
+        })
+        .map_err(map)?;
+        self.live.inode = inodes;
+        Ok(())
     }
 
     /// Rewrites only the cgroup scopes (containers came or went), for the live generation.
@@ -299,8 +351,24 @@ impl HostMaps {
             None => syscall.remove(k),
         })
         .map_err(err("SYSCALL_RULES"))?;
+        let inode = &mut self.inode;
+        sync(&old.inode, &new.inode, final_pass, |k, v| match v {
+            Some(v) => inode.insert(k, &v, 0),
+            None => inode.remove(k),
+        })
+        .map_err(err("INODE_RULES"))?;
         Ok(())
     }
+}
+
+/// Every capability this kernel has (bits 0..=`/proc/sys/kernel/cap_last_cap`); 0 when unknown
+/// (then only uid 0 counts as root).
+fn full_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|last| *last < 64)
+        .map_or(0, |last| if last == 63 { u64::MAX } else { (1_u64 << (last + 1)) - 1 })
 }
 
 fn check_scopes(needed: usize) -> Result<(), HostApplyError> {

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sensor_common::host::{BindKey, FileMasks, PATH_KEY_LEN, PathKey, RULES_BIT_INDEX, RuleMasks};
+use sensor_common::host::{
+    BindKey, FileMasks, InodeKey, InodeMasks, PATH_KEY_LEN, PathKey, RULES_BIT_INDEX, RuleMasks,
+};
 
 use super::{
     cgroups::{Inventory, bare_container_id},
@@ -49,6 +51,11 @@ pub struct HostCompiled {
     pub bind: HashMap<BindKey, RuleMasks>,
     pub syscall: HashMap<u32, RuleMasks>,
     pub noroot: RuleMasks,
+    /// Objects by identity ([`super::identity`]); filled by the runtime, not by [`compile`].
+    pub inode: HashMap<InodeKey, InodeMasks>,
+    /// Policies with a Block file or executable rule: where an unfinished identity walk fails
+    /// closed.
+    pub walk_block: u64,
 }
 
 fn add(masks: &mut RuleMasks, action: PolicyAction, bit: u64) {
@@ -155,6 +162,12 @@ pub fn compile(
         }
         if let Some(action) = p.no_root {
             add(&mut out.noroot, action, bit(i));
+        }
+        let blocks = |a: PolicyAction| a == PolicyAction::Block;
+        if p.files.iter().any(|r| blocks(r.action))
+            || p.executables.iter().any(|r| blocks(r.action))
+        {
+            out.walk_block |= bit(i);
         }
     }
     if interest.cgroups != Cgroups::None {

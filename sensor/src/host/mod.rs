@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cgroups;
 pub mod compile;
+pub mod identity;
 pub mod offsets;
 pub mod policy;
 pub mod process;
@@ -48,6 +49,28 @@ pub struct HostRuntime {
     /// Wakes a rescan when a cgroup is made inside a container (see
     /// [`cgroups::SubtreeWatcher`]); None when inotify is unavailable.
     pub subtrees: Option<cgroups::SubtreeWatcher>,
+    /// When the identity entries were last resolved (files come and go in protected trees).
+    resolved_at: std::time::Instant,
+}
+
+/// How often [`HostRuntime::rescan`] resolves the policies' paths to identities again.
+const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One process of each watched container cgroup: their roots are where rule paths resolve.
+fn container_pids(
+    cgroup_root: &std::path::Path,
+    scopes: &std::collections::HashMap<u64, u64>,
+    inventory: &Inventory,
+) -> Vec<u32> {
+    scopes
+        .keys()
+        .filter_map(|id| inventory.by_id.get(id))
+        .filter(|c| c.container.is_some())
+        .filter_map(|c| {
+            let procs = cgroup_root.join(c.path.trim_start_matches('/')).join("cgroup.procs");
+            std::fs::read_to_string(procs).ok()?.lines().next()?.trim().parse().ok()
+        })
+        .collect()
 }
 
 impl HostRuntime {
@@ -59,6 +82,7 @@ impl HostRuntime {
             cgroup_root,
             view: Arc::default(),
             subtrees: None,
+            resolved_at: std::time::Instant::now(),
         }
     }
 
@@ -78,7 +102,11 @@ impl HostRuntime {
             subtrees.sync(&inventory);
         }
         let generation = self.maps.next_generation();
-        let compiled = compile::compile(&policies, &endpoints, &inventory, generation, &self.rules);
+        let mut compiled =
+            compile::compile(&policies, &endpoints, &inventory, generation, &self.rules);
+        let pids = container_pids(&self.cgroup_root, &compiled.scopes, &inventory);
+        compiled.inode = self.resolve(&policies, generation, &pids);
+        self.resolved_at = std::time::Instant::now();
         let names = compiled.names.clone();
         self.maps.apply(compiled)?;
         self.policies = policies;
@@ -106,6 +134,14 @@ impl HostRuntime {
             &self.rules,
         );
         let watched = compiled.scopes.len();
+        if self.resolved_at.elapsed() >= RESOLVE_EVERY {
+            self.resolved_at = std::time::Instant::now();
+            let pids = container_pids(&self.cgroup_root, &compiled.scopes, &inventory);
+            let inodes = self.resolve(&self.policies, self.maps.live_generation(), &pids);
+            if inodes != self.maps.live().inode {
+                self.maps.update_inodes(inodes)?;
+            }
+        }
         if compiled.scopes != self.maps.live().scopes {
             self.maps.update_scopes(compiled.scopes)?;
         }
@@ -135,6 +171,26 @@ impl HostRuntime {
     /// The cgroup v2 mount the scans walk.
     pub fn cgroup_root(&self) -> &std::path::Path {
         &self.cgroup_root
+    }
+
+    /// The identity entries of `policies`, logging trees too large to enter whole.
+    fn resolve(
+        &self,
+        policies: &[HostPolicy],
+        generation: u32,
+        pids: &[u32],
+    ) -> std::collections::HashMap<sensor_common::host::InodeKey, sensor_common::host::InodeMasks>
+    {
+        let resolved = identity::resolve(policies, generation, pids);
+        if resolved.skipped > 0 {
+            tracing::warn!(
+                skipped = resolved.skipped,
+                limit = identity::MAX_MEMBERS,
+                "protected trees hold more objects than the identity map takes: the rest match \
+                 through their directories only (hard links to them are not seen)"
+            );
+        }
+        resolved.entries
     }
 
     pub fn watched_cgroups(&self) -> usize {

@@ -70,7 +70,18 @@ pub fn read(btf_path: &Path) -> Result<KernelOffsets, OffsetsError> {
         files_fdt: of("files_struct", "fdt")?,
         fdt_max_fds: of("fdtable", "max_fds")?,
         fdt_fd: of("fdtable", "fd")?,
-        _pad: 0,
+        task_cred: of("task_struct", "cred")?,
+        cred_euid: of("cred", "euid")?,
+        cred_egid: of("cred", "egid")?,
+        cred_cap_effective: of("cred", "cap_effective")?,
+        // Only kernels with CONFIG_AUDIT have it; records then say u32::MAX (unset).
+        task_loginuid: of("task_struct", "loginuid").unwrap_or(u32::MAX),
+        dentry_inode: of("dentry", "d_inode")?,
+        inode_ino: of("inode", "i_ino")?,
+        inode_sb: of("inode", "i_sb")?,
+        sb_dev: of("super_block", "s_dev")?,
+        binprm_filename: of("linux_binprm", "filename")?,
+        binprm_interp: of("linux_binprm", "interp")?,
     })
 }
 

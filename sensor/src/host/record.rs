@@ -37,6 +37,15 @@ pub struct Pod {
     pub pod_labels: BTreeMap<String, String>,
 }
 
+/// Credentials as the kernel checks them (Tetragon's `process_credentials`).
+#[derive(Debug, Serialize)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Process<'a> {
     pub pid: u32,
@@ -44,6 +53,9 @@ pub struct Process<'a> {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub process_credentials: Credentials,
+    /// Audit login uid (`user.loginuid` in Falco); 4294967295 when unset.
+    pub auid: u32,
     pub binary: &'a str,
     /// Arguments after argv[0], space-separated, as Tetragon prints them.
     pub arguments: String,
@@ -75,8 +87,12 @@ pub struct Body<'a> {
     pub operation: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub new_path_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access: Option<&'a [&'static str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,8 +103,13 @@ pub struct Body<'a> {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
-    /// `observed`, `audit`, `would_block` or `blocked`.
+    /// `observed`, `audit`, `would_block`, `blocked` (the operation did not happen) or
+    /// `killed` (the process was killed at the call; the call itself may have completed).
     pub action: &'static str,
+    /// How the deciding rule matched: `path` (its spelling), `inode` (the object's identity),
+    /// or `walk_limit` (the ancestors could not all be checked: decided closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_name: Option<String>,
 }
@@ -143,6 +164,18 @@ pub struct HostFormatter {
     /// cgroup nested in one, created since): the agent rescans at once instead of at the next
     /// periodic scan, so the kernel's scope map covers it within milliseconds.
     pub unknown_cgroup: Arc<tokio::sync::Notify>,
+}
+
+/// [`Body::matched_by`] from a record's flags.
+fn matched_by(flags: u32) -> &'static str {
+    use sensor_common::host::{FLAG_IDENTITY, FLAG_WALK_INCOMPLETE};
+    if flags & FLAG_WALK_INCOMPLETE != 0 {
+        "walk_limit"
+    } else if flags & FLAG_IDENTITY != 0 {
+        "inode"
+    } else {
+        "path"
+    }
 }
 
 fn joined_args(args: &[String]) -> String {
@@ -233,6 +266,13 @@ impl HostFormatter {
                 ppid: header.ppid,
                 uid: header.uid,
                 gid: header.gid,
+                process_credentials: Credentials {
+                    uid: header.uid,
+                    gid: header.gid,
+                    euid: header.euid,
+                    egid: header.egid,
+                },
+                auid: header.loginuid,
                 binary: &e.process.binary,
                 arguments: joined_args(&e.process.args),
                 arguments_truncated: false,
@@ -250,25 +290,33 @@ impl HostFormatter {
             },
             operation: None,
             path: None,
+            path_truncated: false,
             new_path: None,
+            new_path_truncated: false,
             access: None,
             protocol: None,
             address: None,
             port: None,
             syscall: None,
             action: header.action,
+            matched_by: None,
             policy_name: None,
         };
         match &e.detail {
             Detail::Exec { binary_truncated, args_truncated } => {
                 body.process.binary_truncated = *binary_truncated;
                 body.process.arguments_truncated = *args_truncated;
+                body.matched_by = (header.policy != 0).then(|| matched_by(header.flags));
             }
             Detail::Exit => {}
             Detail::File(op) => {
                 body.operation = Some(op.operation);
+                body.matched_by = (header.policy != 0).then(|| matched_by(header.flags));
                 body.path = Some(&op.path);
+                body.path_truncated = op.path_truncated;
                 body.new_path = op.new_path.as_deref();
+                body.new_path_truncated =
+                    header.flags & sensor_common::host::FLAG_PATH2_TRUNCATED != 0;
                 body.access = Some(&op.access);
             }
             Detail::Sock(op) => {
