@@ -227,6 +227,8 @@ fn container_info(pod: &Pod, status: &PodStatus) -> Box<[ContainerInfo]> {
             })
         })
         .collect()
+}
+
 /// The named ports of a pod's containers (`protocol` defaults to TCP, as the API server
 /// defaults it). Ports the API server would not accept are left out.
 fn named_ports(spec: &PodSpec) -> Box<[ContainerPort]> {
