@@ -26,7 +26,7 @@ impl Rng {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -37,12 +37,12 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -75,6 +75,9 @@ pub enum Family {
 
 pub type Labels = BTreeMap<String, String>;
 
+/// A container port: (name, port, protocol).
+pub type ContainerPort = (String, u16, Proto);
+
 #[derive(Debug, Clone)]
 pub struct Namespace {
     pub name: String,
@@ -89,8 +92,7 @@ pub struct Pod {
     pub labels: Labels,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
-    /// Container ports: (name, port, protocol).
-    pub ports: Vec<(String, u16, Proto)>,
+    pub ports: Vec<ContainerPort>,
 }
 
 impl Pod {
@@ -122,8 +124,13 @@ impl World {
                 .into(),
         };
         let p = |s: &str, n: u16, proto| (s.to_owned(), n, proto);
-        let specs: [(&str, &str, &str, Vec<(String, u16, Proto)>); 4] = [
-            ("x", "a", "web", vec![p("web", 80, Proto::Tcp), p("alt", 81, Proto::Tcp), p("dns", 81, Proto::Udp)]),
+        let specs: [(&str, &str, &str, Vec<ContainerPort>); 4] = [
+            (
+                "x",
+                "a",
+                "web",
+                vec![p("web", 80, Proto::Tcp), p("alt", 81, Proto::Tcp), p("dns", 81, Proto::Udp)],
+            ),
             ("x", "b", "db", vec![p("web", 81, Proto::Tcp), p("dns", 80, Proto::Udp)]),
             ("y", "a", "web", vec![p("web", 80, Proto::Tcp), p("alt", 81, Proto::Tcp)]),
             ("y", "c", "db", vec![p("dns", 81, Proto::Udp), p("web", 81, Proto::Tcp)]),
@@ -260,9 +267,10 @@ impl Port {
             }
             Self::Named { proto: p, name } => {
                 proto_ok(p)
-                    && owner.ports.iter().any(|(n, number, pp)| {
-                        n == name && *number == port && *pp == proto
-                    })
+                    && owner
+                        .ports
+                        .iter()
+                        .any(|(n, number, pp)| n == name && *number == port && *pp == proto)
             }
             Self::Any { proto: p } => proto_ok(p),
         }
@@ -439,7 +447,9 @@ fn direction_allows(
                     let port_ok = match &r.ports {
                         None => true,
                         Some(list) if list.is_empty() => true,
-                        Some(list) => list.iter().any(|p| p.matches(owner, probe.proto, probe.port)),
+                        Some(list) => {
+                            list.iter().any(|p| p.matches(owner, probe.proto, probe.port))
+                        }
                     };
                     peer_ok && port_ok
                 });
@@ -684,12 +694,14 @@ fn gen_sel(rng: &mut Rng, prefix: &str) -> Sel {
     match rng.below(6) {
         0 => {}
         1 | 2 => {
-            let (k, values) = *rng.pick(&[("app", &["web", "db"][..]), ("pod", &["a", "b", "c"][..])]);
+            let (k, values) =
+                *rng.pick(&[("app", &["web", "db"][..]), ("pod", &["a", "b", "c"][..])]);
             sel.labels.push((key(rng, k), (*rng.pick(values)).to_owned()));
         }
         3 => {
             let op = *rng.pick(&[Op::In, Op::NotIn]);
-            let values = if rng.chance(50) { vec!["web".into()] } else { vec!["db".into(), "x".into()] };
+            let values =
+                if rng.chance(50) { vec!["web".into()] } else { vec!["db".into(), "x".into()] };
             sel.exprs.push((key(rng, "app"), op, values));
         }
         4 => {
@@ -710,7 +722,9 @@ fn gen_ns_sel(rng: &mut Rng) -> Sel {
     match rng.below(4) {
         0 => {}
         1 => sel.labels.push(("ns".into(), (*rng.pick(&["x", "y"])).into())),
-        2 => sel.labels.push(("kubernetes.io/metadata.name".into(), (*rng.pick(&["x", "y"])).into())),
+        2 => {
+            sel.labels.push(("kubernetes.io/metadata.name".into(), (*rng.pick(&["x", "y"])).into()))
+        }
         _ => sel.exprs.push(("team".into(), Op::In, vec![(*rng.pick(&["a", "b"])).into()])),
     }
     sel
@@ -727,7 +741,10 @@ fn gen_port(rng: &mut Rng, np: bool) -> Port {
     match rng.below(5) {
         0 | 1 => Port::Number { proto: proto(rng), port: *rng.pick(&PORTS), end: None },
         2 => Port::Number { proto: proto(rng), port: 79, end: Some(*rng.pick(&[80, 81])) },
-        3 => Port::Named { proto: proto(rng), name: (*rng.pick(&["web", "alt", "dns", "none"])).into() },
+        3 => Port::Named {
+            proto: proto(rng),
+            name: (*rng.pick(&["web", "alt", "dns", "none"])).into(),
+        },
         _ => Port::Any { proto: proto(rng) },
     }
 }
@@ -747,7 +764,9 @@ fn gen_np(world: &World, rng: &mut Rng, namespace: String, name: String) -> Netw
                         peers: match rng.below(5) {
                             0 => None,
                             1 => Some(Vec::new()),
-                            _ => Some((0..1 + rng.below(2)).map(|_| gen_np_peer(world, rng)).collect()),
+                            _ => Some(
+                                (0..1 + rng.below(2)).map(|_| gen_np_peer(world, rng)).collect(),
+                            ),
                         },
                         ports: match rng.below(3) {
                             0 => None,
@@ -802,7 +821,7 @@ fn gen_cnp(rng: &mut Rng, namespace: String, name: String) -> CiliumPolicy {
             .map(|_| {
                 let peers = match rng.below(5) {
                     0 => None,
-                    1 => Some(vec![CnpPeer::Entity(*rng.pick(&["all", "cluster"]))]),
+                    1 => Some(vec![CnpPeer::Entity(rng.pick(&["all", "cluster"]))]),
                     2 => {
                         let mut sel = gen_sel(rng, "k8s:");
                         let ns = (*rng.pick(&["x", "y"])).to_owned();
@@ -907,10 +926,8 @@ mod tests {
     #[test]
     fn generation_is_reproducible_and_renders() {
         let w = world();
-        let a: Vec<String> =
-            generate(&w, &mut Rng::new(7)).iter().map(Policy::render).collect();
-        let b: Vec<String> =
-            generate(&w, &mut Rng::new(7)).iter().map(Policy::render).collect();
+        let a: Vec<String> = generate(&w, &mut Rng::new(7)).iter().map(Policy::render).collect();
+        let b: Vec<String> = generate(&w, &mut Rng::new(7)).iter().map(Policy::render).collect();
         assert_eq!(a, b);
         for text in a {
             let _: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");

@@ -72,7 +72,16 @@ impl Topology {
             six(&pod, "eth0", &format!("fd00:78:{i}::2/64"));
             run(
                 "ip",
-                &["-n", &pod.name, "-6", "route", "add", "fd00:78::/32", "via", &format!("fd00:78:{i}::1")],
+                &[
+                    "-n",
+                    &pod.name,
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:78::/32",
+                    "via",
+                    &format!("fd00:78:{i}::1"),
+                ],
             );
             // ICMP echo through datagram sockets (their ids are ours to choose).
             pod.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
@@ -296,7 +305,14 @@ fn icmp_echo(dst: IpAddr) -> bool {
     let sent = unsafe {
         libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&bind.0).cast(), bind.1);
         let msg = [request, 0, 0, 0, 0, 0, 0, 1, b'c', b'o', b'n', b'f'];
-        libc::sendto(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, std::ptr::from_ref(&to.0).cast(), to.1)
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            std::ptr::from_ref(&to.0).cast(),
+            to.1,
+        )
     };
     if sent < 0 {
         return false;

@@ -1210,13 +1210,19 @@ fn enable_ipv6(pods: &Pods, subnet: u8) -> (std::net::IpAddr, std::net::IpAddr) 
     for (ns, sub) in [(&pods.client, c), (&pods.server, s)] {
         sensor_e2e::run(
             "ip",
-            &["-n", &ns.name, "-6", "route", "add", "fd00:77::/32", "via", &format!("fd00:77:{sub}::1")],
+            &[
+                "-n",
+                &ns.name,
+                "-6",
+                "route",
+                "add",
+                "fd00:77::/32",
+                "via",
+                &format!("fd00:77:{sub}::1"),
+            ],
         );
     }
-    (
-        format!("fd00:77:{c}::2").parse().expect("v6"),
-        format!("fd00:77:{s}::2").parse().expect("v6"),
-    )
+    (format!("fd00:77:{c}::2").parse().expect("v6"), format!("fd00:77:{s}::2").parse().expect("v6"))
 }
 
 fn write_endpoints(pods: &Pods, yaml: &str) {
@@ -1321,7 +1327,11 @@ fn r02_named_ports_resolve_against_the_selected_pods_container_ports() {
         write_endpoints(&pods, &endpoints("{name: http, containerPort: 9999}"));
         sensor.wait_metric("sensor_policy_revision", &[], |v| v > Some(revision));
         assert!(pods.tcp_roundtrip(9999), "{mode}: the moved named port is denied");
-        assert_eq!(pods.tcp_roundtrip(8080), !enforce, "{mode}: the old number is no longer the named port");
+        assert_eq!(
+            pods.tcp_roundtrip(8080),
+            !enforce,
+            "{mode}: the old number is no longer the named port"
+        );
         // No port of that name: nothing is allowed, never "all ports".
         let revision = sensor.metrics().get("sensor_policy_revision", &[]).expect("revision");
         write_endpoints(&pods, &endpoints("{name: metrics, containerPort: 9090}"));
@@ -1381,11 +1391,19 @@ fn r05_source_prefixed_selectors_select_their_pods() {
     // A typo in a source prefix is an error naming the line, not a silent select-nothing.
     let dir = std::env::temp_dir().join(unique("se2e-r05b-"));
     fs::create_dir_all(&dir).expect("dir");
-    fs::write(dir.join("p.yaml"), R05_POLICY.replace("\"k8s:app\": client", "\"k8:app\": client")).expect("policy");
-    let out = Command::new(sensor_bin()).args(["policy", "check"]).arg(dir.join("p.yaml")).output().expect("run");
+    fs::write(dir.join("p.yaml"), R05_POLICY.replace("\"k8s:app\": client", "\"k8:app\": client"))
+        .expect("policy");
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(dir.join("p.yaml"))
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = fs::remove_dir_all(&dir);
-    assert!(!out.status.success() && stderr.contains("p.yaml:7") && stderr.contains("k8"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("p.yaml:7") && stderr.contains("k8"),
+        "{stderr}"
+    );
 }
 
 /// r13: `k8s:io.kubernetes.pod.namespace` is the peer's namespace, `k8s:app` its label.
@@ -1399,7 +1417,10 @@ fn r13_namespace_label_with_source_selects_pods_of_another_namespace() {
         &pods,
         &format!(
             "endpoints:\n- {{namespace: shop, name: srv, labels: {{app: server}}, ips: [{}], interface: {}}}\n- {{namespace: tools, name: probe, labels: {{app: probe}}, ips: [{}], interface: {}}}\n",
-            pods.server_veth.pod_ip, pods.server_veth.host_if, pods.client_veth.pod_ip, pods.client_veth.host_if
+            pods.server_veth.pod_ip,
+            pods.server_veth.host_if,
+            pods.client_veth.pod_ip,
+            pods.client_veth.host_if
         ),
     );
     pods.write_policy(
@@ -1465,7 +1486,9 @@ fn r11_startup_skips_unsupported_and_broken_files_and_enforces_the_rest() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-8080, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{ports: [{port: 8080}]}]\n",
     );
     sensor.wait_metric("sensor_policy_rejected_files", &[], |v| v == Some(1.0));
-    sensor_e2e::wait_until("8080 allowed", Duration::from_secs(10), || pods.tcp_roundtrip(8080).then_some(()));
+    sensor_e2e::wait_until("8080 allowed", Duration::from_secs(10), || {
+        pods.tcp_roundtrip(8080).then_some(())
+    });
     let out = Command::new(sensor_bin())
         .args(["policy", "check"])
         .arg(pods.dir.join("policies"))
@@ -1486,7 +1509,11 @@ fn r12_invalid_ports_are_rejected_with_their_line() {
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: broken-port\n  namespace: shop\nspec:\n  endpointSelector:\n    matchLabels:\n      app: web\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"70000\"\n        protocol: TCP\n",
     )
     .expect("policy");
-    let out = Command::new(sensor_bin()).args(["policy", "check"]).arg(dir.join("policy.yaml")).output().expect("run");
+    let out = Command::new(sensor_bin())
+        .args(["policy", "check"])
+        .arg(dir.join("policy.yaml"))
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = fs::remove_dir_all(&dir);
     assert!(!out.status.success(), "{stderr}");

@@ -388,3 +388,47 @@ pub fn namespace_labels(object: &kube::core::DynamicObject) -> Option<(String, L
     let name = object.metadata.name.clone()?;
     Some((name, object.metadata.labels.clone().unwrap_or_default()))
 }
+
+#[cfg(test)]
+mod named_port_tests {
+    use super::*;
+
+    #[test]
+    fn container_ports_and_service_account_become_endpoint_fields() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {
+                "serviceAccountName": "web",
+                "containers": [
+                    {"name": "app", "ports": [
+                        {"name": "http", "containerPort": 8080},
+                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                        {"containerPort": 9000},
+                        {"name": "Bad_Name", "containerPort": 9001}
+                    ]},
+                    {"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9090}]}
+                ]
+            },
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.7"}]}
+        }))
+        .expect("pod");
+        let entry = PodEntry::from_pod(&pod, true).expect("endpoint");
+        let ep = entry.endpoint("shop", "web-1", None);
+        let named: Vec<(Option<&str>, u16, &str)> = ep
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.container_port, p.protocol.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (Some("dns"), 53, "UDP"),
+                (Some("http"), 8080, "TCP"),
+                (Some("metrics"), 9090, "TCP")
+            ]
+        );
+        assert_eq!(ep.service_account.as_deref(), Some("web"));
+    }
+}

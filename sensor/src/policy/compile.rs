@@ -136,7 +136,8 @@ struct Selectable {
 /// A pod's labels as Cilium derives them: its own (source `k8s`), its namespace, its
 /// namespace's labels, its service account and the cluster name.
 pub fn pod_labels(ep: &super::endpoints::Endpoint, endpoints: &Endpoints) -> Labels {
-    let mut labels: Labels = ep.labels.iter().map(|(k, v)| (format!("k8s:{k}"), v.clone())).collect();
+    let mut labels: Labels =
+        ep.labels.iter().map(|(k, v)| (format!("k8s:{k}"), v.clone())).collect();
     labels.insert(format!("k8s:{NAMESPACE_LABEL}"), ep.namespace.clone());
     for (k, v) in endpoints.namespace_labels(&ep.namespace) {
         labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
@@ -154,10 +155,7 @@ fn reserved(names: &[&str]) -> Labels {
 
 /// Labels as flow records show them: `source:key=value`, or `source:key` without a value.
 fn display(labels: &Labels) -> Vec<String> {
-    labels
-        .iter()
-        .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
-        .collect()
+    labels.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect()
 }
 
 pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
@@ -402,9 +400,9 @@ impl Resolver<'_> {
             Peer::Cidr { net, except, pod_ips } => {
                 let block = self.ip_blocks.iter().position(|(n, e)| n == net && e == except);
                 let mut found = ids(&|s| {
-                    s.cidr.is_some_and(|c| {
-                        net.contains(&c) && !except.iter().any(|e| e.contains(&c))
-                    }) || (*pod_ips && block.is_some_and(|b| s.ip_blocks.contains(&b)))
+                    s.cidr
+                        .is_some_and(|c| net.contains(&c) && !except.iter().any(|e| e.contains(&c)))
+                        || (*pod_ips && block.is_some_and(|b| s.ip_blocks.contains(&b)))
                 });
                 // The whole family also covers the addresses no prefix names.
                 if *net == Cidr::ALL_IPV4 {
@@ -684,7 +682,10 @@ mod language_tests {
 - {namespace: tools, name: probe, labels: {app: probe}, ips: [10.99.3.2]}
 ";
 
-    fn allowed(c: &Compiled, name: &str) -> Vec<(u32, u8, Option<u8>, Option<(u16, u8)>)> {
+    /// (remote identity, direction, protocol, port prefix) of an allow entry.
+    type Key = (u32, u8, Option<u8>, Option<(u16, u8)>);
+
+    fn allowed(c: &Compiled, name: &str) -> Vec<Key> {
         let ep = c.local.iter().find(|e| e.name == name).expect("endpoint");
         c.allow
             .keys()
@@ -805,7 +806,10 @@ mod language_tests {
         for name in ["srv", "cli"] {
             let ep = c.local.iter().find(|e| e.name == name).expect("endpoint");
             assert!(ep.enforce_ingress && !ep.enforce_egress, "{name}");
-            assert_eq!(allowed(&c, name), vec![(IDENTITY_ANY, POLICY_INGRESS, Some(6), Some((8080, 16)))]);
+            assert_eq!(
+                allowed(&c, name),
+                vec![(IDENTITY_ANY, POLICY_INGRESS, Some(6), Some((8080, 16)))]
+            );
         }
     }
 

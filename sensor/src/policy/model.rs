@@ -839,7 +839,10 @@ impl DocContext<'_> {
         selector.validate().map_err(|m| self.error(key, m))?;
         if let Err(m) = selector.validate_sources() {
             let bad = selector.keys().find(|k| m.contains(&format!("{k:?}"))).unwrap_or(key);
-            return Err(ParseError { origin: self.line_containing(bad), message: format!("{key}: {m}") });
+            return Err(ParseError {
+                origin: self.line_containing(bad),
+                message: format!("{key}: {m}"),
+            });
         }
         for foreign in selector.foreign_source_keys() {
             let origin = self.line_containing(foreign);
@@ -915,7 +918,9 @@ impl DocContext<'_> {
         let first = match &p.port {
             None => None,
             Some(IntOrString::Int(n)) => Some(self.port_number(*n, np, &n.to_string())?),
-            Some(IntOrString::Str(s)) if !np && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(IntOrString::Str(s))
+                if !np && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 let n = s.parse::<i64>().unwrap_or(i64::MAX);
                 Some(self.port_number(n, np, s)?)
             }
@@ -952,7 +957,11 @@ impl DocContext<'_> {
             (Some(end), Some(first)) => {
                 let text = end.to_string();
                 let end = u16::try_from(end).ok().filter(|e| *e >= 1).ok_or_else(|| {
-                    self.error_at("endPort", &text, format!("endPort {text} must be between 1 and 65535"))
+                    self.error_at(
+                        "endPort",
+                        &text,
+                        format!("endPort {text} must be between 1 and 65535"),
+                    )
                 })?;
                 if end < first {
                     return Err(self.error_at(
@@ -1258,13 +1267,17 @@ spec:
     }
 
     fn doc(body: &str) -> String {
-        format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{body}")
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{body}"
+        )
     }
 
     #[test]
     fn r12_ports_are_validated_like_the_api_server() {
         let cnp = |port: &str| {
-            doc(&format!("  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      - port: {port}\n        protocol: TCP\n"))
+            doc(&format!(
+                "  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      - port: {port}\n        protocol: TCP\n"
+            ))
         };
         for bad in ["\"70000\"", "\"-1\"", "\"a--b\"", "\"-http\"", "\"this-name-is-too-long\""] {
             let err = parse(&cnp(bad)).expect_err(bad);
@@ -1275,7 +1288,9 @@ spec:
             parse(&cnp(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         let np = |ports: &str| {
-            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress:\n  - ports:\n    - {ports}\n")
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress:\n  - ports:\n    - {ports}\n"
+            )
         };
         for bad in [
             "{port: 0}",
@@ -1293,9 +1308,15 @@ spec:
             assert_eq!(err.origin.line, 7, "{bad}: {err}");
         }
         let (p, _) = parse(&np("{port: 80, endPort: 90, protocol: SCTP}")).expect("valid");
-        assert_eq!(p[0].ingress[0].ports, vec![PortRange { protocol: Some(132), first: 80, last: 90 }]);
+        assert_eq!(
+            p[0].ingress[0].ports,
+            vec![PortRange { protocol: Some(132), first: 80, last: 90 }]
+        );
         let (p, _) = parse(&np("{port: http}")).expect("valid");
-        assert_eq!(p[0].ingress[0].named_ports, vec![NamedPort { protocol: Some(6), name: "http".into() }]);
+        assert_eq!(
+            p[0].ingress[0].named_ports,
+            vec![NamedPort { protocol: Some(6), name: "http".into() }]
+        );
         assert!(!p[0].ingress[0].any_port());
     }
 
@@ -1306,7 +1327,10 @@ spec:
         let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: []\n  egress: [{}]\n").expect("empty types");
         assert!(p[0].default_deny_ingress && p[0].default_deny_egress);
         let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  policyTypes: [Ingress]\n  egress: [{}]\n  ingress: [{}]\n").expect("egress rules, Ingress only");
-        assert!(p[0].egress.is_empty() && !p[0].default_deny_egress, "egress rules are not applied");
+        assert!(
+            p[0].egress.is_empty() && !p[0].default_deny_egress,
+            "egress rules are not applied"
+        );
         assert_eq!(p[0].ingress.len(), 1);
         let (p, _) = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\n").expect("empty spec");
         assert!(p[0].default_deny_ingress && !p[0].default_deny_egress);
@@ -1314,7 +1338,10 @@ spec:
 
     #[test]
     fn errors_inside_spec_name_the_offending_line() {
-        let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n    toPortz: []\n")).expect_err("unknown");
+        let err = parse(&doc(
+            "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n    toPortz: []\n",
+        ))
+        .expect_err("unknown");
         assert_eq!(err.origin.line, 8, "{err}");
         let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {}\n      namespaceSelectr: {}\n").expect_err("unknown");
         assert_eq!(err.origin.line, 9, "{err}");
@@ -1324,7 +1351,8 @@ spec:
 
     #[test]
     fn r05_r13_sources_and_host_policies() {
-        let err = parse(&doc("  endpointSelector:\n    matchLabels:\n      \"k8z:app\": web\n")).expect_err("typo");
+        let err = parse(&doc("  endpointSelector:\n    matchLabels:\n      \"k8z:app\": web\n"))
+            .expect_err("typo");
         assert_eq!(err.origin.line, 7, "{err}");
         assert!(err.message.contains("k8z"), "{err}");
         let err = parse(&doc("  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - matchExpressions:\n      - {key: \"k8:app\", operator: Exists}\n")).expect_err("typo");
@@ -1332,7 +1360,8 @@ spec:
         let err = parse("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: node-ssh-only}\nspec:\n  nodeSelector: {matchLabels: {}}\n  ingress:\n  - toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n").expect_err("host policy");
         assert_eq!(err.origin.line, 5, "{err}");
         assert!(err.message.contains("not supported"), "{err}");
-        let err = parse(&doc("  endpointSelector: {matchLabels: {\"reserved:host\": \"\"}}\n")).expect_err("host");
+        let err = parse(&doc("  endpointSelector: {matchLabels: {\"reserved:host\": \"\"}}\n"))
+            .expect_err("host");
         assert!(err.message.contains("not supported"), "{err}");
         let err = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector:\n    matchLabels:\n      \"k8s:app\": web\n").expect_err("NP keys");
         assert_eq!(err.origin.line, 7, "{err}");

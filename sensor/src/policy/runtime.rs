@@ -95,11 +95,8 @@ impl PolicyRuntime {
             None => Default::default(),
         };
         for r in &rejected {
-            let kept = if r.kept_previous {
-                "its previous version stays in force"
-            } else {
-                "skipped"
-            };
+            let kept =
+                if r.kept_previous { "its previous version stays in force" } else { "skipped" };
             tracing::error!("policy file rejected ({kept}): {}", r.error);
         }
         self.metrics.policy_rejected_files.set(rejected.len() as i64);
@@ -144,8 +141,7 @@ impl PolicyRuntime {
             }
         }
         let unchanged = self.applied_once && {
-            let current =
-                self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             *current == compiled
         };
         // An unchanged policy is not written again (no new revision); interfaces that

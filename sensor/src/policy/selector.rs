@@ -59,7 +59,10 @@ impl Selector {
 
     /// Every key the selector names (`matchLabels` keys, then `matchExpressions` keys).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.match_labels.keys().map(String::as_str).chain(self.match_expressions.iter().map(|e| e.key.as_str()))
+        self.match_labels
+            .keys()
+            .map(String::as_str)
+            .chain(self.match_expressions.iter().map(|e| e.key.as_str()))
     }
 
     /// Whether any key, whatever its source prefix, names `key` (`app`, `k8s:app`, `any:app`).
@@ -120,7 +123,9 @@ impl Selector {
     pub fn foreign_source_keys(&self) -> Vec<&str> {
         self.keys()
             .filter(|k| {
-                split_source(k).0.is_some_and(|s| ![ANY_SOURCE, K8S_SOURCE, RESERVED_SOURCE].contains(&s))
+                split_source(k)
+                    .0
+                    .is_some_and(|s| ![ANY_SOURCE, K8S_SOURCE, RESERVED_SOURCE].contains(&s))
             })
             .collect()
     }
@@ -243,10 +248,11 @@ mod tests {
             let s: Selector = serde_yaml_ng::from_str(yaml).expect("selector");
             assert!(!s.matches_sourced(&pod), "{yaml}");
         }
-        let s: Selector = serde_yaml_ng::from_str("matchLabels: {\"reserved:host\": \"\"}").expect("s");
+        let s: Selector =
+            serde_yaml_ng::from_str("matchLabels: {\"reserved:host\": \"\"}").expect("s");
         assert!(s.matches_sourced(&host) && !s.matches_sourced(&pod));
         let s: Selector = serde_yaml_ng::from_str("matchLabels: {\"k8z:app\": web}").expect("s");
-        assert!(s.validate_sources().unwrap_err().contains("k8z"));
+        assert!(s.validate_sources().is_err_and(|e| e.contains("k8z")));
         assert!(s.validate_plain_keys().is_err());
     }
 
