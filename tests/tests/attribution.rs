@@ -60,6 +60,9 @@ fn layouts() -> Vec<(&'static str, Layout)> {
         }),
         ("cri-o", |id| format!("kubepods.slice/crio-{id}.scope")),
         ("cri-o", |id| format!("kubepods.slice/kubepods-pod1.slice:crio:{id}")),
+        ("cri-o", |id| {
+            format!("kubepods/besteffort/pod0b9d2a4e-1111-2222-3333-444455556666/crio-{id}")
+        }),
         ("docker", |id| format!("system.slice/docker-{id}.scope")),
         ("docker", |id| format!("docker/{id}")),
         ("podman", |id| format!("machine.slice/libpod-{id}.scope")),

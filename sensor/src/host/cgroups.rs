@@ -89,7 +89,7 @@ const RUNTIME_PREFIXES: [(&str, &str); 4] = [
 /// - a systemd-style cgroups path under the cgroupfs driver:
 ///   `<slice>:cri-containerd:<id>`, `<slice>:crio:<id>`, …;
 /// - cgroupfs driver: `/kubepods[/<qos>]/pod<uid>/<id>`, `…/kubepods-…-pod<uid>.slice/<id>`,
-///   `/docker/<id>`, `/libpod_parent/libpod-<id>`.
+///   `…/pod<uid>/crio-<id>`, `/docker/<id>`, `/libpod_parent/libpod-<id>`.
 ///
 /// Runtime monitors (`crio-conmon-<id>.scope`, `libpod-conmon-<id>.scope`) run on the host on
 /// the container's behalf and are not the container: they get no container.
@@ -129,11 +129,14 @@ fn component_container(parent: &str, component: &str) -> Option<Container> {
             .filter(|_| is_container_id(id))
             .and_then(|(_, runtime)| found(id, runtime));
     }
-    // podman, cgroupfs driver: /libpod_parent/libpod-<id>
-    if let Some(id) = component.strip_prefix("libpod-")
-        && is_container_id(id)
-    {
-        return found(id, "podman");
+    // cgroupfs driver with the runtime's prefix: CRI-O's …/pod<uid>/crio-<id>, podman's
+    // /libpod_parent/libpod-<id>
+    for (prefix, runtime) in RUNTIME_PREFIXES {
+        if let Some(id) = component.strip_prefix(prefix).and_then(|r| r.strip_prefix('-'))
+            && is_container_id(id)
+        {
+            return found(id, runtime);
+        }
     }
     // cgroupfs driver: …/pod<uid>/<id>, /docker/<id>
     if is_container_id(component) {
@@ -288,6 +291,8 @@ mod tests {
             ),
             (format!("/libpod_parent/libpod-{ID}"), Some("podman")),
             (format!("/libpod_parent/libpod-conmon-{ID}"), None),
+            (format!("/kubepods/besteffort/pod1/crio-{ID}"), Some("cri-o")),
+            (format!("/kubepods/besteffort/pod1/crio-conmon-{ID}"), None),
             // kubelet, cgroupfs driver
             (
                 format!("/kubepods/burstable/pod0b9d2a4e-1111-2222-3333-444455556666/{ID}"),
