@@ -77,14 +77,17 @@ fn held_bytes(local: bool) -> isize {
 }
 
 #[test]
-fn the_pod_cache_costs_under_half_a_kibibyte_per_pod() {
+fn the_pod_cache_costs_under_half_a_kibibyte_per_remote_pod() {
     // Remote pods: namespace, name, labels, IPs.
     let remote = held_bytes(false) as f64 / PODS as f64;
     println!("remote pod: {remote:.0} bytes held per pod ({PODS} pods)");
     assert!(remote > 100.0, "the measurement must see the cache: {remote}");
     assert!(remote < 512.0, "{remote} bytes per remote pod");
-    // Local pods also keep their container ids (64 hex characters each).
+    // Local pods also keep their container ids (64 hex characters each) and each container's
+    // image, image digest and start time for the rules' `container.*` fields. A node holds
+    // at most its max-pods of them (110 by default), so they get a looser bound than the
+    // cluster-wide remote pods.
     let local = held_bytes(true) as f64 / PODS as f64;
     println!("local pod: {local:.0} bytes held per pod ({PODS} pods)");
-    assert!(local < 512.0, "{local} bytes per local pod");
+    assert!(local < 1024.0, "{local} bytes per local pod");
 }
