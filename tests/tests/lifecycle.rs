@@ -8,8 +8,18 @@ use aya::programs::links::LinkType;
 use sensor_e2e::{Netns, Sensor, Veth, privileged, run, unique, wait_until};
 
 /// Program names as the kernel keeps them (15 bytes: both sched_process_* share a prefix).
-const OUR_PROGRAMS: [&str; 12] = [
+/// Links (and programs) one sensor attaches: 2 tcx, 4 cgroup, 12 tracepoints, 6 raw tracepoints.
+const LINKS: usize = 24;
+
+const OUR_PROGRAMS: [&str; 19] = [
     "sys_enter_unlin",
+    "sys_enter_link",
+    "sys_enter_linka",
+    "sys_enter_symli",
+    "sys_enter_trunc",
+    "exec_path",
+    "exec_identity",
+    "open_identity",
     "sys_enter_rmdir",
     "sys_enter_renam",
     "tc_ingress",
@@ -71,15 +81,19 @@ fn sigterm_keeps_pins_and_cleanup_leaves_no_filter_link_or_program_behind() {
         .filter(|(id, _)| ours.contains(id))
         .map(|(_, name)| name)
         .collect();
-    assert_eq!(ours.len(), 16, "expected our 16 programs loaded, got {ours:?} {names:?}");
+    assert_eq!(ours.len(), LINKS, "expected our {LINKS} programs loaded, got {ours:?} {names:?}");
     assert!(names.iter().all(|n| OUR_PROGRAMS.contains(&n.as_str())), "{names:?}");
     assert_eq!(links_of(&ours, Some(LinkType::Tcx)), 2, "expected tcx ingress and egress links");
     assert_eq!(
         links_of(&ours, Some(LinkType::PerfEvent)),
-        8,
-        "expected exec, exit and six unlink/rename tracepoints"
+        12,
+        "expected exit and eleven unlink/rmdir/rename/link/symlink/truncate tracepoints"
     );
-    assert_eq!(links_of(&ours, Some(LinkType::RawTracePoint)), 2, "expected sys_enter/sys_exit");
+    assert_eq!(
+        links_of(&ours, Some(LinkType::RawTracePoint)),
+        6,
+        "expected sys_enter, sys_exit, open_identity and the three sched_process_exec programs"
+    );
     assert_eq!(links_of(&ours, Some(LinkType::Cgroup)), 4, "expected bind and connect hooks");
 
     let status = sensor.terminate();
@@ -88,18 +102,18 @@ fn sigterm_keeps_pins_and_cleanup_leaves_no_filter_link_or_program_behind() {
     // SIGTERM keeps everything attached through the pins (DESIGN: no gap across a restart).
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(links_of(&ours, Some(LinkType::Tcx)), 2, "tcx links gone after SIGTERM");
-    assert_eq!(links_of(&ours, None), 16, "links gone after SIGTERM");
+    assert_eq!(links_of(&ours, None), LINKS, "links gone after SIGTERM");
 
     let pins = sensor.pins();
     let pin_dir = pins.path().to_owned();
     assert!(pin_dir.join("links").is_dir(), "no pins under {}", pin_dir.display());
     let (status, out) = pins.cleanup();
     assert!(status.success(), "sensor cleanup: {status} {out}");
-    // 16 links + 2 tc programs + the state maps.
+    // LINKS links + 2 tc programs + the state maps.
     assert!(out.starts_with("removed "), "{out}");
     let removed: usize =
         out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_default();
-    assert!(removed >= 18, "{out}");
+    assert!(removed >= LINKS + 2, "{out}");
     assert!(!pin_dir.exists(), "{} left after cleanup", pin_dir.display());
 
     // Program memory is freed after an RCU grace period: wait, with a deadline.
@@ -136,19 +150,19 @@ fn a_start_with_another_object_replaces_every_link_once() {
     first.wait_metric("sensor_interface_attached", &[("interface", &iface)], |v| v == Some(1.0));
     let pins = first.pins();
     let old = pinned_link_programs(pins.path());
-    assert_eq!(old.len(), 16, "{old:?}");
+    assert_eq!(old.len(), LINKS, "{old:?}");
     assert!(first.terminate().success(), "{}", first.log());
 
     let second = Sensor::start_with_pins(&node, "conntrack: {max_entries: 65536}\n", &[], pins);
     second.wait_metric("sensor_interface_attached", &[("interface", &iface)], |v| v == Some(1.0));
-    assert!(second.log().contains("replacing=16"), "{}", second.log());
+    assert!(second.log().contains(&format!("replacing={LINKS}")), "{}", second.log());
     let new = pinned_link_programs(second.pins().path());
-    assert_eq!(new.len(), 16, "{new:?}");
+    assert_eq!(new.len(), LINKS, "{new:?}");
     assert!(new.is_disjoint(&old), "old programs still pinned: {old:?} {new:?}");
     wait_until("the old links to be detached", Duration::from_secs(10), || {
         (links_of(&old, None) == 0).then_some(())
     });
-    assert_eq!(links_of(&new, None), 16, "expected exactly one set of links");
+    assert_eq!(links_of(&new, None), LINKS, "expected exactly one set of links");
     assert_eq!(links_of(&new, Some(LinkType::Tcx)), 2);
 }
 
