@@ -854,9 +854,9 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_the_pins() {
     let pins = sensor.pins();
     let links_before = pinned_links(pins.path());
     let programs: std::collections::BTreeSet<u32> = links_before.iter().map(|l| l.1).collect();
-    // 14 host hooks + ingress and egress on both veths.
-    assert_eq!(links_before.len(), 18, "{links_before:?}");
-    assert_eq!(links_running(&programs), 18, "links not pinned");
+    // 22 host hooks + ingress and egress on both veths.
+    assert_eq!(links_before.len(), 26, "{links_before:?}");
+    assert_eq!(links_running(&programs), 26, "links not pinned");
 
     sensor.kill9();
     // The agent is gone; the kernel keeps enforcing.
@@ -885,7 +885,7 @@ fn kill9_keeps_enforcing_and_a_restart_adopts_the_pins() {
     assert!(exchange(3), "the established connection broke across the restart");
     let links_after = pinned_links(sensor.pins().path());
     assert_eq!(links_after, links_before, "links were re-attached instead of adopted");
-    assert_eq!(links_running(&programs), 18, "duplicate links after the restart");
+    assert_eq!(links_running(&programs), 26, "duplicate links after the restart");
     // New flows are reported again (the adopted ring buffer is read).
     let port = pods.server_veth.pod_ip.to_string();
     sensor.wait_event("a flow to 9090 after the restart", |v| {
