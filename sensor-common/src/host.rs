@@ -35,6 +35,22 @@ pub const INODE_RULES_MAP: &str = "INODE_RULES";
 /// Hash of thread group id (u32) → policy scope (u64): processes started from an interpreted
 /// file (`#!` script), whose next opens are checked against executable rules (the script).
 pub const SCRIPT_PENDING_MAP: &str = "SCRIPT_PENDING";
+/// Ring buffer of [`HoldEvent`] and [`HoldExit`] records: operations on a path the kernel
+/// cannot decide by identity, held (the task stopped at the call's return) until the agent
+/// decides. Separate from [`HOST_EVENTS_MAP`] so a flood of events cannot delay a decision.
+pub const HOLD_EVENTS_MAP: &str = "HOLD_EVENTS";
+/// Size of [`HOLD_EVENTS_MAP`] in bytes.
+pub const HOLD_EVENTS_BYTES: u32 = 1 << 21;
+/// LRU hash of thread id (u32) → `HOLD_PENDING_*` bits: a held call between its entry
+/// (record sent) and its exit (task stopped).
+pub const HOLD_PENDING_MAP: &str = "HOLD_PENDING";
+pub const HOLD_PENDING_MAX_ENTRIES: u32 = 8192;
+/// [`HOLD_PENDING_MAP`] value bit: the entry record could not be sent (ring full): at a
+/// successful exit the task is killed in enforce mode (fail closed), counted as
+/// [`LossCounter::HoldLost`].
+pub const HOLD_PENDING_LOST: u32 = 1;
+/// [`HOLD_PENDING_MAP`] value bit: a record was sent.
+pub const HOLD_PENDING_SENT: u32 = 2;
 
 pub const HOST_SCOPES_MAX_ENTRIES: u32 = 16 * 1024;
 pub const PATH_RULES_MAX_ENTRIES: u32 = 16 * 1024;
@@ -87,9 +103,12 @@ pub enum LossCounter {
     /// An identity walk did not reach the top within [`MAX_IDENTITY_DEPTH`] in a Block scope:
     /// the operation was decided as blocked (fail closed).
     WalkIncomplete = 2,
+    /// A held operation's record could not be sent (hold ring full): in enforce mode the task
+    /// was killed at the call's return (fail closed).
+    HoldLost = 3,
 }
 
-pub const LOSS_COUNTERS: u32 = 3;
+pub const LOSS_COUNTERS: u32 = 4;
 
 /// Record kinds, the first field of every ring buffer record.
 #[repr(u32)]
@@ -104,6 +123,10 @@ pub enum EventKind {
     Syscall = 6,
     /// A syscall a rule names, with its arguments and result ([`SyscallArgsEvent`]).
     SyscallArgs = 7,
+    /// A [`HoldEvent`] on [`HOLD_EVENTS_MAP`]: a call to decide once it returns.
+    Hold = 8,
+    /// A [`HoldExit`] on [`HOLD_EVENTS_MAP`]: that call returned (and the task stopped).
+    HoldExit = 9,
 }
 
 /// What the kernel did about a host event ([`EventHeader::action`]).
@@ -137,6 +160,12 @@ pub const FLAG_IDENTITY: u32 = 1 << 5;
 pub const FLAG_WALK_INCOMPLETE: u32 = 1 << 6;
 /// Exec of an interpreted file: the record is about the script the interpreter opened.
 pub const FLAG_SCRIPT: u32 = 1 << 7;
+/// Decided by the agent after a hold: the task was stopped at the call's return while the
+/// agent resolved the path in the task's own view (see [`HoldEvent`]).
+pub const FLAG_HELD: u32 = 1 << 8;
+/// A held call the agent could not resolve (parent gone, process gone, timeout, record lost):
+/// decided closed.
+pub const FLAG_HOLD_UNRESOLVED: u32 = 1 << 9;
 
 /// Access kinds of file rules, the index into [`FileMasks`] arrays.
 pub const ACCESS_READ: usize = 0;
@@ -300,6 +329,13 @@ pub struct HostConfig {
     /// Policies (mask bits) with a Block file or executable rule: an identity walk that cannot
     /// finish in their scope fails closed.
     pub walk_block: u64,
+    /// Policies (mask bits) with a Block file rule: in their scope a directory-changing call
+    /// on a path the kernel cannot decide by identity is held for the agent ([`HoldEvent`]).
+    pub hold_block: u64,
+    /// 1 while the agent reads [`HOLD_EVENTS_MAP`]: only then are tasks stopped (a stopped
+    /// task needs the agent to continue it). 0: such calls match by spelling only.
+    pub holds: u32,
+    pub _pad: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -439,6 +475,46 @@ pub struct SyscallArgsEvent {
     pub strs: [[u8; SYSCALL_STR_LEN]; 2],
 }
 
+/// A directory-changing call (unlink, rmdir, rename, link, symlink, truncate) in the scope of a
+/// Block file rule whose path the kernel cannot decide by identity (several components, or
+/// absolute): sent at the call's entry, with its paths as the task gave them. In enforce mode
+/// the task is stopped (`SIGSTOP`) when the call returns successfully ([`HoldExit`]); the
+/// agent resolves each path's parent directory in the task's own view (its root, working
+/// directory or directory descriptor, checked against the identities below), compares it with
+/// the protected identities, then kills the task or continues it (`SIGCONT`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HoldEvent {
+    /// The record as a file event (`header.kind` is [`EventKind::Hold`]).
+    pub file: FileEvent,
+    /// The task's policy scope (live generation).
+    pub scope: u64,
+    /// Per path: the identity of the directory a relative path starts from (0 when absolute).
+    pub base_ino: [u64; 2],
+    pub base_dev: [u32; 2],
+    /// Per path: the directory descriptor argument (`AT_FDCWD` = -100: the working directory).
+    pub dfd: [i32; 2],
+    /// Per path: `1 << ACCESS_*` kinds the call asks for (0: no such path).
+    pub kinds: [u32; 2],
+    /// Per path: bytes of `file.path`/`file.path2` the starting directory's own path takes
+    /// (the path as given follows); 0 when absolute or when only the given part is there.
+    pub base_len: [u32; 2],
+}
+
+/// A held call returned ([`EventKind::HoldExit`] on [`HOLD_EVENTS_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HoldExit {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// 1: the task was sent `SIGSTOP` (enforce mode, the call succeeded).
+    pub stopped: u32,
+    /// The call's return value.
+    pub ret: i64,
+    pub boot_ns: u64,
+}
+
 /// What sys_enter_openat saw, for sys_exit_openat.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -473,6 +549,8 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallArgsEvent {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::InodeMasks {}
+    unsafe impl aya::Pod for super::HoldEvent {}
+    unsafe impl aya::Pod for super::HoldExit {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
@@ -491,6 +569,10 @@ const _: () = assert!(
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
-const _: () = assert!(core::mem::size_of::<HostConfig>() == 48 + 34 * 4);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 64 + 34 * 4);
+const _: () = assert!(
+    core::mem::size_of::<HoldEvent>() == core::mem::size_of::<FileEvent>() + 8 + 16 + 8 * 4
+);
+const _: () = assert!(core::mem::size_of::<HoldExit>() == 32);
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PathKey>() == PATH_KEY_LEN);

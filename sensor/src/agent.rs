@@ -151,6 +151,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     tracing::info!(metrics = ?hubble, "hubble metrics");
     let mut registry =
         metrics.register(&features, Arc::clone(&table), loss, net_counters, verdicts, &hubble);
+    let hold_metrics = crate::host::hold::HoldMetrics::default();
+    hold_metrics.register(&mut registry);
+    let hold_ring: RingBuf<MapData> = take_map(&mut ebpf, host::HOLD_EVENTS_MAP)?;
     let mut conntrack = Conntrack::new(
         take_map(&mut ebpf, net::CONNTRACK_MAP)?,
         config.conntrack,
@@ -312,6 +315,28 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         cgroup_root = %cgroup_root.display(),
         "host hooks attached: sched_process_exec/exit tracepoints, raw sys_enter/sys_exit, cgroup bind/connect"
     );
+    // Held calls (hold and decide): their own reader thread, so output back-pressure never
+    // keeps a stopped task waiting; decided records join the host events below.
+    let (held_tx, held_rx) = mpsc::unbounded_channel();
+    let hold_stop = Arc::new(AtomicBool::new(false));
+    let hold_thread = match &mut policy.host {
+        Some(host) => {
+            let thread = crate::host::hold::HoldReader {
+                ring: hold_ring,
+                view: Arc::clone(&host.holds),
+                enforce: config.mode == Mode::Enforce,
+                events: held_tx,
+                metrics: hold_metrics,
+                stop: Arc::clone(&hold_stop),
+            }
+            .spawn()
+            .map_err(|e| AgentError::Io("starting the hold reader", e))?;
+            host.set_holds(true)
+                .map_err(|e| AgentError::Io("host config", std::io::Error::other(e)))?;
+            Some(thread)
+        }
+        None => None,
+    };
     let clock = sys::BootClock::now().map_err(|e| AgentError::Io("reading clocks", e))?;
     let outputs = Outputs::start(&config.outputs, &config.node_name, &metrics.outputs)
         .map_err(|e| AgentError::Io("starting outputs", e))?;
@@ -345,6 +370,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             }),
         ),
         Arc::clone(&hubble),
+        Some(held_rx),
     ));
     let mut net_reader = tokio::spawn(read_events(
         net_ring,
@@ -352,6 +378,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         lines_tx,
         Formatters::Flow(formatter),
         Arc::clone(&hubble),
+        None,
     ));
     let mut pod_sweep = tokio::time::interval(Duration::from_secs(1));
 
@@ -471,6 +498,16 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         }
     };
     ready.store(false, Ordering::Release);
+    // No new holds once nobody will decide them; the reader decides what is in its ring.
+    if let Some(host) = &mut policy.host
+        && let Err(err) = host.set_holds(false)
+    {
+        tracing::error!("turning holds off: {err}");
+    }
+    hold_stop.store(true, Ordering::Release);
+    if let Some(thread) = hold_thread {
+        let _ = thread.join();
+    }
     drop(kubernetes);
     watcher.abort();
     reader.abort();
@@ -598,18 +635,29 @@ async fn read_events(
     lines: mpsc::Sender<OutputLine>,
     mut formatter: Formatters,
     hubble: Arc<HubbleMetrics>,
+    mut held: Option<mpsc::UnboundedReceiver<HostEvent>>,
 ) -> std::io::Result<()> {
     let mut ring = readable(ring)?;
     let mut batch = Vec::new();
     loop {
         // Decode under the readiness guard, write after it: ring items borrow the ring.
-        {
-            let mut guard = ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            while let Some(record) = ring.next() {
-                batch.push(decode::decode_host(&record));
+        // Records of held calls, decided by the hold reader, come in beside the ring's.
+        let decided = async {
+            match &mut held {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
             }
-            guard.clear_ready();
+        };
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    batch.push(decode::decode_host(&record));
+                }
+                guard.clear_ready();
+            }
+            Some(event) = decided => batch.push(Ok(event)),
         }
         let rules_set = match &formatter {
             Formatters::Host(_, stage) => Some(Arc::clone(

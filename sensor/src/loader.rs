@@ -35,7 +35,7 @@ pub enum LoadError {
 
 /// The maps whose contents outlive the agent: pinned, and adopted by the next start.
 /// (Per-CPU scratch maps, `.rodata` and the log buffer belong to one load of the programs.)
-pub const STATE_MAPS: [&str; 20] = {
+pub const STATE_MAPS: [&str; 22] = {
     use sensor_common::{host as h, net as n};
     [
         n::IFACE_STATS_MAP,
@@ -58,6 +58,8 @@ pub const STATE_MAPS: [&str; 20] = {
         h::SYSCALL_RULES_MAP,
         h::OPEN_ARGS_MAP,
         h::INODE_RULES_MAP,
+        h::HOLD_EVENTS_MAP,
+        h::HOLD_PENDING_MAP,
     ]
 };
 

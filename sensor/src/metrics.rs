@@ -302,6 +302,7 @@ impl Collector for LossCollector {
         for (counter, reason) in [
             (LossCounter::HostRingbufFull, "ringbuf_full"),
             (LossCounter::OpenArgsFull, "open_scratch_full"),
+            (LossCounter::HoldLost, "hold_ringbuf_full"),
         ] {
             let total =
                 map.get(&(counter as u32), 0).map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());

@@ -15,8 +15,7 @@ use sensor_common::host::{
 };
 
 use super::{
-    OPEN_ARGS, SCRIPT_PENDING, config, current_scope, generation_mask, inode_masks_for,
-    kill_current,
+    OPEN_ARGS, SCRIPT_PENDING, config, inode_masks_for, kill_current, scoped_config,
     path::{Identity, KPath, current_file, current_task, field_ptr, field_u64, identity_walk},
 };
 
@@ -87,16 +86,9 @@ fn check(config: &HostConfig, scope: u64, file: *const u8, kinds: u32) {
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn exec_identity(_ctx: RawTracePointContext) -> i32 {
-    let Some(config) = config() else {
+    let Some((config, scope)) = scoped_config() else {
         return 0;
     };
-    if config.offsets_valid != 1 {
-        return 0;
-    }
-    let Some(scope) = current_scope(config) else {
-        return 0;
-    };
-    let _ = generation_mask;
     let o = &config.offsets;
     let mm = field_ptr(current_task(), o.task_mm);
     let exe_file = field_ptr(mm, o.mm_exe_file);

@@ -1,6 +1,7 @@
 //! Host hooks: process exec and exit, file opens, unlinks and renames, binds and connects,
 //! and denied syscalls, each scoped by the cgroup's policy mask before any other work.
 
+mod hold;
 mod identity;
 mod path;
 mod process;
@@ -14,10 +15,11 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated::bpf_send_signal,
     },
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::host::{
-    Action, BIND_RULES_MAX_ENTRIES, BindKey, EventHeader, FileMasks, HOST_EVENTS_BYTES,
+    Action, BIND_RULES_MAX_ENTRIES, BindKey, EventHeader, FileMasks, HOLD_EVENTS_BYTES,
+    HOLD_PENDING_MAX_ENTRIES, HOST_EVENTS_BYTES,
     HOST_SCOPES_MAX_ENTRIES, HostConfig, INODE_RULES_MAX_ENTRIES, InodeKey, InodeMasks,
     LOSS_COUNTERS, LossCounter, OpenArgs, PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks,
     SCRIPT_PENDING_MAX_ENTRIES, SYSCALL_RULES_MAX_ENTRIES,
@@ -59,13 +61,31 @@ static INODE_RULES: HashMap<InodeKey, InodeMasks> =
     HashMap::with_max_entries(INODE_RULES_MAX_ENTRIES, 0);
 
 #[map]
+static HOLD_EVENTS: RingBuf = RingBuf::with_byte_size(HOLD_EVENTS_BYTES, 0);
+
+#[map]
+static HOLD_PENDING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(HOLD_PENDING_MAX_ENTRIES, 0);
+
+#[map]
 static SCRIPT_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(SCRIPT_PENDING_MAX_ENTRIES, 0);
 
 const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
 
 #[inline(always)]
 fn config() -> Option<&'static HostConfig> {
     HOST_CONFIG.get(0)
+}
+
+/// The prologue of the path-walking hooks: the config once the kernel offsets are known, and
+/// the policies watching the current task (None: nothing to do).
+#[inline(always)]
+fn scoped_config() -> Option<(&'static HostConfig, u64)> {
+    let config = config()?;
+    if config.offsets_valid != 1 {
+        return None;
+    }
+    Some((config, current_scope(config)?))
 }
 
 /// The live generation's half of a policy mask.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
-    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks,
+    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileMasks, HoldEvent,
     LossCounter, OpenArgs, RULE_SYSCALLS_MAX_ENTRIES, SYSCALL_STR_LEN, SavedSyscall,
     SyscallArgsEvent, SyscallEvent, SyscallInterest,
 };
@@ -46,8 +46,10 @@ const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const O_PATH: u64 = 0o10000000;
 
+/// A file record under construction; unlink.rs sends the whole as a [`HoldEvent`] when the
+/// call is held.
 #[map]
-pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static FILE_SCRATCH: PerCpuArray<HoldEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Syscalls the rules name (filled by the agent from the loaded rules).
 #[map]
@@ -131,6 +133,10 @@ const AT_FDCWD: i32 = -100;
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let id = reg(regs, REG_ORIG_AX) as u32;
+    if super::hold::is_held_syscall(id) {
+        super::hold::exit(ctx.arg::<u64>(1) as i64);
+        return rule_syscall_exit(&ctx, id);
+    }
     if !matches!(id, SYS_OPENAT | SYS_OPEN | SYS_CREAT | SYS_OPENAT2) {
         return rule_syscall_exit(&ctx, id);
     }
@@ -154,7 +160,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     // SAFETY: per-CPU scratch, used by this program only until it returns.
-    let event = unsafe { &mut *event };
+    let event = unsafe { &mut (*event).file };
     let o = &config.offsets;
     let file = current_file(o, fd as u32);
     if file.is_null() {

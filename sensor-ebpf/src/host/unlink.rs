@@ -2,16 +2,16 @@
 //! `RENAME_EXCHANGE`), link, symlink and truncate, one small `syscalls/sys_enter_*` tracepoint
 //! program each (a path walk inside the raw `sys_enter` program exceeds the verifier's budget).
 //!
-//! The `*at()` forms with a directory descriptor argument (renameat, renameat2, linkat,
-//! symlinkat) match by spelling only: a descriptor-chosen base plus an identity walk exceeds
-//! the verifier's budget in one program. unlinkat, and the forms relative to the working
-//! directory, also match the directory's identity.
-//!
 //! Decided at entry, and the kernel still completes that one call (no BPF-LSM here): a Block
 //! match kills the process (`Action::Killed`). Each path is matched by its spelling (joined to
 //! the working directory or directory descriptor when relative; `..` not resolved in the
-//! kernel) and, when it names an entry of the starting directory itself (one component, the
-//! common `*at()` form), by the identity of that directory and its ancestors.
+//! kernel) and, when it names an entry of the working directory itself (one component, or
+//! `AT_EMPTY_PATH`), by the identity of that directory and its ancestors.
+//!
+//! Every other path (several components, absolute, or relative to a directory descriptor in
+//! the `*at()` forms whose program has no room for an identity walk) is held: see hold.rs.
+//! The agent resolves it in the task's own view once the call has returned, with the task
+//! stopped, and kills it when it reached a protected object.
 
 use core::ffi::c_void;
 
@@ -30,9 +30,12 @@ use sensor_common::host::{
 };
 
 use super::{
-    FILE_RULES, HostConfig, add_identity, config, current_scope, decide, emit, fill_header,
-    kill_current,
-    path::{Identity, KPath, current_file, identity_walk, lookup_key, write_user_path},
+    FILE_RULES, HostConfig, add_identity, decide, emit, fill_header, kill_current,
+    path::{
+        Identity, KPath, current_file, identity_walk, inode_key, lookup_key, task_root_and_pwd,
+        write_user_path,
+    },
+    scoped_config,
     syscalls::FILE_SCRATCH,
 };
 
@@ -190,6 +193,16 @@ struct Matched {
     base_len: u32,
     /// The starting directory's identity check (relative one-component paths).
     identity: Option<Identity>,
+    /// Decided by identity in the kernel; otherwise held (see hold.rs).
+    decided: bool,
+    /// The starting directory's identity (relative paths): (ino, dev).
+    base_key: (u64, u32),
+}
+
+/// (ino, dev) of the object at `path`, (0, 0) when unknown.
+#[inline(always)]
+fn key_of(config: &HostConfig, path: KPath) -> (u64, u32) {
+    inode_key(&config.offsets, path.dentry, 0).map_or((0, 0), |k| (k.ino, k.dev))
 }
 
 /// Writes one path into `out` and matches it by spelling and identity into `acc`.
@@ -212,7 +225,14 @@ fn match_path<const IDENTITY: bool>(
             add_identity(config, scope, &identity, kinds, acc);
             let (root, _) = super::path::task_root_and_pwd(o);
             let (len, truncated) = super::path::write_path(o, target, root, out);
-            return Matched { len, truncated, base_len: 0, identity: None };
+            return Matched {
+                len,
+                truncated,
+                base_len: 0,
+                identity: None,
+                decided: true,
+                base_key: (0, 0),
+            };
         }
     }
     let written = write_user_path(o, path.dfd, path.ptr as *const u8, out);
@@ -231,6 +251,8 @@ fn match_path<const IDENTITY: bool>(
         len: written.len,
         truncated: written.truncated,
         base_len: if written.base.is_some() { written.base_len } else { 0 },
+        decided: identity.is_some(),
+        base_key: written.base.map_or((0, 0), |b| key_of(config, b)),
         identity,
     }
 }
@@ -250,7 +272,7 @@ fn add_spelling(out: &[u8; PATH_SLOT_LEN], len: u32, kinds: u32, acc: &mut (u64,
 /// directory as the first path by reusing the first path's directory part (and identity);
 /// relative to another directory, as given (unmatched, reported relative).
 #[inline(always)]
-fn match_second(
+fn match_second<const IDENTITY: bool>(
     config: &HostConfig,
     scope: u64,
     one: Path,
@@ -258,7 +280,7 @@ fn match_second(
     two: Path,
     event: &mut FileEvent,
     acc: &mut (u64, u64, u32),
-) -> (u32, bool) {
+) -> Matched {
     let kinds = two.kinds & 0xffff;
     let mut lead = 0_u8;
     // SAFETY: reads one byte of user memory through the checked helper.
@@ -284,12 +306,30 @@ fn match_second(
             two.ptr as *const c_void,
         )
     };
+    // Relative to its own directory: that directory's identity, for the agent to check (the
+    // `*at()` programs have no room for it: the agent then takes the descriptor unchecked).
+    let base_key = if same_base {
+        first.base_key
+    } else if lead == b'/' || !IDENTITY {
+        (0, 0)
+    } else {
+        key_of(config, task_root_and_pwd(&config.offsets).1)
+    };
+    let mut second = Matched {
+        len: at,
+        truncated: true,
+        base_len: if same_base { at } else { 0 },
+        identity: None,
+        decided: false,
+        base_key,
+    };
     if n <= 0 {
-        return (at, true);
+        return second;
     }
     let added = n as u32 - 1;
     let len = (at + added) & (MAX_PATH_LEN as u32 - 1);
-    let truncated = added + 1 >= room;
+    second.len = len;
+    second.truncated = added + 1 >= room;
     if lead == b'/' || same_base {
         add_spelling(&event.path2, len, kinds, acc);
     }
@@ -298,8 +338,9 @@ fn match_second(
         && let Some(identity) = &first.identity
     {
         add_identity(config, scope, identity, kinds, acc);
+        second.decided = true;
     }
-    (len, truncated)
+    second
 }
 
 #[inline(always)]
@@ -318,29 +359,35 @@ fn file_masks_for(m: &sensor_common::host::FileMasks, kinds: u32) -> (u64, u64) 
 
 #[inline(always)]
 fn check<const IDENTITY: bool>(op: u32, one: Path, two: Path, second: Second) -> u32 {
-    let Some(config) = config() else {
+    let Some((config, scope)) = scoped_config() else {
         return 0;
     };
-    if config.offsets_valid != 1 {
-        return 0;
-    }
-    let Some(scope) = current_scope(config) else {
-        return 0;
-    };
-    let Some(event) = FILE_SCRATCH.get_ptr_mut(0) else {
+    let Some(hold) = FILE_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU scratch, used by this program only until it returns.
-    let event = unsafe { &mut *event };
+    let hold = unsafe { &mut *hold };
+    let event = &mut hold.file;
     let mut acc = (0_u64, 0_u64, 0_u32);
     let first = match_path::<IDENTITY>(config, scope, one, &mut event.path, &mut acc);
     let (len, cut) = (first.len, first.truncated);
     let (mut len2, mut cut2) = (0, false);
+    let mut held = !first.decided;
+    hold.kinds = [one.kinds & 0xffff, 0];
+    hold.dfd = [one.dfd as i32, two.dfd as i32];
+    hold.base_len = [first.base_len, 0];
+    (hold.base_ino[0], hold.base_dev[0]) = first.base_key;
+    (hold.base_ino[1], hold.base_dev[1]) = (0, 0);
     event.path2[0] = 0;
     match second {
         Second::None => {}
         Second::Matched => {
-            (len2, cut2) = match_second(config, scope, one, &first, two, event, &mut acc);
+            let m = match_second::<IDENTITY>(config, scope, one, &first, two, event, &mut acc);
+            (len2, cut2) = (m.len, m.truncated);
+            held |= !m.decided;
+            hold.kinds[1] = two.kinds & 0xffff;
+            hold.base_len[1] = m.base_len;
+            (hold.base_ino[1], hold.base_dev[1]) = m.base_key;
         }
         Second::Text => {
             // SAFETY: the helper writes at most MAX_PATH_LEN bytes into the slot.
@@ -357,26 +404,32 @@ fn check<const IDENTITY: bool>(op: u32, one: Path, two: Path, second: Second) ->
             }
         }
     }
-    let Some((action, policy)) = decide(config, scope, acc.0, acc.1) else {
-        return 0;
-    };
-    // Killing at syscall entry does not stop the call itself: say so in the event.
-    let action = if action == Action::Blocked { Action::Killed } else { action };
-    fill_header(&mut event.header, EventKind::File as u32, action, policy);
-    event.header.flags |= acc.2;
-    if cut {
-        event.header.flags |= FLAG_PATH_TRUNCATED;
-    }
-    if cut2 {
-        event.header.flags |= FLAG_PATH2_TRUNCATED;
-    }
     event.op = op;
     event.access = (one.kinds | if second == Second::Matched { two.kinds } else { 0 }) & 0xffff;
     event.path_len = len;
     event.path2_len = len2;
-    emit(event);
-    if action == Action::Killed {
-        kill_current();
+    let mut flags = acc.2;
+    if cut {
+        flags |= FLAG_PATH_TRUNCATED;
+    }
+    if cut2 {
+        flags |= FLAG_PATH2_TRUNCATED;
+    }
+    let decided = decide(config, scope, acc.0, acc.1);
+    if let Some((action, policy)) = decided {
+        // Killing at syscall entry does not stop the call itself: say so in the event.
+        let action = if action == Action::Blocked { Action::Killed } else { action };
+        fill_header(&mut event.header, EventKind::File as u32, action, policy);
+        event.header.flags |= flags;
+        emit(event);
+        if action == Action::Killed {
+            kill_current();
+            return 0;
+        }
+    }
+    if held && config.holds == 1 && config.hold_block & scope != 0 {
+        hold.scope = scope;
+        super::hold::send(hold, flags);
     }
     0
 }

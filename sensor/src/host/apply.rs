@@ -136,6 +136,13 @@ impl HostMaps {
         self.write_config()
     }
 
+    /// Turns holding on (the agent reads the hold ring) or off (it stops reading: the kernel
+    /// must not stop tasks nobody will continue).
+    pub fn set_holds(&mut self, on: bool) -> Result<(), HostApplyError> {
+        self.state.holds = u32::from(on);
+        self.write_config()
+    }
+
     /// The generation the next compile must target.
     pub fn next_generation(&self) -> u32 {
         1 - self.state.generation
@@ -182,6 +189,7 @@ impl HostMaps {
                 self.state.noroot_audit = new.noroot.audit;
                 self.state.noroot_block = new.noroot.block;
                 self.state.walk_block = new.walk_block;
+                self.state.hold_block = new.hold_block;
                 self.write_config()?;
             }
             self.sync_all(&old, &new, final_pass)?;

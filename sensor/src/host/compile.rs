@@ -56,6 +56,8 @@ pub struct HostCompiled {
     /// Policies with a Block file or executable rule: where an unfinished identity walk fails
     /// closed.
     pub walk_block: u64,
+    /// Policies with a Block file rule: where calls the kernel cannot decide are held.
+    pub hold_block: u64,
 }
 
 fn add(masks: &mut RuleMasks, action: PolicyAction, bit: u64) {
@@ -168,6 +170,9 @@ pub fn compile(
             || p.executables.iter().any(|r| blocks(r.action))
         {
             out.walk_block |= bit(i);
+        }
+        if p.files.iter().any(|r| blocks(r.action)) {
+            out.hold_block |= bit(i);
         }
     }
     if interest.cgroups != Cgroups::None {

@@ -47,6 +47,10 @@ pub struct Resolved {
     pub entries: HashMap<InodeKey, InodeMasks>,
     /// Tree members not entered (limit reached): they match through their ancestors only.
     pub skipped: usize,
+    /// Protected names (exact paths, trees named without a trailing slash) by their
+    /// directory's identity, for held calls ([`super::hold`]): a name that does not exist yet
+    /// is protected too.
+    pub names: HashMap<super::hold::NameKey, InodeMasks>,
 }
 
 fn or(into: &mut InodeMasks, from: &InodeMasks) {
@@ -199,6 +203,21 @@ fn resolve_in(targets: &[Target], root: &OwnedFd, out: &mut Resolved, budget: &m
         }
         m
     };
+    // Each named object by its directory and name, whether it exists or not.
+    for t in targets {
+        let trimmed = t.path.trim_end_matches('/');
+        if t.prefix && t.path.ends_with('/') {
+            continue; // the tree's members: its directory's BELOW entry covers them
+        }
+        let Some((dir, name)) = trimmed.rsplit_once('/') else { continue };
+        if name.is_empty() || name == "." || name == ".." {
+            continue;
+        }
+        let Some(fd) = open_in_root(root, if dir.is_empty() { "/" } else { dir }) else { continue };
+        let Some(f) = found(&fd) else { continue };
+        let key = super::hold::NameKey { dev: f.dev, ino: f.ino, name: name.into() };
+        or(out.names.entry(key).or_default(), &t.masks);
+    }
     let mut add = |key: InodeKey, masks: InodeMasks| {
         or(out.entries.entry(key).or_default(), &masks);
     };

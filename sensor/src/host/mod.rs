@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cgroups;
 pub mod compile;
+pub mod hold;
 pub mod identity;
 pub mod offsets;
 pub mod policy;
@@ -51,6 +52,8 @@ pub struct HostRuntime {
     pub subtrees: Option<cgroups::SubtreeWatcher>,
     /// When the identity entries were last resolved (files come and go in protected trees).
     resolved_at: std::time::Instant,
+    /// What held calls are decided against (kept with the identity entries).
+    pub holds: Arc<RwLock<hold::HoldView>>,
 }
 
 /// How often [`HostRuntime::rescan`] resolves the policies' paths to identities again.
@@ -83,6 +86,7 @@ impl HostRuntime {
             view: Arc::default(),
             subtrees: None,
             resolved_at: std::time::Instant::now(),
+            holds: Arc::default(),
         }
     }
 
@@ -105,10 +109,17 @@ impl HostRuntime {
         let mut compiled =
             compile::compile(&policies, &endpoints, &inventory, generation, &self.rules);
         let pids = container_pids(&self.cgroup_root, &compiled.scopes, &inventory);
-        compiled.inode = self.resolve(&policies, generation, &pids);
+        let resolved = self.resolve(&policies, generation, &pids);
+        compiled.inode = resolved.entries.clone();
         self.resolved_at = std::time::Instant::now();
         let names = compiled.names.clone();
+        let hold_block = compiled.hold_block;
         self.maps.apply(compiled)?;
+        self.set_hold_view(hold::HoldView {
+            inode: resolved.entries,
+            names: resolved.names,
+            hold_block,
+        });
         self.policies = policies;
         let mut view = self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         view.inventory = inventory;
@@ -137,10 +148,16 @@ impl HostRuntime {
         if self.resolved_at.elapsed() >= RESOLVE_EVERY {
             self.resolved_at = std::time::Instant::now();
             let pids = container_pids(&self.cgroup_root, &compiled.scopes, &inventory);
-            let inodes = self.resolve(&self.policies, self.maps.live_generation(), &pids);
-            if inodes != self.maps.live().inode {
-                self.maps.update_inodes(inodes)?;
+            let resolved = self.resolve(&self.policies, self.maps.live_generation(), &pids);
+            if resolved.entries != self.maps.live().inode {
+                self.maps.update_inodes(resolved.entries.clone())?;
             }
+            let hold_block = self.maps.live().hold_block;
+            self.set_hold_view(hold::HoldView {
+                inode: resolved.entries,
+                names: resolved.names,
+                hold_block,
+            });
         }
         if compiled.scopes != self.maps.live().scopes {
             self.maps.update_scopes(compiled.scopes)?;
@@ -168,6 +185,18 @@ impl HostRuntime {
         Ok(())
     }
 
+    fn set_hold_view(&self, view: hold::HoldView) {
+        let mut current = self.holds.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current != view {
+            *current = view;
+        }
+    }
+
+    /// See [`HostMaps::set_holds`].
+    pub fn set_holds(&mut self, on: bool) -> Result<(), HostApplyError> {
+        self.maps.set_holds(on)
+    }
+
     /// The cgroup v2 mount the scans walk.
     pub fn cgroup_root(&self) -> &std::path::Path {
         &self.cgroup_root
@@ -179,8 +208,7 @@ impl HostRuntime {
         policies: &[HostPolicy],
         generation: u32,
         pids: &[u32],
-    ) -> std::collections::HashMap<sensor_common::host::InodeKey, sensor_common::host::InodeMasks>
-    {
+    ) -> identity::Resolved {
         let resolved = identity::resolve(policies, generation, pids);
         if resolved.skipped > 0 {
             tracing::warn!(
@@ -190,7 +218,7 @@ impl HostRuntime {
                  through their directories only (hard links to them are not seen)"
             );
         }
-        resolved.entries
+        resolved
     }
 
     pub fn watched_cgroups(&self) -> usize {

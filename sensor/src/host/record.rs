@@ -107,7 +107,9 @@ pub struct Body<'a> {
     /// `killed` (the process was killed at the call; the call itself may have completed).
     pub action: &'static str,
     /// How the deciding rule matched: `path` (its spelling), `inode` (the object's identity),
-    /// or `walk_limit` (the ancestors could not all be checked: decided closed).
+    /// `walk_limit` (the ancestors could not all be checked: decided closed), `hold` (by
+    /// identity, in user space, with the task stopped at the call's return) or
+    /// `hold_unresolved` (held, and the path could not be resolved: decided closed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,8 +170,14 @@ pub struct HostFormatter {
 
 /// [`Body::matched_by`] from a record's flags.
 fn matched_by(flags: u32) -> &'static str {
-    use sensor_common::host::{FLAG_IDENTITY, FLAG_WALK_INCOMPLETE};
-    if flags & FLAG_WALK_INCOMPLETE != 0 {
+    use sensor_common::host::{
+        FLAG_HELD, FLAG_HOLD_UNRESOLVED, FLAG_IDENTITY, FLAG_WALK_INCOMPLETE,
+    };
+    if flags & FLAG_HOLD_UNRESOLVED != 0 {
+        "hold_unresolved"
+    } else if flags & FLAG_HELD != 0 {
+        "hold"
+    } else if flags & FLAG_WALK_INCOMPLETE != 0 {
         "walk_limit"
     } else if flags & FLAG_IDENTITY != 0 {
         "inode"
