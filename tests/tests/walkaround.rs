@@ -460,10 +460,7 @@ fn held_routes(data: &str, w: &str) -> Vec<(&'static str, String)> {
         ),
         ("rename into via the link", format!("mv {data}/pub/evil1 {data}/pub/s/planted1")),
         ("rename out via the link", format!("mv {data}/pub/s/f4 {data}/pub/stolen")),
-        (
-            "exchange via the link",
-            format!("{w} exchange {data}/pub/evil2 {data}/pub/s/f5"),
-        ),
+        ("exchange via the link", format!("{w} exchange {data}/pub/evil2 {data}/pub/s/f5")),
         ("link into via the link", format!("ln {data}/pub/evil3 {data}/pub/s/planted2")),
         ("link out via the link", format!("ln {data}/pub/s/f6 {data}/pub/out")),
         ("symlink into via the link", format!("ln -s /etc/passwd {data}/pub/s/planted3")),
@@ -514,14 +511,13 @@ fn changes_through_another_spelling_are_held_and_killed() {
         );
         let record = &records[records.len() - 1]["process_file"];
         // truncate(1) opens the file for writing: that open is blocked (and killed) first.
-        let want = if route.starts_with("truncate") { ["killed", "blocked"] } else { ["killed"; 2] };
+        let want =
+            if route.starts_with("truncate") { ["killed", "blocked"] } else { ["killed"; 2] };
         assert!(want.contains(&record["action"].as_str().unwrap_or("")), "{route}: {record}");
         assert_eq!(record["policy_name"], "walk", "{route}: {record}");
     }
-    let held = stopped(&sensor)
-        .iter()
-        .filter(|r| r["process_file"]["matched_by"] == "hold")
-        .count();
+    let held =
+        stopped(&sensor).iter().filter(|r| r["process_file"]["matched_by"] == "hold").count();
     assert!(held >= 10, "records decided after a hold: {held}");
     sensor.wait_metric("sensor_host_holds_total", &[("outcome", "killed")], |v| v >= Some(10.0));
     // Nothing was left stopped: every process of the test cgroup has ended.
@@ -562,12 +558,16 @@ fn detect_mode_reports_held_changes_as_would_block() {
     let data = pod.data();
     held_setup(&data);
     let sensor = pod.start("detect", &delete_spec(&data));
-    let (status, _) = pod.sh(&format!("rm {data}/pub/s/token && mv {data}/pub/evil1 {data}/pub/s/p"));
+    let (status, _) =
+        pod.sh(&format!("rm {data}/pub/s/token && mv {data}/pub/evil1 {data}/pub/s/p"));
     assert!(status.success(), "{status:?}");
     assert!(!fs::exists(format!("{data}/secret/token")).expect("stat"));
-    for (what, path) in [("unlink", format!("{data}/pub/s/token")), ("rename", format!("{data}/pub/evil1"))] {
+    for (what, path) in
+        [("unlink", format!("{data}/pub/s/token")), ("rename", format!("{data}/pub/evil1"))]
+    {
         let event = sensor.wait_event(&format!("would_block {what} via the link"), |v| {
-            v["process_file"]["path"] == path.as_str() && v["process_file"]["action"] == "would_block"
+            v["process_file"]["path"] == path.as_str()
+                && v["process_file"]["action"] == "would_block"
         });
         assert_eq!(event["process_file"]["matched_by"], "hold", "{event}");
     }

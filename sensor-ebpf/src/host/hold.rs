@@ -9,7 +9,9 @@
 //! Fail closed: a record that cannot be sent (hold ring full) kills the task at the call's
 //! successful return instead of stopping it (counted, [`LossCounter::HoldLost`]).
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_send_signal};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_send_signal,
+};
 use sensor_common::host::{
     Action, EventKind, HOLD_PENDING_LOST, HOLD_PENDING_SENT, HoldEvent, HoldExit, LossCounter,
 };

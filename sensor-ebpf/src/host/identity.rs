@@ -15,8 +15,9 @@ use sensor_common::host::{
 };
 
 use super::{
-    OPEN_ARGS, SCRIPT_PENDING, config, inode_masks_for, kill_current, scoped_config,
+    OPEN_ARGS, SCRIPT_PENDING, config, inode_masks_for, kill_current,
     path::{Identity, KPath, current_file, current_task, field_ptr, field_u64, identity_walk},
+    scoped_config,
 };
 
 /// One identity result, for the recording program of the same hook call.

@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use sensor_common::host::{
     Action, BIND_RULES_MAX_ENTRIES, BindKey, EventHeader, FileMasks, HOLD_EVENTS_BYTES,
-    HOLD_PENDING_MAX_ENTRIES, HOST_EVENTS_BYTES,
-    HOST_SCOPES_MAX_ENTRIES, HostConfig, INODE_RULES_MAX_ENTRIES, InodeKey, InodeMasks,
-    LOSS_COUNTERS, LossCounter, OpenArgs, PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks,
-    SCRIPT_PENDING_MAX_ENTRIES, SYSCALL_RULES_MAX_ENTRIES,
+    HOLD_PENDING_MAX_ENTRIES, HOST_EVENTS_BYTES, HOST_SCOPES_MAX_ENTRIES, HostConfig,
+    INODE_RULES_MAX_ENTRIES, InodeKey, InodeMasks, LOSS_COUNTERS, LossCounter, OpenArgs,
+    PATH_RULES_MAX_ENTRIES, PathKey, RuleMasks, SCRIPT_PENDING_MAX_ENTRIES,
+    SYSCALL_RULES_MAX_ENTRIES,
 };
 
 #[map]
@@ -64,7 +64,8 @@ static INODE_RULES: HashMap<InodeKey, InodeMasks> =
 static HOLD_EVENTS: RingBuf = RingBuf::with_byte_size(HOLD_EVENTS_BYTES, 0);
 
 #[map]
-static HOLD_PENDING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(HOLD_PENDING_MAX_ENTRIES, 0);
+static HOLD_PENDING: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(HOLD_PENDING_MAX_ENTRIES, 0);
 
 #[map]
 static SCRIPT_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(SCRIPT_PENDING_MAX_ENTRIES, 0);

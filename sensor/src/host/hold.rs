@@ -242,14 +242,39 @@ fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     path.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec)
 }
 
-/// Resolves `path` from `start` inside `root` as the kernel's path walk does, up to its last
-/// component: returns the directory holding that component and its name (following a symlink
-/// there too when `follow_last`). `..` stops at `root`; absolute symlinks restart at `root`.
+/// Whether `fd` lies on a procfs mount, whose symlinks (`/proc/<pid>/root`, `cwd`, `fd/N`,
+/// `exe`) are magic: the kernel jumps to the object, it does not read their text.
+fn on_procfs(fd: &OwnedFd) -> bool {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    // SAFETY: a zeroed statfs is a valid output buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and output buffer.
+    unsafe {
+        libc::fstatfs(fd.as_raw_fd(), &raw mut st) == 0 && st.f_type as i64 == PROC_SUPER_MAGIC
+    }
+}
+
+/// `openat(dir, name, O_PATH)`, following a final (magic) link.
+fn open_follow(dir: &OwnedFd, name: &[u8]) -> Option<OwnedFd> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: valid descriptor and NUL-terminated name.
+    let fd =
+        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    // SAFETY: a new descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resolves `path` from `start` inside `root` as the kernel's path walk does for task
+/// `pid`/`tid`, up to its last component: returns the directory holding that component and
+/// its name (following a symlink there too when `follow_last`). `..` stops at `root`;
+/// absolute symlinks restart at `root`; `/proc/self` is the task, and procfs's magic links
+/// jump to their object.
 fn resolve_parent(
     root: &OwnedFd,
     start: OwnedFd,
     path: &[u8],
     follow_last: bool,
+    (pid, tid): (u32, u32),
 ) -> Result<(OwnedFd, Vec<u8>), Unresolved> {
     let root_stat = stat(root).ok_or(Unresolved::ProcessGone)?;
     let mut todo: VecDeque<Vec<u8>> = components(path).collect();
@@ -290,6 +315,21 @@ fn resolve_parent(
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(Unresolved::TooManySymlinks);
+            }
+            if on_procfs(&next) {
+                // The task's own entry (the agent's procfs: the same process, whatever pid
+                // namespace the task's /proc shows).
+                let mine = match component.as_slice() {
+                    b"self" => Some(format!("/proc/{pid}")),
+                    b"thread-self" => Some(format!("/proc/{pid}/task/{tid}")),
+                    _ => None,
+                };
+                if let Some(mine) = mine {
+                    cur = open_proc(&mine).ok_or(Unresolved::ProcessGone)?;
+                } else {
+                    cur = open_follow(&cur, &component).ok_or(Unresolved::ParentGone)?;
+                }
+                continue;
             }
             let target = read_link(&next).ok_or(Unresolved::ParentGone)?;
             for c in components(&target).collect::<Vec<_>>().into_iter().rev() {
@@ -353,7 +393,11 @@ struct HeldPath<'a> {
 
 /// Where `p` starts: the task's root (absolute), or its directory descriptor or working
 /// directory, which must still be the directory the kernel saw.
-fn start_of(task: &str, root: &OwnedFd, p: &HeldPath<'_>) -> Result<(OwnedFd, Vec<u8>), Unresolved> {
+fn start_of(
+    task: &str,
+    root: &OwnedFd,
+    p: &HeldPath<'_>,
+) -> Result<(OwnedFd, Vec<u8>), Unresolved> {
     let relative = p.base_len > 0 || p.text.first() != Some(&b'/');
     if !relative {
         return Ok((root.try_clone().map_err(|_| Unresolved::ProcessGone)?, p.text.to_vec()));
@@ -379,7 +423,12 @@ fn prefix(buf: &[u8], len: u32) -> &[u8] {
 }
 
 /// Resolves every path of `ev` in task `pid`/`tid`'s view and adds what it reached.
-fn reached(view: &RwLock<HoldView>, ev: &HoldEvent, pid: u32, tid: u32) -> Result<Reached, Unresolved> {
+fn reached(
+    view: &RwLock<HoldView>,
+    ev: &HoldEvent,
+    pid: u32,
+    tid: u32,
+) -> Result<Reached, Unresolved> {
     let task = format!("/proc/{pid}/task/{tid}");
     let root = open_proc(&format!("{task}/root")).ok_or(Unresolved::ProcessGone)?;
     let f = &ev.file;
@@ -410,7 +459,7 @@ fn reached(view: &RwLock<HoldView>, ev: &HoldEvent, pid: u32, tid: u32) -> Resul
         }
         let (start, rel) = start_of(&task, &root, p)?;
         let follow = f.op == FILE_OP_TRUNCATE;
-        let (parent, name) = resolve_parent(&root, start, &rel, follow)?;
+        let (parent, name) = resolve_parent(&root, start, &rel, follow, (pid, tid))?;
         let parent_stat = stat(&parent).ok_or(Unresolved::ParentGone)?;
         let name_key = NameKey {
             dev: kernel_dev(parent_stat.dev),
@@ -469,7 +518,8 @@ pub struct HoldReader {
 
 fn copy<T: aya::Pod>(record: &[u8]) -> Option<T> {
     // SAFETY: length checked; T is plain old data valid for any bytes.
-    (record.len() == size_of::<T>()).then(|| unsafe { record.as_ptr().cast::<T>().read_unaligned() })
+    (record.len() == size_of::<T>())
+        .then(|| unsafe { record.as_ptr().cast::<T>().read_unaligned() })
 }
 
 impl HoldReader {
@@ -489,7 +539,8 @@ impl HoldReader {
             unsafe { libc::poll(fds.as_mut_ptr(), 1, if stopping { 0 } else { 100 }) };
             let mut exits = Vec::new();
             while let Some(record) = self.ring.next() {
-                let kind = record.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let kind =
+                    record.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 if kind == EventKind::Hold as u32 {
                     if let Some(ev) = copy::<HoldEvent>(&record) {
                         pending.insert(ev.file.header.tid, (Box::new(ev), Instant::now()));
@@ -531,11 +582,9 @@ impl HoldReader {
             let view = Arc::clone(&self.view);
             let ev = entry.clone();
             let (pid, tid) = (exit.pid, exit.tid);
-            let spawned = std::thread::Builder::new()
-                .name("hold-decide".into())
-                .spawn(move || {
-                    let _ = tx.send(reached(&view, &ev, pid, tid));
-                });
+            let spawned = std::thread::Builder::new().name("hold-decide".into()).spawn(move || {
+                let _ = tx.send(reached(&view, &ev, pid, tid));
+            });
             match spawned {
                 Err(_) => Err(Unresolved::Timeout),
                 Ok(_) => match rx.recv_timeout(DECIDE_TIMEOUT) {
@@ -557,7 +606,12 @@ impl HoldReader {
     }
 
     /// Kills or continues the task and sends the record of what was decided.
-    fn act(&mut self, entry: Option<&HoldEvent>, exit: &HoldExit, result: Result<Reached, Unresolved>) {
+    fn act(
+        &mut self,
+        entry: Option<&HoldEvent>,
+        exit: &HoldExit,
+        result: Result<Reached, Unresolved>,
+    ) {
         let stopped = exit.stopped == 1;
         let hold_block = read(&self.view).hold_block;
         let scope = entry.map_or(hold_block, |e| e.scope);
@@ -597,7 +651,13 @@ impl HoldReader {
         }
         self.metrics.count(outcome, reason);
         if let Err(why) = result {
-            tracing::warn!(pid = exit.pid, tid = exit.tid, reason = why.reason(), enforce = self.enforce, "held call could not be resolved: decided closed");
+            tracing::warn!(
+                pid = exit.pid,
+                tid = exit.tid,
+                reason = why.reason(),
+                enforce = self.enforce,
+                "held call could not be resolved: decided closed"
+            );
         }
         let (Some(action), Some(entry)) = (action, entry) else { return };
         let mut file: FileEvent = entry.file;
@@ -624,6 +684,8 @@ pub fn kinds_named(kinds: u32) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    const ME: (u32, u32) = (0, 0);
+
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("sensor-hold-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -646,24 +708,30 @@ mod tests {
         let secret = std::fs::metadata(d.join("secret")).expect("stat");
         let is_secret = |fd: &OwnedFd| {
             let st = stat(fd).expect("stat");
-            (st.dev, st.ino) == (std::os::unix::fs::MetadataExt::dev(&secret), std::os::unix::fs::MetadataExt::ino(&secret))
+            (st.dev, st.ino)
+                == (
+                    std::os::unix::fs::MetadataExt::dev(&secret),
+                    std::os::unix::fs::MetadataExt::ino(&secret),
+                )
         };
         let host = dir(std::path::Path::new("/"));
         let pubdir = || dir(&d.join("pub"));
         for path in ["abs/token", "rel/token", "rel/sub/../token", "../secret/token"] {
-            let (parent, name) = resolve_parent(&host, pubdir(), path.as_bytes(), false).expect(path);
+            let (parent, name) =
+                resolve_parent(&host, pubdir(), path.as_bytes(), false, ME).expect(path);
             assert!(is_secret(&parent), "{path}");
             assert_eq!(name, b"token");
         }
         // Inside a root of `d`, an absolute link and `..` above the root stay inside it.
         let root = dir(&d);
         for path in ["inroot/token", "../../../../secret/token", "/pub/inroot/x/../token"] {
-            let (parent, _) = resolve_parent(&root, pubdir(), path.as_bytes(), false).expect(path);
+            let (parent, _) =
+                resolve_parent(&root, pubdir(), path.as_bytes(), false, ME).expect(path);
             assert!(is_secret(&parent), "{path}");
         }
         // A missing directory on the way cannot be resolved.
         assert_eq!(
-            resolve_parent(&host, pubdir(), b"gone/x/token", false).err(),
+            resolve_parent(&host, pubdir(), b"gone/x/token", false, ME).err(),
             Some(Unresolved::ParentGone)
         );
         std::fs::remove_dir_all(&d).expect("cleanup");
@@ -681,10 +749,8 @@ mod tests {
         };
         let mut masks = InodeMasks::default();
         masks.block[3] = 1;
-        let view = RwLock::new(HoldView {
-            inode: HashMap::from([(key, masks)]),
-            ..HoldView::default()
-        });
+        let view =
+            RwLock::new(HoldView { inode: HashMap::from([(key, masks)]), ..HoldView::default() });
         assert_eq!(tree_masks(&view, dir(&d.join("secret/a/b"))).block[3], 1);
         assert_eq!(tree_masks(&view, dir(&d)).block[3], 0);
         std::fs::remove_dir_all(&d).expect("cleanup");
