@@ -588,11 +588,9 @@ fn exec_from_memfd_is_flagged_by_the_kernel_record() {
 ",
     );
     sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(2.0));
-    s.sh(
-        "/usr/bin/python3 -c \"import os; fd=os.memfd_create('e2e'); \
+    s.sh("/usr/bin/python3 -c \"import os; fd=os.memfd_create('e2e'); \
          os.write(fd, open('/bin/true','rb').read()); \
-         os.execv('/proc/self/fd/%d' % fd, ['memfd-true'])\"; /bin/true",
-    );
+         os.execv('/proc/self/fd/%d' % fd, ['memfd-true'])\"; /bin/true");
     let alert = sensor.wait_event("memfd exec alert", |v| v["rule"] == "Test memfd exec");
     let f = &alert["output_fields"];
     let flags = f["evt.arg.flags"].as_str().unwrap_or_default();
@@ -648,13 +646,11 @@ fn accept_and_listen_reach_rules_that_name_them() {
     );
     sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(1.0));
     sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
-    s.sh(
-        "perl -e 'use Socket; socket(L,PF_INET,SOCK_STREAM,0) or die; \
+    s.sh("perl -e 'use Socket; socket(L,PF_INET,SOCK_STREAM,0) or die; \
          bind(L,pack_sockaddr_in(0,inet_aton(q{127.0.0.1}))) or die; listen(L,1) or die; \
          my ($p)=sockaddr_in(getsockname(L)); socket(C,PF_INET,SOCK_STREAM,0) or die; \
          connect(C,pack_sockaddr_in($p,inet_aton(q{127.0.0.1}))) or die; \
-         accept(A,L) or die; sleep 2;'",
-    );
+         accept(A,L) or die; sleep 2;'");
     let listen = sensor.wait_event("listen", |v| {
         v["rule"] == "Test inbound" && v["output_fields"]["evt.type"] == "listen"
     });
@@ -664,6 +660,10 @@ fn accept_and_listen_reach_rules_that_name_them() {
             && v["output_fields"]["evt.type"].as_str().is_some_and(|t| t.starts_with("accept"))
     });
     let f = &accept["output_fields"];
-    assert_eq!((f["fd.sport"].as_i64(), &f["fd.sip"]), (Some(port), &serde_json::json!("127.0.0.1")), "{accept}");
+    assert_eq!(
+        (f["fd.sport"].as_i64(), &f["fd.sip"]),
+        (Some(port), &serde_json::json!("127.0.0.1")),
+        "{accept}"
+    );
     assert_eq!(f["fd.cip"], "127.0.0.1", "{accept}");
 }

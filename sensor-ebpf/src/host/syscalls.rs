@@ -16,8 +16,7 @@ use sensor_common::host::{
     ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
     FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks,
     LossCounter, OpenArgs, RULE_FAILED_OPENS, RULE_SYSCALLS_MAX_ENTRIES, RULES_BIT_INDEX,
-    SYSCALL_STR_LEN, SavedSyscall,
-    SyscallArgsEvent, SyscallEvent, SyscallInterest,
+    SYSCALL_STR_LEN, SavedSyscall, SyscallArgsEvent, SyscallEvent, SyscallInterest,
 };
 
 use super::{

@@ -654,9 +654,9 @@ pub fn excludes_failed_opens(node: &Node) -> bool {
         Node::Test(Field::FdNum | Field::EvtRawres, Test::IntIn(vs)) => vs.iter().all(|v| *v >= 0),
         Node::Test(Field::EvtRes, Test::StrEq(v)) => &**v == "SUCCESS",
         Node::And(v) => v.iter().any(excludes_failed_opens),
-        Node::Or(v) => v
-            .iter()
-            .all(|n| classes(n) & Class::Open.bit() == 0 || excludes_failed_opens(n)),
+        Node::Or(v) => {
+            v.iter().all(|n| classes(n) & Class::Open.bit() == 0 || excludes_failed_opens(n))
+        }
         _ => false,
     }
 }
@@ -710,7 +710,12 @@ thread_local! {
 }
 
 /// `s` with `transforms` applied in order, built in `a` and `b`.
-fn transformed<'b>(s: &str, transforms: &[Transform], a: &'b mut String, b: &'b mut String) -> &'b str {
+fn transformed<'b>(
+    s: &str,
+    transforms: &[Transform],
+    a: &'b mut String,
+    b: &'b mut String,
+) -> &'b str {
     a.clear();
     a.push_str(s);
     for t in transforms {

@@ -1,8 +1,8 @@
 //! The Falco fields we can fill from our host events, their types, and extraction from the
 //! enriched event view without allocating (computed strings go into a reused scratch buffer).
 
-use std::{collections::HashMap, time::Instant};
 use sensor_common::host::{FLAG_EXE_CHECKED, FLAG_EXE_FROM_MEMFD, FLAG_EXE_UPPER_LAYER};
+use std::{collections::HashMap, time::Instant};
 
 use crate::host::{
     process::{ProcessInfo, ProcessTable},
@@ -1127,8 +1127,12 @@ impl<'a> Ctx<'a> {
                 Val::Str(scratch)
             };
             match field {
-                Field::FdSip | Field::FdLip | Field::FdNet(2 | 3) => return Some(ip(scratch, server)),
-                Field::FdCip | Field::FdRip | Field::FdNet(1 | 4) => return Some(ip(scratch, client)),
+                Field::FdSip | Field::FdLip | Field::FdNet(2 | 3) => {
+                    return Some(ip(scratch, server));
+                }
+                Field::FdCip | Field::FdRip | Field::FdNet(1 | 4) => {
+                    return Some(ip(scratch, client));
+                }
                 Field::FdIp | Field::FdNet(0) => {
                     // Either end: the client's, unless it is unknown (a listener).
                     let a = if client.ip().is_unspecified() { server } else { client };

@@ -414,7 +414,14 @@ mod tests {
             "a plain text longer than one word: /usr/bin/python3 -c print",
             "0123456789abcde\"after a quote in the second word",
             "01234567\u{1f}890123456789\\0123\u{7f}\u{80}éé 01234567",
-            "plain", "q\"uote", "back\\slash", "tab\tnl\ncr\r", "\u{1}\u{1f}\u{8}\u{c}", "é ✓ \u{7f}", ""];
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\ncr\r",
+            "\u{1}\u{1f}\u{8}\u{c}",
+            "é ✓ \u{7f}",
+            "",
+        ];
         for s in samples {
             let mut out = String::new();
             push_json_str(&mut out, s);

@@ -396,7 +396,10 @@ fn networks_and_output_fields_and_sorted_tags() {
 fn bench_events_match_as_the_bench_says() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let s = bench::load(
-        &[root.join("tests/rules/falco_style_rules.yaml"), root.join("deploy/rules/sensor_rules.yaml")],
+        &[
+            root.join("tests/rules/falco_style_rules.yaml"),
+            root.join("deploy/rules/sensor_rules.yaml"),
+        ],
         true,
         Priority::Debug,
     )
@@ -405,7 +408,11 @@ fn bench_events_match_as_the_bench_says() {
     let table = ProcessTable::default();
     let mut ev = Evaluator::new("n".into());
     let hits = |ev: &mut Evaluator, events: &[Enriched]| {
-        events.iter().filter_map(|e| ev.evaluate(&s, e, &table)).map(|m| m.rule.name.clone()).collect::<Vec<_>>()
+        events
+            .iter()
+            .filter_map(|e| ev.evaluate(&s, e, &table))
+            .map(|m| m.rule.name.clone())
+            .collect::<Vec<_>>()
     };
     assert_eq!(hits(&mut ev, &bench::sample_events()), ["Shell in container"]);
     assert!(hits(&mut ev, &bench::quiet_events()).is_empty());
