@@ -28,6 +28,9 @@ pub const OPEN_ARGS_MAP: &str = "OPEN_ARGS";
 pub const RULE_SYSCALLS_MAP: &str = "RULE_SYSCALLS";
 /// Most syscalls the rules can ask for at once.
 pub const RULE_SYSCALLS_MAX_ENTRIES: u32 = 64;
+/// A `RULE_SYSCALLS` key that is no syscall number: present when the rules need failed
+/// opens (`evt.res != SUCCESS`); its `observe` bits say from which scopes.
+pub const RULE_FAILED_OPENS: u32 = 0xFFFF_FF00;
 /// Bytes kept of a string argument (a path) of a [`SyscallArgsEvent`].
 pub const SYSCALL_STR_LEN: usize = 256;
 /// Hash of [`InodeKey`] → [`InodeMasks`]: the objects rules protect, by identity.
@@ -166,6 +169,17 @@ pub const FLAG_HELD: u32 = 1 << 8;
 /// A held call the agent could not resolve (parent gone, process gone, timeout, record lost):
 /// decided closed.
 pub const FLAG_HOLD_UNRESOLVED: u32 = 1 << 9;
+/// Exec record: the program read the executable's origin; the `FLAG_EXE_*` bits below hold
+/// (Falco's `proc.is_exe_from_memfd`, `proc.is_exe_upper_layer`, execve `flags`).
+pub const FLAG_EXE_CHECKED: u32 = 1 << 16;
+/// Exec record: the executable is a memfd (its dentry's name starts with `memfd:`).
+pub const FLAG_EXE_FROM_MEMFD: u32 = 1 << 17;
+/// Exec record: the executable's filesystem is overlayfs.
+pub const FLAG_EXE_OVERLAY: u32 = 1 << 18;
+/// Exec record: the overlay inode has an upper (writable layer) dentry.
+pub const FLAG_EXE_UPPER_LAYER: u32 = 1 << 19;
+/// `OVERLAYFS_SUPER_MAGIC` (`super_block.s_magic` of an overlay mount).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// Access kinds of file rules, the index into [`FileMasks`] arrays.
 pub const ACCESS_READ: usize = 0;
@@ -378,6 +392,10 @@ pub struct KernelOffsets {
     pub sb_dev: u32,
     pub binprm_filename: u32,
     pub binprm_interp: u32,
+    pub sb_magic: u32,
+    /// From an overlay inode (`ovl_inode.vfs_inode`) to `ovl_inode.__upperdentry`;
+    /// `u32::MAX` when the kernel's BTF has no `ovl_inode`.
+    pub ovl_inode_upper: u32,
 }
 
 /// Which policies audit and which block; both halves of the generation split are kept.
@@ -569,7 +587,7 @@ const _: () = assert!(
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
-const _: () = assert!(core::mem::size_of::<HostConfig>() == 64 + 34 * 4);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 64 + 36 * 4);
 const _: () = assert!(
     core::mem::size_of::<HoldEvent>() == core::mem::size_of::<FileEvent>() + 8 + 16 + 8 * 4
 );

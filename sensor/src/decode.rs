@@ -305,8 +305,12 @@ fn decode_file(record: &[u8]) -> Result<FileOp, DecodeError> {
             .filter(|k| raw.access & (1 << k) != 0)
             .map(|k| NAMES[k])
             .collect(),
-        // Opens come canonical from the kernel; the other operations' paths as given.
-        path: if matches!(raw.op, FILE_OP_OPEN | FILE_OP_EXEC) || !path.starts_with('/') {
+        // Opens come canonical from the kernel; the other operations' paths as given. A
+        // failed open has no file: its path is the one the process passed.
+        path: if raw.op == FILE_OP_OPEN && raw.fd < 0 && raw.path_len == 0 {
+            let passed = text(&raw.path2, raw.path2_len as usize);
+            if passed.starts_with('/') { normalize(&passed) } else { passed }
+        } else if matches!(raw.op, FILE_OP_OPEN | FILE_OP_EXEC) || !path.starts_with('/') {
             path
         } else {
             normalize(&path)

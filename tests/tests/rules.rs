@@ -514,3 +514,156 @@ fn ancestors_started_before_the_agent_are_known() {
     assert_eq!(alert["output_fields"]["proc.aname[2]"], comm(&pre), "{alert}");
     assert_eq!(alert["output_fields"]["proc.pname"], comm(&mid), "{alert}");
 }
+
+/// Falco's `open_file_failed` macro (fd.num = -1, evt.res an error name): failed opens reach
+/// the rules, with the path as passed (absolute, and relative joined with the working
+/// directory); a rule that requires a descriptor (`fd.num >= 0`) does not see them.
+#[test]
+fn failed_opens_reach_rules_that_can_match_them() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let data = s.data();
+    let sensor = s.start(&format!(
+        "- macro: open_file_failed
+  condition: (evt.type in (open,openat,openat2) and fd.typechar='f' and fd.num=-1 and evt.res startswith E)
+- rule: Test failed open
+  desc: test
+  condition: open_file_failed and container.id != host and fd.name startswith {data}/missing/
+  output: failed %fd.name res=%evt.res rawres=%evt.rawres fd=%fd.num raw=%fd.nameraw by %proc.name
+  priority: NOTICE
+- rule: Test opened
+  desc: test
+  condition: evt.type in (open,openat,openat2) and fd.num >= 0 and fd.name startswith {data}/missing/
+  output: opened %fd.name
+  priority: NOTICE
+"
+    ));
+    sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(2.0));
+    sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
+    s.sh(&format!(
+        "cat {data}/missing/abs 2>/dev/null; cd {data} && cat missing/rel 2>/dev/null; true"
+    ));
+    for (name, raw) in [("abs", format!("{data}/missing/abs")), ("rel", "missing/rel".to_owned())] {
+        let path = format!("{data}/missing/{name}");
+        let alert = sensor.wait_event(&format!("failed open of {name}"), |v| {
+            v["rule"] == "Test failed open" && v["output_fields"]["fd.name"] == path.as_str()
+        });
+        let f = &alert["output_fields"];
+        assert_eq!(
+            (&f["evt.res"], &f["evt.rawres"], &f["fd.num"], &f["fd.nameraw"], &f["proc.name"]),
+            (
+                &serde_json::json!("ENOENT"),
+                &serde_json::json!(-2),
+                &serde_json::json!(-1),
+                &serde_json::json!(raw),
+                &serde_json::json!("cat")
+            ),
+            "{alert}"
+        );
+    }
+    assert!(alerts(&sensor, "Test opened").is_empty(), "a failed open matched fd.num >= 0");
+}
+
+/// `proc.is_exe_from_memfd` from the exec record: a program run from a memfd (gone by the
+/// time the agent could look in /proc) is flagged, the same program from a file is not.
+#[test]
+fn exec_from_memfd_is_flagged_by_the_kernel_record() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let sensor = s.start(
+        "- rule: Test memfd exec
+  desc: test
+  condition: evt.type in (execve, execveat) and container.id != host and proc.is_exe_from_memfd = true
+  output: memfd %proc.name %proc.exepath flags=%evt.arg.flags upper=%proc.is_exe_upper_layer
+  priority: CRITICAL
+- rule: Test file exec
+  desc: test
+  condition: evt.type in (execve, execveat) and container.id != host and proc.is_exe_from_memfd = false and proc.name = true
+  output: file %proc.name %proc.exepath
+  priority: NOTICE
+",
+    );
+    sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(2.0));
+    s.sh("/usr/bin/python3 -c \"import os; fd=os.memfd_create('e2e'); \
+         os.write(fd, open('/bin/true','rb').read()); \
+         os.execv('/proc/self/fd/%d' % fd, ['memfd-true'])\"; /bin/true");
+    let alert = sensor.wait_event("memfd exec alert", |v| v["rule"] == "Test memfd exec");
+    let f = &alert["output_fields"];
+    let flags = f["evt.arg.flags"].as_str().unwrap_or_default();
+    assert!(flags.split('|').any(|x| x == "EXE_FROM_MEMFD"), "{alert}");
+    assert_eq!(f["proc.is_exe_upper_layer"], false, "{alert}");
+    sensor.wait_event("file exec alert", |v| v["rule"] == "Test file exec");
+    assert_eq!(alerts(&sensor, "Test memfd exec").len(), 1, "only the memfd exec is flagged");
+}
+
+/// Falco's `fd.name` is the path as passed: a rule on a path through a symlinked directory
+/// fires although the kernel resolves the open elsewhere (outside every rule prefix).
+#[test]
+fn rule_on_the_passed_path_through_a_symlinked_directory_fires() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let data = s.data();
+    let dir = fs::canonicalize(&s.dir).expect("canonical").display().to_string();
+    std::os::unix::fs::symlink(format!("{data}/secret"), s.dir.join("link")).expect("symlink");
+    let sensor = s.start(&format!(
+        "- rule: Test link read
+  desc: test
+  condition: evt.type in (open,openat,openat2) and evt.is_open_read=true and fd.num >= 0 and fd.name startswith {dir}/link/
+  output: read %fd.name real=%fd.realname
+  priority: NOTICE
+"
+    ));
+    sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(1.0));
+    sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
+    s.sh(&format!("cat {dir}/link/token >/dev/null"));
+    let alert = sensor.wait_event("read through the link", |v| v["rule"] == "Test link read");
+    let f = &alert["output_fields"];
+    assert_eq!(f["fd.name"], format!("{dir}/link/token"), "{alert}");
+    assert_eq!(f["fd.realname"], format!("{data}/secret/token"), "{alert}");
+}
+
+/// `accept`/`accept4`/`listen` (Falco's `inbound` macro) from the raw syscall hooks, sent only
+/// because a loaded rule names them: the accepted connection's server and client ends.
+#[test]
+fn accept_and_listen_reach_rules_that_name_them() {
+    if !privileged() {
+        return;
+    }
+    let s = setup();
+    let sensor = s.start(
+        "- rule: Test inbound
+  desc: test
+  condition: evt.type in (accept,accept4,listen) and evt.dir=< and container.id != host and (fd.typechar = 4 or fd.typechar = 6) and evt.rawres >= 0 and fd.snet in (\"127.0.0.0/8\")
+  output: inbound %evt.type %fd.name sip=%fd.sip sport=%fd.sport cip=%fd.cip
+  priority: NOTICE
+",
+    );
+    sensor.wait_metric("sensor_rules_loaded", &[], |v| v == Some(1.0));
+    sensor.wait_metric("sensor_host_watched_cgroups", &[], |v| v >= Some(1.0));
+    s.sh("perl -e 'use Socket; socket(L,PF_INET,SOCK_STREAM,0) or die; \
+         bind(L,pack_sockaddr_in(0,inet_aton(q{127.0.0.1}))) or die; listen(L,1) or die; \
+         my ($p)=sockaddr_in(getsockname(L)); socket(C,PF_INET,SOCK_STREAM,0) or die; \
+         connect(C,pack_sockaddr_in($p,inet_aton(q{127.0.0.1}))) or die; \
+         accept(A,L) or die; sleep 2;'");
+    let listen = sensor.wait_event("listen", |v| {
+        v["rule"] == "Test inbound" && v["output_fields"]["evt.type"] == "listen"
+    });
+    let port = listen["output_fields"]["fd.sport"].as_i64().expect("listen port");
+    let accept = sensor.wait_event("accept", |v| {
+        v["rule"] == "Test inbound"
+            && v["output_fields"]["evt.type"].as_str().is_some_and(|t| t.starts_with("accept"))
+    });
+    let f = &accept["output_fields"];
+    assert_eq!(
+        (f["fd.sport"].as_i64(), &f["fd.sip"]),
+        (Some(port), &serde_json::json!("127.0.0.1")),
+        "{accept}"
+    );
+    assert_eq!(f["fd.cip"], "127.0.0.1", "{accept}");
+}

@@ -13,7 +13,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sensor_common::host::{
     ACCESS_EXEC, Action, EventKind, ExecEvent, ExitEvent, FLAG_ARGS_TRUNCATED, FLAG_CWD_TRUNCATED,
-    FLAG_PATH_TRUNCATED, MAX_ARGS_LEN, MAX_PATH_LEN,
+    FLAG_EXE_CHECKED, FLAG_EXE_FROM_MEMFD, FLAG_EXE_OVERLAY, FLAG_EXE_UPPER_LAYER,
+    FLAG_PATH_TRUNCATED, KernelOffsets, MAX_ARGS_LEN, MAX_PATH_LEN, OVERLAYFS_SUPER_MAGIC,
 };
 
 use super::{
@@ -38,6 +39,9 @@ struct ExePathSlot {
     file: u64,
     len: u32,
     truncated: u32,
+    /// `FLAG_EXE_*` bits for the executable ([`exe_origin`]).
+    origin: u32,
+    _pad: u32,
 }
 
 #[map]
@@ -73,12 +77,44 @@ pub fn exec_path(_ctx: RawTracePointContext) -> i32 {
     slot.file = exe_file as u64;
     slot.len = len;
     slot.truncated = u32::from(cut);
+    slot.origin = exe_origin(o, exe_file);
     0
 }
 
-/// The executable path `exec_path` left for `file` in this hook call: length and cut flag.
+/// Where the executable comes from, as Falco's execve `flags` say: a memfd (the dentry name
+/// `memfd_create` gives, `memfd:NAME`), an overlay's upper (container-written) layer or a
+/// lower one. `FLAG_EXE_CHECKED` when the dentry could be read.
 #[inline(always)]
-fn take_exe_path(file: *const u8) -> Option<(u32, bool)> {
+fn exe_origin(o: &KernelOffsets, exe_file: *const u8) -> u32 {
+    let dentry = field_ptr(exe_file, o.file_path + o.path_dentry);
+    if dentry.is_null() {
+        return 0;
+    }
+    let mut flags = FLAG_EXE_CHECKED;
+    let name = field_ptr(dentry, o.dentry_name_ptr);
+    let mut prefix = [0_u8; 6];
+    // SAFETY: the helper checks the kernel address and bounds the copy by `prefix`.
+    if !name.is_null()
+        && unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(name, &mut prefix) }.is_ok()
+        && prefix == *b"memfd:"
+    {
+        flags |= FLAG_EXE_FROM_MEMFD;
+    }
+    let inode = field_ptr(dentry, o.dentry_inode);
+    let sb = field_ptr(inode, o.inode_sb);
+    if !sb.is_null() && field_u64(sb, o.sb_magic) == Some(OVERLAYFS_SUPER_MAGIC) {
+        flags |= FLAG_EXE_OVERLAY;
+        if o.ovl_inode_upper != u32::MAX && !field_ptr(inode, o.ovl_inode_upper).is_null() {
+            flags |= FLAG_EXE_UPPER_LAYER;
+        }
+    }
+    flags
+}
+
+/// The executable path `exec_path` left for `file` in this hook call: length, cut flag and
+/// the executable's `FLAG_EXE_*` origin bits.
+#[inline(always)]
+fn take_exe_path(file: *const u8) -> Option<(u32, bool, u32)> {
     let slot = EXE_PATH_SLOT.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, read and cleared by the program of the same hook call.
     let slot = unsafe { &mut *slot };
@@ -86,7 +122,7 @@ fn take_exe_path(file: *const u8) -> Option<(u32, bool)> {
         return None;
     }
     slot.pid_tgid = 0;
-    Some((slot.len, slot.truncated != 0))
+    Some((slot.len, slot.truncated != 0, slot.origin))
 }
 
 /// Raw `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
@@ -128,9 +164,10 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         let exe_file = field_ptr(mm, o.mm_exe_file);
         // `exec_path` wrote the executable's path into this scratch just before.
         if !exe_file.is_null()
-            && let Some((len, cut)) = take_exe_path(exe_file)
+            && let Some((len, cut, origin)) = take_exe_path(exe_file)
         {
             event.exe_len = len;
+            event.header.flags |= origin;
             if cut {
                 event.header.flags |= FLAG_PATH_TRUNCATED;
             }

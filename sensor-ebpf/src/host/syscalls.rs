@@ -14,9 +14,9 @@ use aya_ebpf::{
 };
 use sensor_common::host::{
     ACCESS_CREATE, ACCESS_EXEC, ACCESS_KINDS, ACCESS_READ, ACCESS_WRITE, Action, EventKind,
-    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileMasks, HoldEvent,
-    LossCounter, OpenArgs, RULE_SYSCALLS_MAX_ENTRIES, SYSCALL_STR_LEN, SavedSyscall,
-    SyscallArgsEvent, SyscallEvent, SyscallInterest,
+    FILE_OP_EXEC, FILE_OP_OPEN, FLAG_PATH_TRUNCATED, FLAG_SCRIPT, FileEvent, FileMasks, HoldEvent,
+    LossCounter, OpenArgs, RULE_FAILED_OPENS, RULE_SYSCALLS_MAX_ENTRIES, RULES_BIT_INDEX,
+    SYSCALL_STR_LEN, SavedSyscall, SyscallArgsEvent, SyscallEvent, SyscallInterest,
 };
 
 use super::{
@@ -95,7 +95,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 
     let arg = |offset| reg(regs, offset);
     // SAFETY: the value is copied out at once.
-    if let Some(interest) = unsafe { RULE_SYSCALLS.get(&id) }.copied()
+    if id != RULE_FAILED_OPENS
+        && let Some(interest) = unsafe { RULE_SYSCALLS.get(&id) }.copied()
         && interest.observe & scope != 0
     {
         let saved = SavedSyscall {
@@ -148,6 +149,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = OPEN_ARGS.remove(&tid);
     let fd = ctx.arg::<u64>(1) as i64;
     if fd < 0 {
+        failed_open(&open, fd);
         return 0;
     }
     let Some(config) = config() else {
@@ -209,6 +211,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         Some(decided) => decided,
         // No policy decides, but the rules engine watches this path in this cgroup.
         None if observe & open.scope != 0 => (Action::Observed, 0),
+        // Falco's `fd.name` is the path as passed: a rule's prefix may name it (a path
+        // through a symlinked directory) where the resolved path is elsewhere.
+        None if passed_path_observed(&open, event) => (Action::Observed, 0),
         None => return 0,
     };
     fill_header(&mut event.header, EventKind::File as u32, action, policy);
@@ -244,6 +249,67 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         kill_current();
     }
     0
+}
+
+/// For an open in a cgroup the rules watch whose resolved path is under none of their
+/// prefixes: whether the absolute path the process passed is (read into `path2`, which the
+/// event carries anyway). Lexical only: `..` in the passed path is not resolved here.
+#[inline(always)]
+fn passed_path_observed(open: &OpenArgs, event: &mut FileEvent) -> bool {
+    const RULES: u64 = (1 << RULES_BIT_INDEX) | (1 << (RULES_BIT_INDEX + 32));
+    if open.scope & RULES == 0 {
+        return false;
+    }
+    // SAFETY: checked read of user memory into the event's own buffer.
+    let len = match unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+            open.filename as *const u8,
+            &mut event.path2[..sensor_common::host::MAX_PATH_LEN],
+        )
+    } {
+        Ok(raw) if raw.first() == Some(&b'/') => raw.len() as u32,
+        _ => return false,
+    };
+    let Some(key) = lookup_key(event.path2.as_ptr(), len) else {
+        return false;
+    };
+    FILE_RULES.get(key).is_some_and(|masks| masks.observe & open.scope != 0)
+}
+
+/// A failed open, sent when the rules need failed opens from this scope: no file, so no
+/// canonical path; the path as the process passed it, the flags, and the error as `fd`.
+#[inline(always)]
+fn failed_open(open: &OpenArgs, ret: i64) {
+    // SAFETY: the value is copied out at once.
+    let Some(interest) = (unsafe { RULE_SYSCALLS.get(&RULE_FAILED_OPENS) }).copied() else {
+        return;
+    };
+    if interest.observe & open.scope == 0 {
+        return;
+    }
+    let Some(event) = FILE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used by this program only until it returns.
+    let event = unsafe { &mut *event };
+    fill_header(&mut event.header, EventKind::File as u32, Action::Observed, 0);
+    event.op = FILE_OP_OPEN;
+    event.access = open.access;
+    event.path_len = 0;
+    event.open_flags = open.flags;
+    event.fd = ret as i32;
+    event.dirfd = open.dirfd;
+    // SAFETY: checked read of user memory into the event's own buffer.
+    event.path2_len = match unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+            open.filename as *const u8,
+            &mut event.path2[..sensor_common::host::MAX_PATH_LEN],
+        )
+    } {
+        Ok(raw) => raw.len() as u32,
+        Err(_) => 0,
+    };
+    emit(event);
 }
 
 /// The exit of a syscall the rules named: its arguments (kept at entry), result and string

@@ -82,6 +82,11 @@ pub fn read(btf_path: &Path) -> Result<KernelOffsets, OffsetsError> {
         sb_dev: of("super_block", "s_dev")?,
         binprm_filename: of("linux_binprm", "filename")?,
         binprm_interp: of("linux_binprm", "interp")?,
+        sb_magic: of("super_block", "s_magic")?,
+        ovl_inode_upper: match (of("ovl_inode", "__upperdentry"), of("ovl_inode", "vfs_inode")) {
+            (Ok(upper), Ok(inode)) if upper > inode => upper - inode,
+            _ => u32::MAX,
+        },
     })
 }
 

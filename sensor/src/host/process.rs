@@ -17,6 +17,9 @@ pub struct ProcessInfo {
     pub ppid: u32,
     /// The task's comm (what Falco calls `proc.name`).
     pub comm: String,
+    /// The exec record's `FLAG_EXE_*` bits (the executable's origin); 0 when the process
+    /// was found in `/proc` instead.
+    pub exe_flags: u32,
 }
 
 #[derive(Debug, Default)]
@@ -110,7 +113,7 @@ fn from_proc(pid: u32) -> Option<ProcessInfo> {
     let comm = std::fs::read_to_string(dir.join("comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
         .unwrap_or_default();
-    Some(ProcessInfo { binary, args, cwd, ppid, comm })
+    Some(ProcessInfo { binary, args, cwd, ppid, comm, exe_flags: 0 })
 }
 
 #[cfg(test)]

@@ -208,6 +208,11 @@ impl HostFormatter {
                     cwd: exec.cwd,
                     ppid: exec.header.ppid,
                     comm: exec.header.comm.clone(),
+                    exe_flags: exec.header.flags
+                        & (sensor_common::host::FLAG_EXE_CHECKED
+                            | sensor_common::host::FLAG_EXE_FROM_MEMFD
+                            | sensor_common::host::FLAG_EXE_OVERLAY
+                            | sensor_common::host::FLAG_EXE_UPPER_LAYER),
                 };
                 self.processes.exec(exec.header.pid, info.clone());
                 let detail = Detail::Exec {

@@ -35,6 +35,18 @@ pub fn check(args: &RulesCheckArgs) -> Result<String, RulesError> {
     for skipped in &set.skipped {
         let _ = writeln!(out, "skipped {}: {}: {}", skipped.origin, skipped.name, skipped.reason);
     }
+    // What keeps the skipped rules out, each construct with the number of rules it blocks.
+    let mut counts: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for skipped in &set.skipped {
+        for blocker in &skipped.blockers {
+            counts.entry(blocker).or_default().push(&skipped.name);
+        }
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    for (blocker, rules) in counts {
+        let _ = writeln!(out, "blocker {blocker}: {} rules ({})", rules.len(), rules.join("; "));
+    }
     let _ = writeln!(
         out,
         "kernel interest: file opens under {:?}, cgroups {:?}, syscalls {:?}",
@@ -43,7 +55,10 @@ pub fn check(args: &RulesCheckArgs) -> Result<String, RulesError> {
         set.interest
             .syscalls
             .iter()
-            .map(|nr| super::syscalls::by_nr(*nr).map_or("?", |s| s.name))
+            .map(|nr| match *nr {
+                sensor_common::host::RULE_FAILED_OPENS => "failed opens",
+                nr => super::syscalls::by_nr(nr).map_or("?", |s| s.name),
+            })
             .collect::<Vec<_>>()
     );
     Ok(out)

@@ -90,6 +90,25 @@ pub enum Transform {
 }
 
 impl Transform {
+    /// Writes the transformed `src` into `out` (without allocating for ASCII text, the
+    /// usual case).
+    fn apply_into(self, src: &str, out: &mut String) {
+        out.clear();
+        match self {
+            Self::ToLower if src.is_ascii() => {
+                out.extend(src.bytes().map(|c| char::from(c.to_ascii_lowercase())));
+            }
+            Self::ToUpper if src.is_ascii() => {
+                out.extend(src.bytes().map(|c| char::from(c.to_ascii_uppercase())));
+            }
+            Self::Basename => {
+                let trimmed = src.trim_end_matches('/');
+                out.push_str(trimmed.rsplit('/').next().unwrap_or(trimmed));
+            }
+            _ => out.push_str(&self.apply(src)),
+        }
+    }
+
     fn apply(self, s: &str) -> String {
         match self {
             Self::ToLower => s.to_lowercase(),
@@ -184,7 +203,31 @@ pub fn field_ref(text: &str) -> Result<(Field, Vec<Transform>), Skip> {
 #[derive(Debug)]
 pub enum StrSet {
     Small(Box<[Box<str>]>),
-    Hashed(HashSet<Box<str>>),
+    Hashed(HashSet<Box<str>, std::hash::BuildHasherDefault<FxHasher>>),
+}
+
+/// The Fx hash (rustc's): fast on short keys such as process names. The sets are built from
+/// rule files, not from event data, so flooding one bucket would take the rule author.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0_u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl StrSet {
@@ -277,18 +320,61 @@ fn costly(node: &Node) -> bool {
     }
 }
 
-/// Compiles an expanded condition. Within an `and`, tests that read `/proc` go last (the
-/// tests have no side effects, so the order does not change the result, only how often the
-/// costly ones run).
+/// A rough cost of evaluating the node, to order the operands of `and` and `or`: event type
+/// tests first, then plain comparisons, sets, string searches and patterns, transformed
+/// fields and ancestors, and tests that read `/proc` last.
+fn cost(node: &Node) -> u32 {
+    match node {
+        Node::Const(_) | Node::Class(_) | Node::UnknownTypes(_) => 0,
+        Node::Not(n) => cost(n),
+        Node::And(v) | Node::Or(v) => v.iter().map(cost).max().unwrap_or(0) + 1,
+        _ if costly(node) => 100,
+        Node::Test(Field::ProcAname(None), _) => 8,
+        Node::Test(Field::ProcAname(Some(n)), _) if *n >= 2 => 6,
+        Node::Xform(..) | Node::FieldCmp { .. } => 6,
+        Node::Test(_, test) => match test {
+            Test::Exists | Test::StrEq(_) | Test::StrNe(_) | Test::Int(..) | Test::Bool(_) => 1,
+            Test::StrIn(_) | Test::IntIn(_) | Test::StartsWith(_) | Test::EndsWith(_) => 2,
+            Test::Contains(_) | Test::IContains(_) | Test::BContains(_) | Test::BStartsWith(_) => 3,
+            Test::Pmatch(..) | Test::Glob(_) | Test::IGlob(_) | Test::Net(..) => 4,
+            Test::Regex(_) | Test::Dns(_) => 5,
+        },
+    }
+}
+
+/// Compiles an expanded condition. Nested `and`s (and `or`s) are flattened, and the operands
+/// ordered by [`cost`]: cheap and selective tests first, tests that read `/proc` last (tests
+/// have no side effects, so the order does not change the result, only how much runs).
 pub fn compile(expr: &Expr, defs: &Defs<'_>) -> Result<Node, Skip> {
     Ok(match expr {
         Expr::And(v) => {
-            let mut nodes: Vec<Node> =
-                v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?;
-            nodes.sort_by_key(costly);
+            let mut nodes = Vec::with_capacity(v.len());
+            for e in v {
+                match compile(e, defs)? {
+                    Node::And(inner) => nodes.extend(inner.into_vec()),
+                    n => nodes.push(n),
+                }
+            }
+            nodes.sort_by_key(cost);
+            if nodes.len() == 1 {
+                return Ok(nodes.remove(0));
+            }
             Node::And(nodes.into_boxed_slice())
         }
-        Expr::Or(v) => Node::Or(v.iter().map(|e| compile(e, defs)).collect::<Result<_, _>>()?),
+        Expr::Or(v) => {
+            let mut nodes = Vec::with_capacity(v.len());
+            for e in v {
+                match compile(e, defs)? {
+                    Node::Or(inner) => nodes.extend(inner.into_vec()),
+                    n => nodes.push(n),
+                }
+            }
+            nodes.sort_by_key(cost);
+            if nodes.len() == 1 {
+                return Ok(nodes.remove(0));
+            }
+            Node::Or(nodes.into_boxed_slice())
+        }
         Expr::Not(e) => Node::Not(Box::new(compile(e, defs)?)),
         Expr::Macro(name) => return Err(Skip::UnknownMacro(name.clone())),
         Expr::Check { field, op, value } => check(field, *op, value, defs)?,
@@ -554,6 +640,27 @@ fn glob_prefix(pattern: &str) -> String {
     pattern[..end].to_owned()
 }
 
+/// Whether the condition is false for every failed open: a conjunct requires a descriptor
+/// (`fd.num >= 0`, `fd.num > -1`, `evt.rawres >= 0`) or success (`evt.res = SUCCESS`), or
+/// every alternative that can be an open does.
+pub fn excludes_failed_opens(node: &Node) -> bool {
+    let non_negative = |op: &Op, v: i64| match op {
+        Op::Ge | Op::Eq => v >= 0,
+        Op::Gt => v >= -1,
+        _ => false,
+    };
+    match node {
+        Node::Test(Field::FdNum | Field::EvtRawres, Test::Int(op, v)) => non_negative(op, *v),
+        Node::Test(Field::FdNum | Field::EvtRawres, Test::IntIn(vs)) => vs.iter().all(|v| *v >= 0),
+        Node::Test(Field::EvtRes, Test::StrEq(v)) => &**v == "SUCCESS",
+        Node::And(v) => v.iter().any(excludes_failed_opens),
+        Node::Or(v) => {
+            v.iter().all(|n| classes(n) & Class::Open.bit() == 0 || excludes_failed_opens(n))
+        }
+        _ => false,
+    }
+}
+
 /// Whether the condition only holds in containers (`container.id != host`, or a container
 /// field compared to a value, in a conjunct).
 pub fn needs_container(node: &Node) -> bool {
@@ -585,38 +692,59 @@ pub fn eval(node: &Node, ctx: &Ctx<'_>, scratch: &mut String) -> bool {
         }
         Node::Test(field, test) => test_val(test, ctx.get(field, scratch)),
         Node::Xform(field, transforms, test) => match ctx.get(field, scratch) {
-            Val::Str(s) => {
-                let t = transformed(s, transforms);
-                test_val(test, Val::Str(&t))
-            }
+            Val::Str(s) => XFORM.with_borrow_mut(|[a, b, _]| {
+                test_val(test, Val::Str(transformed(s, transforms, a, b)))
+            }),
             other => test_val(test, other),
         },
         Node::FieldCmp { lhs, op, rhs } => field_cmp(ctx, lhs, *op, rhs, scratch),
     }
 }
 
-fn transformed(s: &str, transforms: &[Transform]) -> String {
-    let mut out = s.to_owned();
-    for t in transforms {
-        out = t.apply(&out);
-    }
-    out
+thread_local! {
+    /// Buffers for transformed values and field comparisons: two for transforming, one for
+    /// the left-hand value of a comparison (evaluation allocates only while they grow).
+    static XFORM: std::cell::RefCell<[String; 3]> = const {
+        std::cell::RefCell::new([String::new(), String::new(), String::new()])
+    };
 }
 
-/// An owned field value for field-to-field comparisons.
+/// `s` with `transforms` applied in order, built in `a` and `b`.
+fn transformed<'b>(
+    s: &str,
+    transforms: &[Transform],
+    a: &'b mut String,
+    b: &'b mut String,
+) -> &'b str {
+    a.clear();
+    a.push_str(s);
+    for t in transforms {
+        t.apply_into(a, b);
+        std::mem::swap(a, b);
+    }
+    a.as_str()
+}
+
+/// A field value for field-to-field comparisons (a string is kept in a buffer).
 enum Owned {
-    Str(String),
+    Str,
     Int(i64),
     Bool(bool),
 }
 
+/// The value of `field` with `transforms` applied; a string is left in `a` (`b` is spare).
 fn owned(
     ctx: &Ctx<'_>,
     (field, transforms): &(Field, Box<[Transform]>),
     scratch: &mut String,
+    a: &mut String,
+    b: &mut String,
 ) -> Option<Owned> {
     Some(match ctx.get(field, scratch) {
-        Val::Str(s) => Owned::Str(transformed(s, transforms)),
+        Val::Str(s) => {
+            transformed(s, transforms, a, b);
+            Owned::Str
+        }
         Val::Int(i) => Owned::Int(i),
         Val::Bool(b) => Owned::Bool(b),
         Val::Missing => return None,
@@ -630,23 +758,32 @@ fn field_cmp(
     rhs: &(Field, Box<[Transform]>),
     scratch: &mut String,
 ) -> bool {
-    let (Some(l), Some(r)) = (owned(ctx, lhs, scratch), owned(ctx, rhs, scratch)) else {
-        return false;
-    };
+    XFORM.with_borrow_mut(|[a, b, left]| {
+        let Some(l) = owned(ctx, lhs, scratch, a, b) else { return false };
+        std::mem::swap(a, left);
+        owned(ctx, rhs, scratch, a, b).is_some_and(|r| compare(&l, left, op, &r, a))
+    })
+}
+
+/// `l op r`; `ls` and `rs` hold the strings of [`Owned::Str`] values.
+fn compare(l: &Owned, ls: &str, op: Op, r: &Owned, rs: &str) -> bool {
     match (l, r) {
-        (Owned::Str(l), Owned::Str(r)) => match op {
-            Op::Eq => l == r,
-            Op::Ne => l != r,
-            Op::Contains => l.contains(&r),
-            Op::IContains => l.to_lowercase().contains(&r.to_lowercase()),
-            Op::StartsWith => l.starts_with(&r),
-            Op::EndsWith => l.ends_with(&r),
-            Op::Lt => l < r,
-            Op::Le => l <= r,
-            Op::Gt => l > r,
-            Op::Ge => l >= r,
-            _ => false,
-        },
+        (Owned::Str, Owned::Str) => {
+            let (l, r) = (ls, rs);
+            match op {
+                Op::Eq => l == r,
+                Op::Ne => l != r,
+                Op::Contains => l.contains(r),
+                Op::IContains => l.to_lowercase().contains(&r.to_lowercase()),
+                Op::StartsWith => l.starts_with(r),
+                Op::EndsWith => l.ends_with(r),
+                Op::Lt => l < r,
+                Op::Le => l <= r,
+                Op::Gt => l > r,
+                Op::Ge => l >= r,
+                _ => false,
+            }
+        }
         (Owned::Int(l), Owned::Int(r)) => match op {
             Op::Eq => l == r,
             Op::Ne => l != r,
@@ -696,6 +833,12 @@ fn test_val(test: &Test, val: Val<'_>) -> bool {
                 s.strip_prefix(&**p)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.is_empty())
             }) || globs.iter().any(|g| {
+                // Any match (of the path or an ancestor) starts with the literal prefix.
+                let pattern = g.as_str();
+                let literal = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
+                if !s.starts_with(literal) {
+                    return false;
+                }
                 g.matches_with(
                     s,
                     glob::MatchOptions { require_literal_separator: true, ..Default::default() },

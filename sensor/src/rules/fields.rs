@@ -1,6 +1,7 @@
 //! The Falco fields we can fill from our host events, their types, and extraction from the
 //! enriched event view without allocating (computed strings go into a reused scratch buffer).
 
+use sensor_common::host::{FLAG_EXE_CHECKED, FLAG_EXE_FROM_MEMFD, FLAG_EXE_UPPER_LAYER};
 use std::{collections::HashMap, time::Instant};
 
 use crate::host::{
@@ -43,9 +44,14 @@ pub enum Class {
     Setuid = 25,
     Mount = 26,
     Userfaultfd = 27,
+    Accept = 28,
+    Accept4 = 29,
+    Listen = 30,
+    Recvfrom = 31,
+    Recvmsg = 32,
 }
 
-pub const CLASSES: usize = 28;
+pub const CLASSES: usize = 33;
 /// A set of [`Class`]es, one bit each.
 pub type ClassMask = u64;
 pub const ALL_CLASSES: ClassMask = (1 << CLASSES) - 1;
@@ -80,6 +86,11 @@ impl Class {
         Self::Setuid,
         Self::Mount,
         Self::Userfaultfd,
+        Self::Accept,
+        Self::Accept4,
+        Self::Listen,
+        Self::Recvfrom,
+        Self::Recvmsg,
     ];
 
     pub const fn bit(self) -> ClassMask {
@@ -482,8 +493,6 @@ impl Field {
                 | Self::ProcIsVpgidLeader
                 | Self::ThreadCapEffective
                 | Self::ThreadCapPermitted
-                | Self::UserLoginuid
-                | Self::UserLoginname
                 | Self::EvtArg(_)
                 | Self::EvtArgIndex(_)
                 | Self::EvtArgs
@@ -546,6 +555,8 @@ pub struct Users {
     /// Group names from the `group` file beside the passwd file.
     by_gid: HashMap<u32, String>,
     read_at: Option<Instant>,
+    /// The last uid found in `by_uid`.
+    last: Option<u32>,
 }
 
 impl Default for Users {
@@ -561,6 +572,7 @@ impl Users {
             by_uid: HashMap::new(),
             by_gid: HashMap::new(),
             read_at: None,
+            last: None,
         };
         users.reload();
         users
@@ -568,6 +580,7 @@ impl Users {
 
     fn reload(&mut self) {
         self.read_at = Some(Instant::now());
+        self.last = None;
         let ids = |text: &str| -> HashMap<u32, String> {
             text.lines()
                 .filter_map(|line| {
@@ -593,6 +606,14 @@ impl Users {
 
     /// Makes sure `uid` was looked up recently (call before evaluating).
     pub fn prepare(&mut self, uid: u32) {
+        // Most events come from the uid of the one before.
+        if self.last == Some(uid) {
+            return;
+        }
+        if self.by_uid.contains_key(&uid) {
+            self.last = Some(uid);
+            return;
+        }
         if !self.by_uid.contains_key(&uid)
             && self.read_at.is_none_or(|t| t.elapsed().as_secs() >= 10)
         {
@@ -643,6 +664,12 @@ impl<'a> Ctx<'a> {
                 Some((info.comm.as_str(), info))
             }
         }
+    }
+
+    /// The process's `FLAG_EXE_*` bits when its exec record carried them.
+    fn exe_origin(&self) -> Option<u32> {
+        let flags = self.event.process.exe_flags;
+        (flags & FLAG_EXE_CHECKED != 0).then_some(flags)
     }
 
     /// The value of `field`; computed strings are built in `scratch`.
@@ -866,7 +893,14 @@ impl<'a> Ctx<'a> {
         };
         match field {
             Field::EvtNum => Val::Int(i64::try_from(self.num).unwrap_or(i64::MAX)),
-            Field::EvtRes => Val::Str("SUCCESS"),
+            // A failed open carries the error as its descriptor.
+            Field::EvtRes => match file.and_then(|f| f.fd) {
+                Some(fd) if fd < 0 => {
+                    *scratch = super::syscalls::errno_name(i64::from(fd));
+                    Val::Str(scratch)
+                }
+                _ => Val::Str("SUCCESS"),
+            },
             Field::EvtRawres => match file.and_then(|f| f.fd) {
                 Some(fd) => Val::Int(i64::from(fd)),
                 None => Val::Int(0),
@@ -915,12 +949,15 @@ impl<'a> Ctx<'a> {
                 Some((_, info)) => non_empty(&info.binary),
                 None => Val::Missing,
             },
-            Field::ProcIsExeUpperLayer => {
-                procfs::exe_upper_layer(pid).map_or(Val::Missing, Val::Bool)
-            }
-            Field::ProcIsExeFromMemfd => {
-                procfs::exe_from_memfd(pid).map_or(Val::Missing, Val::Bool)
-            }
+            // From the exec record when the kernel read the executable's origin.
+            Field::ProcIsExeUpperLayer => match self.exe_origin() {
+                Some(f) => Val::Bool(f & FLAG_EXE_UPPER_LAYER != 0),
+                None => procfs::exe_upper_layer(pid).map_or(Val::Missing, Val::Bool),
+            },
+            Field::ProcIsExeFromMemfd => match self.exe_origin() {
+                Some(f) => Val::Bool(f & FLAG_EXE_FROM_MEMFD != 0),
+                None => procfs::exe_from_memfd(pid).map_or(Val::Missing, Val::Bool),
+            },
             Field::ProcExeInoCtime => int(procfs::exe_times(pid).map(|t| t.0)),
             Field::ProcExeInoMtime => int(procfs::exe_times(pid).map(|t| t.1)),
             Field::ProcExeInoCtimeDurationProcStart => {
@@ -942,17 +979,19 @@ impl<'a> Ctx<'a> {
             },
             Field::ThreadCapEffective => owned(scratch, procfs::caps(h.tid, "CapEff")),
             Field::ThreadCapPermitted => owned(scratch, procfs::caps(h.tid, "CapPrm")),
-            Field::UserLoginuid => int(procfs::loginuid(pid)),
-            Field::UserLoginname => match procfs::loginuid(pid) {
-                Some(uid) if uid >= 0 => u32::try_from(uid)
-                    .ok()
-                    .and_then(|u| self.users.name(u))
-                    .map_or(Val::Missing, Val::Str),
-                _ => Val::Missing,
+            // The task's audit login uid as the kernel record carries it (-1 when unset).
+            Field::UserLoginuid => match h.loginuid {
+                u32::MAX => Val::Int(-1),
+                uid => Val::Int(i64::from(uid)),
+            },
+            Field::UserLoginname => match h.loginuid {
+                u32::MAX => Val::Missing,
+                uid => self.users.name(uid).map_or(Val::Missing, Val::Str),
             },
             Field::GroupName => self.users.group(h.gid).map_or(Val::Missing, Val::Str),
+            // Falco: -1 for a failed open.
             Field::FdNum => match file {
-                Some(f) => f.fd.map_or(Val::Missing, |fd| Val::Int(i64::from(fd))),
+                Some(f) => f.fd.map_or(Val::Missing, |fd| Val::Int(i64::from(fd.max(-1)))),
                 None => Val::Missing,
             },
             Field::FdNameraw => match file {
@@ -1073,10 +1112,38 @@ impl<'a> Ctx<'a> {
                 Some(op.args[0] as i32 as i64)
             }
             Class::FinitModule => Some(op.args[0] as i32 as i64),
-            Class::Socket if exit && op.ret >= 0 => Some(op.ret),
+            Class::Socket | Class::Accept | Class::Accept4 if exit && op.ret >= 0 => Some(op.ret),
+            Class::Listen | Class::Recvfrom | Class::Recvmsg => Some(op.args[0] as i32 as i64),
             _ => None,
         };
         let sock = || fd.and_then(|fd| super::procfs::fd_target(self.event.header.pid, fd));
+        // On the accepting side the local end is the server (Falco's `fd.sip`, `fd.sport`).
+        if matches!(spec.class, Class::Accept | Class::Accept4 | Class::Listen)
+            && let Some(Ok(s)) = sock()
+        {
+            let (server, client) = (s.local, s.remote);
+            let ip = |scratch: &'s mut String, a: std::net::SocketAddr| {
+                *scratch = a.ip().to_string();
+                Val::Str(scratch)
+            };
+            match field {
+                Field::FdSip | Field::FdLip | Field::FdNet(2 | 3) => {
+                    return Some(ip(scratch, server));
+                }
+                Field::FdCip | Field::FdRip | Field::FdNet(1 | 4) => {
+                    return Some(ip(scratch, client));
+                }
+                Field::FdIp | Field::FdNet(0) => {
+                    // Either end: the client's, unless it is unknown (a listener).
+                    let a = if client.ip().is_unspecified() { server } else { client };
+                    return Some(ip(scratch, a));
+                }
+                Field::FdSport | Field::FdLport => return Some(Val::Int(i64::from(server.port()))),
+                Field::FdRport => return Some(Val::Int(i64::from(client.port()))),
+                Field::FdConnected => return Some(Val::Bool(!client.ip().is_unspecified())),
+                _ => {}
+            }
+        }
         let users = self.users;
         let param_val = |p: &Param, scratch: &'s mut String| param_value(op, users, p, scratch);
         let name_of = |p: &Param| match *p {
@@ -1147,14 +1214,14 @@ impl<'a> Ctx<'a> {
                 }
                 None => Val::Missing,
             },
-            Field::FdSip | Field::FdRip | Field::FdIp => match sock() {
+            Field::FdSip | Field::FdRip | Field::FdIp | Field::FdNet(0 | 2 | 4) => match sock() {
                 Some(Ok(s)) => {
                     *scratch = s.remote.ip().to_string();
                     Val::Str(scratch)
                 }
                 _ => Val::Missing,
             },
-            Field::FdCip | Field::FdLip => match sock() {
+            Field::FdCip | Field::FdLip | Field::FdNet(1 | 3) => match sock() {
                 Some(Ok(s)) => {
                     *scratch = s.local.ip().to_string();
                     Val::Str(scratch)
@@ -1226,7 +1293,11 @@ impl<'a> Ctx<'a> {
                 Val::Str(scratch)
             }
             (Detail::Exec { .. }, "flags") => {
-                match super::procfs::exe_flags(e.header.pid, e.header.uid) {
+                match super::procfs::exe_flags(
+                    e.header.pid,
+                    e.header.uid,
+                    (e.process.exe_flags & FLAG_EXE_CHECKED != 0).then_some(e.process.exe_flags),
+                ) {
                     Some(flags) => {
                         *scratch = flags;
                         Val::Str(scratch)

@@ -85,7 +85,8 @@ pub struct CompiledRule {
     pub tags: Vec<String>,
     pub enabled: bool,
     pub condition: Node,
-    pub output: Vec<output::Seg>,
+    /// The output template, prepared for alerts.
+    pub output: output::Template,
     /// Bit per [`Class`] the condition can match.
     pub classes: fields::ClassMask,
     pub origin: Origin,
@@ -100,6 +101,9 @@ pub struct Skipped {
     pub reason: String,
     /// `skip-if-unknown-filter: true`: skipped without a warning.
     pub quiet: bool,
+    /// Every construct that keeps the rule out (`field X`, `event type Y`, ...), not only the
+    /// first ([`blockers`]).
+    pub blockers: Vec<String>,
 }
 
 /// Which cgroups the rules need file and socket events from.
@@ -117,11 +121,12 @@ pub enum Cgroups {
 pub struct Interest {
     pub prefixes: Vec<String>,
     pub cgroups: Cgroups,
-    /// Syscall numbers of rule-named syscalls ([`syscalls::SPECS`]) the rules need, sorted.
+    /// Syscall numbers of rule-named syscalls ([`syscalls::SPECS`]) the rules need, sorted;
+    /// with [`sensor_common::host::RULE_FAILED_OPENS`] when a rule can match a failed open.
     pub syscalls: Vec<u32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     /// Every rule that compiled, enabled or not, in load order.
     pub rules: Vec<CompiledRule>,
@@ -132,6 +137,19 @@ pub struct RuleSet {
     /// Rules whose file condition could not be reduced to path prefixes.
     pub unscoped: Vec<String>,
     pub files: Vec<PathBuf>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            skipped: Vec::new(),
+            by_class: std::array::from_fn(|_| Box::default()),
+            interest: Interest::default(),
+            unscoped: Vec::new(),
+            files: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +211,7 @@ impl RuleSet {
             .collect();
         let compile_defs = Defs { lists: &lists, macros: &macros };
         let mut set = Self::default();
-        let mut by_class: [Vec<u32>; CLASSES] = Default::default();
+        let mut by_class: [Vec<u32>; CLASSES] = std::array::from_fn(|_| Vec::new());
         for def in &defs.rules {
             match compile_rule(def, &compile_defs) {
                 Ok(rule) => {
@@ -211,6 +229,7 @@ impl RuleSet {
                 Err(reason) => set.skipped.push(Skipped {
                     name: def.name.clone(),
                     origin: def.origin.clone(),
+                    blockers: blockers(def, &compile_defs, &reason),
                     reason: reason.to_string(),
                     quiet: def.skip_if_unknown_filter,
                 }),
@@ -251,6 +270,12 @@ impl RuleSet {
         };
         self.interest.cgroups = self.interest.cgroups.max(cgroups);
         if rule.classes & Class::Open.bit() != 0 {
+            // A failed open matches such a rule in Falco unless it requires success.
+            if !compile::excludes_failed_opens(&rule.condition)
+                && !self.interest.syscalls.contains(&sensor_common::host::RULE_FAILED_OPENS)
+            {
+                self.interest.syscalls.push(sensor_common::host::RULE_FAILED_OPENS);
+            }
             match compile::path_prefixes(&rule.condition) {
                 Some(prefixes) if !prefixes.is_empty() => {
                     self.interest.prefixes.extend(prefixes.into_iter().map(|p| {
@@ -358,11 +383,69 @@ fn compile_rule(def: &parse::RuleDef, defs: &Defs<'_>) -> Result<CompiledRule, S
         tags: def.tags.clone(),
         enabled: def.enabled,
         condition: node,
-        output: segs,
+        output: output::Template::new(segs, &def.name, def.priority, &def.tags),
         classes,
         origin: def.origin.clone(),
         labels,
     })
+}
+
+/// Every construct of a skipped rule we do not support: unknown fields (an index such as
+/// `[/proc*]` dropped) in its condition, exceptions and output, event types we do not observe,
+/// undefined macros; `reason` (why compilation stopped) when none of those is found.
+fn blockers(def: &parse::RuleDef, defs: &Defs<'_>, reason: &Skip) -> Vec<String> {
+    fn walk(expr: &Expr, defs: &Defs<'_>, depth: usize, out: &mut Vec<String>) {
+        match expr {
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| walk(e, defs, depth, out)),
+            Expr::Not(e) => walk(e, defs, depth, out),
+            Expr::Macro(name) => match defs.macros.get(name) {
+                Some(body) if depth < 64 => walk(body, defs, depth + 1, out),
+                Some(_) => {}
+                None => out.push(format!("macro `{name}`")),
+            },
+            Expr::Check { field, op, value } => {
+                if let Op::Unsupported(word) = op {
+                    out.push(format!("operator `{word}`"));
+                }
+                for name in std::iter::once(field.as_str()).chain(match value {
+                    condition::Value::Field(rhs) => Some(rhs.as_str()),
+                    _ => None,
+                }) {
+                    if let Err(skip) = compile::field_ref(name) {
+                        out.push(match skip {
+                            Skip::UnknownField(f) => {
+                                format!("field `{}`", f.split('[').next().unwrap_or(&f))
+                            }
+                            other => other.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(parsed) = condition::parse(&def.condition) {
+        walk(&parsed, defs, 0, &mut out);
+    }
+    for exc in &def.exceptions {
+        for field in &exc.fields {
+            if compile::field_ref(field).is_err() {
+                out.push(format!("field `{}`", field.split('[').next().unwrap_or(field)));
+            }
+        }
+    }
+    if let Err(f) = output::compile(&def.output) {
+        out.push(format!("field `{}` (output)", f.split('[').next().unwrap_or(&f)));
+    }
+    if let Skip::NoEventType(names) = reason {
+        out.extend(names.split(", ").map(|t| format!("event type `{t}`")));
+    }
+    if out.is_empty() {
+        out.push(reason.to_string());
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `cond and not (exception1 or exception2 ...)`, each value tuple one alternative.
@@ -458,6 +541,7 @@ pub struct Match<'r> {
 /// Per-reader evaluation state: scratch space and the user name cache.
 pub struct Evaluator {
     scratch: String,
+    buffers: output::Buffers,
     pub users: Users,
     pub hostname: String,
     /// Events seen so far (Falco's `evt.num` of the next one is this + 1).
@@ -470,7 +554,13 @@ impl Evaluator {
     }
 
     pub fn with_users(hostname: String, users: Users) -> Self {
-        Self { scratch: String::with_capacity(256), users, hostname, events: 0 }
+        Self {
+            scratch: String::with_capacity(256),
+            buffers: output::Buffers::default(),
+            users,
+            hostname,
+            events: 0,
+        }
     }
 
     /// The first matching rule for `event`, with its Falco JSON alert and the text form.
@@ -500,9 +590,8 @@ impl Evaluator {
             };
             set.first_match(&ctx, &mut self.scratch).map(|rule| (rule, ctx))
         })?;
-        let alert = output::alert(rule, &ctx, &mut self.scratch);
-        let json = serde_json::to_string(&alert).unwrap_or_default();
-        Some(Match { rule, json, text: alert.output })
+        let (json, text) = output::alert(rule, &ctx, &mut self.scratch, &mut self.buffers);
+        Some(Match { rule, json, text })
     }
 
     /// Whether any rule matches (the benchmark's path: no alert is built).

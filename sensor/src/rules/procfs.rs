@@ -185,12 +185,32 @@ pub fn exe_upper_layer(pid: u32) -> Option<bool> {
 
 /// Falco's execve `flags` argument: `EXE_WRITABLE`, `EXE_UPPER_LAYER`, `EXE_LOWER_LAYER`
 /// (the root is an overlay), `EXE_FROM_MEMFD`, joined with `|`; empty when none applies.
-pub fn exe_flags(pid: u32, uid: u32) -> Option<String> {
+/// `origin`: the exec record's `FLAG_EXE_*` bits when the kernel read them (then only the
+/// writable test reads `/proc`).
+pub fn exe_flags(pid: u32, uid: u32, origin: Option<u32>) -> Option<String> {
+    use sensor_common::host::{FLAG_EXE_FROM_MEMFD, FLAG_EXE_OVERLAY, FLAG_EXE_UPPER_LAYER};
     let mut flags = Vec::new();
-    let meta = fs::metadata(dir(pid).join("exe")).ok()?;
-    let mode = meta.mode();
-    if mode & 0o002 != 0 || (meta.uid() == uid && mode & 0o200 != 0) || uid == 0 {
-        flags.push("EXE_WRITABLE");
+    // The process may be gone already: then only the record's bits are known.
+    let meta = fs::metadata(dir(pid).join("exe"));
+    if origin.is_none() && meta.is_err() {
+        return None;
+    }
+    if let Ok(meta) = meta {
+        let mode = meta.mode();
+        if mode & 0o002 != 0 || (meta.uid() == uid && mode & 0o200 != 0) || uid == 0 {
+            flags.push("EXE_WRITABLE");
+        }
+    }
+    if let Some(origin) = origin {
+        if origin & FLAG_EXE_UPPER_LAYER != 0 {
+            flags.push("EXE_UPPER_LAYER");
+        } else if origin & FLAG_EXE_OVERLAY != 0 {
+            flags.push("EXE_LOWER_LAYER");
+        }
+        if origin & FLAG_EXE_FROM_MEMFD != 0 {
+            flags.push("EXE_FROM_MEMFD");
+        }
+        return Some(flags.join("|"));
     }
     if let Some(upper) = exe_upper_layer(pid) {
         let overlay = upper || root_is_overlay(pid);

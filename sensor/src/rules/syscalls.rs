@@ -52,6 +52,48 @@ use Param::{Arg, Res};
 
 /// Every syscall with its numbers (x86_64) and Falco's parameters.
 pub const SPECS: &[Spec] = &[
+    // The inbound side of sockets (Falco's `inbound` macro): the descriptor's addresses come
+    // from /proc/<pid>/net while the process holds it.
+    Spec {
+        name: "accept",
+        nr: 43,
+        class: Class::Accept,
+        strings: 0,
+        enter: &[],
+        exit: &[Res("fd")],
+    },
+    Spec {
+        name: "accept4",
+        nr: 288,
+        class: Class::Accept4,
+        strings: 0,
+        enter: &[Arg("flags", 3, Int)],
+        exit: &[Res("fd")],
+    },
+    Spec {
+        name: "listen",
+        nr: 50,
+        class: Class::Listen,
+        strings: 0,
+        enter: &[Arg("fd", 0, Int), Arg("backlog", 1, Int)],
+        exit: &[Res("res")],
+    },
+    Spec {
+        name: "recvfrom",
+        nr: 45,
+        class: Class::Recvfrom,
+        strings: 0,
+        enter: &[Arg("fd", 0, Int), Arg("size", 2, Int)],
+        exit: &[Res("res")],
+    },
+    Spec {
+        name: "recvmsg",
+        nr: 47,
+        class: Class::Recvmsg,
+        strings: 0,
+        enter: &[Arg("fd", 0, Int)],
+        exit: &[Res("res"), Arg("size", 2, Int)],
+    },
     Spec {
         name: "ptrace",
         nr: 101,

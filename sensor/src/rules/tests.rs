@@ -391,3 +391,53 @@ fn networks_and_output_fields_and_sorted_tags() {
     assert!(v["output_fields"].get("container.id").is_some(), "{v}");
     assert!(v["output"].as_str().is_some_and(|o| o.contains("container_id=")), "{v}");
 }
+
+#[test]
+fn bench_events_match_as_the_bench_says() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let s = bench::load(
+        &[
+            root.join("tests/rules/falco_style_rules.yaml"),
+            root.join("deploy/rules/sensor_rules.yaml"),
+        ],
+        true,
+        Priority::Debug,
+    )
+    .expect("load");
+    assert!(s.active() >= 25, "{} rules", s.active());
+    let table = ProcessTable::default();
+    let mut ev = Evaluator::new("n".into());
+    let hits = |ev: &mut Evaluator, events: &[Enriched]| {
+        events
+            .iter()
+            .filter_map(|e| ev.evaluate(&s, e, &table))
+            .map(|m| m.rule.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hits(&mut ev, &bench::sample_events()), ["Shell in container"]);
+    assert!(hits(&mut ev, &bench::quiet_events()).is_empty());
+}
+
+#[test]
+fn alert_json_is_falcos_member_order_with_sorted_output_fields() {
+    let s = set(&format!(
+        "{}- rule: r\n  desc: d\n  condition: evt.type = execve\n  output: \"x %proc.name %user.uid %container.id \\\"q\\\" %proc.name\"\n  priority: NOTICE\n  tags: [b, a]\n",
+        LISTS
+    ));
+    let mut ev = Evaluator::with_users("node \"a\"".into(), Users::new("/nonexistent"));
+    let e = exec("sh", &["sh", "-c", "id"], true);
+    let m = ev.evaluate(&s, &e, &ProcessTable::default()).expect("match");
+    let abc = "abcdef0123456789".repeat(4);
+    assert_eq!(
+        m.json,
+        format!(
+            "{{\"hostname\":\"node \\\"a\\\"\",\"output\":\"10:00:00.123456789: Notice x sh 0 {} \\\"q\\\" sh\",\
+             \"output_fields\":{{\"container.id\":\"{}\",\"evt.time\":1777629600123456789,\"proc.name\":\"sh\",\"user.uid\":0}},\
+             \"priority\":\"Notice\",\"rule\":\"r\",\"source\":\"syscall\",\"tags\":[\"a\",\"b\"],\
+             \"time\":\"2026-05-01T10:00:00.123456789Z\"}}",
+            &abc[..12],
+            &abc[..12]
+        )
+    );
+    assert_eq!(m.text, format!("10:00:00.123456789: Notice x sh 0 {} \"q\" sh", &abc[..12]));
+}

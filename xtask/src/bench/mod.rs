@@ -249,12 +249,15 @@ fn methods(o: &Options) -> Vec<String> {
         ),
         format!(
             "Rules: `sensor rules bench` (hidden subcommand; the same code as the ignored \
-             `rules::tests::throughput` test) runs five synthetic enriched events (execs in and \
+             `rules::tests::throughput` test) runs six synthetic enriched events (execs in and \
              out of a container, two opens, a bind) in turn through the rule set on one thread \
              for {} s of that thread's CPU time (time preempted by other work does not count): \
-             `evaluate` is the agent's path (the first matching rule's alert built as JSON), \
-             `match_only` the conditions alone. `shipped-all-enabled` is \
-             deploy/rules/sensor_rules.yaml with every rule enabled; baseline `no-rules` is the \
+             `evaluate` is the agent's path (the first matching rule's alert built as JSON, one \
+             event in six matching), `evaluate_no_alert` the same path on events no rule \
+             matches, `match_only` the conditions alone. `shipped-all-enabled` is \
+             deploy/rules/sensor_rules.yaml with every rule enabled, `corpus-all-enabled` \
+             tests/rules/falco_style_rules.yaml (Falco-style: macros, lists, exceptions) with \
+             it (25+ rules, the goal's set); baseline `no-rules` is the \
              same loop with an empty rule set (the harness and dispatch alone), alternating.",
             o.rules_secs
         ),
