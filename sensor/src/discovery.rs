@@ -176,11 +176,9 @@ fn peer_of(link: &LinkMessage) -> Option<(u32, i32)> {
             LinkAttribute::Link(index) => peer = Some(*index),
             LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
             LinkAttribute::LinkInfo(info) => {
-                paired = info.iter().any(|i| {
-                    matches!(i, LinkInfo::Kind(InfoKind::Veth))
-                        || matches!(i, LinkInfo::Kind(InfoKind::Other(k)) if k == "netkit")
-                        || matches!(i, LinkInfo::Kind(k) if k.to_string() == "netkit")
-                });
+                paired = info
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth | InfoKind::Netkit)));
             }
             _ => {}
         }
