@@ -638,7 +638,7 @@ impl Resolver {
     fn report(&self, pod: &str, outcome: &Outcome, since: Instant, took: Duration) {
         if let Outcome::Found { host, via } = outcome {
             tracing::info!(
-                pod,
+                pod = %pod,
                 interface = %host.name,
                 ifindex = host.ifindex,
                 bridge = host.master.and_then(|m| nix::net::if_::if_indextoname(m).ok()).map(|n| n.to_string_lossy().into_owned()),
