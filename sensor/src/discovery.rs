@@ -124,25 +124,20 @@ fn inspect_on_this_thread(netns: &File) -> Result<BTreeMap<IpAddr, HostSide>, Di
             .map_err(DiscoveryError::Setns)?;
         let (connection, pod, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        let links: BTreeMap<u32, LinkMessage> = pod
-            .link()
-            .get()
-            .execute()
-            .map_ok(|l| (l.header.index, l))
-            .try_collect()
-            .await?;
+        let links: BTreeMap<u32, LinkMessage> =
+            pod.link().get().execute().map_ok(|l| (l.header.index, l)).try_collect().await?;
         let addresses: Vec<AddressMessage> = pod.address().get().execute().try_collect().await?;
         let mut found = BTreeMap::new();
         let mut peers: BTreeMap<u32, Option<HostSide>> = BTreeMap::new();
         for address in &addresses {
             let Some(ip) = address_of(address) else { continue };
             let index = address.header.index;
-            if !peers.contains_key(&index) {
+            if let std::collections::btree_map::Entry::Vacant(entry) = peers.entry(index) {
                 let peer = match links.get(&index) {
                     Some(link) => node_side(&node, link, netns).await,
                     None => None,
                 };
-                peers.insert(index, peer);
+                entry.insert(peer);
             }
             if let Some(Some(host)) = peers.get(&index) {
                 found.insert(ip, host.clone());
@@ -261,9 +256,17 @@ impl std::fmt::Display for Via {
 /// What an endpoint's discovery found last.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Found { host: HostSide, via: Via },
+    Found {
+        host: HostSide,
+        via: Via,
+    },
     /// Not found (`local`: known to run on this node, so counted as unattached).
-    Missing { reason: String, local: bool, retry_at: Instant, backoff: Duration },
+    Missing {
+        reason: String,
+        local: bool,
+        retry_at: Instant,
+        backoff: Duration,
+    },
 }
 
 /// What identifies an endpoint's discovery: a change re-runs it at once.
@@ -342,14 +345,14 @@ impl Resolver {
         for endpoint in &mut endpoints.endpoints {
             let key = (endpoint.namespace.clone(), endpoint.name.clone());
             let pod = format!("{}/{}", key.0, key.1);
-            if let Some(name) = &endpoint.interface {
-                if endpoint.local_hint.is_none() {
-                    // Named in the endpoints file: used as given, but reported if unusable.
-                    if let Some(reason) = self.unusable(name) {
-                        unattached.push(Unattached { pod, reason });
-                    }
-                    continue;
+            if let Some(name) = &endpoint.interface
+                && endpoint.local_hint.is_none()
+            {
+                // Named in the endpoints file: used as given, but reported if unusable.
+                if let Some(reason) = self.unusable(name) {
+                    unattached.push(Unattached { pod, reason });
                 }
+                continue;
             }
             let inputs = Inputs {
                 ips: endpoint.ips.clone(),
@@ -439,7 +442,9 @@ impl Resolver {
             match File::open(path) {
                 Ok(file) => match self.lookup(pass, &file, &inputs.ips) {
                     Ok(Some(host)) => found = Some((host, Via::NetnsPath(path.clone()))),
-                    Ok(None) => problems.push(format!("no veth in {} holds its IP", path.display())),
+                    Ok(None) => {
+                        problems.push(format!("no veth in {} holds its IP", path.display()))
+                    }
                     Err(err) => problems.push(format!("{}: {err}", path.display())),
                 },
                 Err(err) => problems.push(format!("{}: {err}", path.display())),
@@ -531,9 +536,8 @@ impl Resolver {
         if Some(id) == pass.own {
             return Ok(None); // the node's own namespace: a host-network process
         }
-        if !pass.inspected.contains_key(&id) {
-            let found = inspect(file)?;
-            pass.inspected.insert(id, found);
+        if let std::collections::btree_map::Entry::Vacant(entry) = pass.inspected.entry(id) {
+            entry.insert(inspect(file)?);
         }
         let found = &pass.inspected[&id];
         Ok(ips.iter().find_map(|ip| found.get(ip)).cloned())
@@ -542,8 +546,7 @@ impl Resolver {
     /// The network namespace of processes of the given containers: (container id, nsfs
     /// file), at most [`MAX_PIDS_PER_ENDPOINT`], one per distinct namespace.
     fn container_processes(&self, pass: &mut Pass, containers: &[String]) -> Vec<(String, File)> {
-        let inventory =
-            pass.inventory.get_or_insert_with(|| Inventory::scan(&self.cgroup_root));
+        let inventory = pass.inventory.get_or_insert_with(|| Inventory::scan(&self.cgroup_root));
         let wanted: BTreeSet<&str> = containers.iter().map(String::as_str).collect();
         let mut cgroups: Vec<(&str, &str)> = inventory
             .by_id
@@ -653,10 +656,74 @@ impl Resolver {
 
 /// An nsfs file (bind-mounted namespace), not some other file in the directory.
 fn is_netns(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// The interface still exists under the same name and index.
 fn still_there(host: &HostSide) -> bool {
     nix::net::if_::if_nametoindex(host.name.as_str()).is_ok_and(|i| i == host.ifindex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(yaml: &str) -> Endpoints {
+        Endpoints::parse(Path::new("endpoints.yaml"), yaml).expect("parse")
+    }
+
+    fn resolver() -> Resolver {
+        let matcher = InterfaceMatcher::new(&["veth*".to_owned()]).expect("globs");
+        Resolver::new(matcher, PathBuf::from("/nonexistent-cgroup-root"))
+    }
+
+    /// Remote endpoints (no container here, no namespace) are left alone; local ones that
+    /// cannot be found, or named interfaces that cannot carry programs, are reported by name.
+    #[test]
+    fn unattached_endpoints_are_named_with_why() {
+        let mut eps = endpoints(
+            "endpoints:\n\
+             - {namespace: shop, name: remote, ips: [10.1.0.2]}\n\
+             - {namespace: shop, name: elsewhere, ips: [10.1.0.3], containers: [\"containerd://abc\"]}\n\
+             - {namespace: shop, name: gone, ips: [10.1.0.4], netns: /nonexistent/netns}\n\
+             - {namespace: shop, name: named, ips: [10.1.0.5], interface: veth-nonexistent}\n\
+             - {namespace: shop, name: outside, ips: [10.1.0.6], interface: eth-nonexistent}\n",
+        );
+        let mut r = resolver();
+        r.resolve(&mut eps);
+        let got: Vec<(&str, &str)> =
+            r.unattached.iter().map(|u| (u.pod.as_str(), u.reason.as_str())).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "shop/gone");
+        assert!(got[0].1.contains("/nonexistent/netns"), "{got:?}");
+        assert_eq!(
+            got[1],
+            ("shop/named", "interface veth-nonexistent does not exist on this node")
+        );
+        assert_eq!(
+            got[2],
+            ("shop/outside", "interface eth-nonexistent does not match `interfaces`")
+        );
+        assert!(
+            eps.endpoints
+                .iter()
+                .all(|e| e.name == "named" || e.name == "outside" || e.interface.is_none())
+        );
+        // Retried later, not at once; due once the backoff has passed.
+        assert!(!r.due());
+    }
+
+    #[test]
+    fn a_relative_netns_path_is_rejected_with_the_endpoint_named() {
+        let err = Endpoints::parse(
+            Path::new("endpoints.yaml"),
+            "endpoints:\n- {namespace: shop, name: db, ips: [10.1.0.2], netns: run/netns/x}\n",
+        )
+        .expect_err("relative");
+        assert_eq!(
+            err.to_string(),
+            "endpoints.yaml: endpoint shop/db: netns run/netns/x: must be an absolute path"
+        );
+    }
 }

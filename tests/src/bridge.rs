@@ -74,13 +74,15 @@ impl BridgePod {
         });
         let host_if = unique("veth");
         let ip = Ipv4Addr::new(10, 78, bridge.subnet, host);
-        let pod =
-            Self { child, container_id, host_if: host_if.clone(), ip, cgroup: Some(cgroup) };
+        let pod = Self { child, container_id, host_if: host_if.clone(), ip, cgroup: Some(cgroup) };
         let n = node.name.as_str();
         let pid = pid.to_string();
         run(
             "ip",
-            &["-n", n, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &pid],
+            &[
+                "-n", n, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &pid,
+            ],
         );
         run("ip", &["-n", n, "link", "set", &host_if, "master", &bridge.name, "up"]);
         pod.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);

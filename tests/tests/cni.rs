@@ -118,11 +118,7 @@ impl Cluster {
     /// TCP round trip between two pods of the bridge.
     fn pod_to_pod(&self, from: &str, to: &str, port: u16) -> bool {
         let (from, to) = (self.pod(from), self.pod(to));
-        tcp_roundtrip_paths(
-            &from.netns_path(),
-            &to.netns_path(),
-            SocketAddr::from((to.ip, port)),
-        )
+        tcp_roundtrip_paths(&from.netns_path(), &to.netns_path(), SocketAddr::from((to.ip, port)))
     }
 
     /// TCP round trip from the remote client to a pod of the bridge.
@@ -351,8 +347,7 @@ fn a_pod_added_to_a_bridge_while_running_is_found_and_enforced() {
 /// namespace path) is found the same way; `policy check` says which local pods it cannot
 /// find, and that nothing is enforced for them here.
 #[test]
-fn an_endpoints_file_without_interfaces_is_resolved_and_policy_check_names_what_is_not_enforced()
-{
+fn an_endpoints_file_without_interfaces_is_resolved_and_policy_check_names_what_is_not_enforced() {
     if !privileged() {
         return;
     }
