@@ -222,6 +222,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             ),
         }
     }
+    policy.discovery =
+        Some(crate::discovery::Resolver::new(config.interfaces.clone(), cgroup_root.clone()));
     let host_view = policy.host.as_ref().map(|h| Arc::clone(&h.view)).unwrap_or_default();
     let (policy_tx, mut policy_changes) = mpsc::channel(1);
     let kubernetes = match &config.kubernetes {
@@ -447,6 +449,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     && let Err(err) = policy.reload()
                 {
                     tracing::error!("policy reload after a pod route change: {err}");
+                }
+                // A pod's interface to look for again, or one that went with its namespace.
+                if policy.discovery_due()
+                    && let Err(err) = policy.reload()
+                {
+                    tracing::error!("policy reload after an endpoint interface change: {err}");
                 }
             }
             Some(()) = rules_changes.recv() => {

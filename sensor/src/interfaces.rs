@@ -18,7 +18,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         RouteNetlinkMessage,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     },
 };
 use sensor_common::net::{Direction, IfaceCounters, IfaceKey};
@@ -32,8 +32,9 @@ pub const TC_EGRESS_PROGRAM: &str = "tc_egress";
 /// A change in the set of links, in kernel order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// The link exists with this name (new, renamed, or listed in a dump).
-    Present { index: u32, name: String },
+    /// The link exists with this name (new, renamed, or listed in a dump). `bridge`: it is a
+    /// bridge device (flannel's `cni0`, `docker0`), whose pods sit behind its veth ports.
+    Present { index: u32, name: String, bridge: bool },
     /// The link was deleted.
     Gone { index: u32 },
     /// The initial dump is complete: every link present at start has been reported.
@@ -93,9 +94,13 @@ pub async fn watch_links(events: mpsc::Sender<LinkEvent>) -> Result<(), Interfac
 }
 
 fn present(link: &LinkMessage) -> Option<LinkEvent> {
+    let bridge = link.attributes.iter().any(|attr| {
+        matches!(attr, LinkAttribute::LinkInfo(info)
+            if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+    });
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::IfName(name) => {
-            Some(LinkEvent::Present { index: link.header.index, name: name.clone() })
+            Some(LinkEvent::Present { index: link.header.index, name: name.clone(), bridge })
         }
         _ => None,
     })
@@ -164,6 +169,8 @@ pub struct Attacher {
     ingress: SchedClassifier,
     egress: SchedClassifier,
     links: BTreeMap<u32, Attached>,
+    /// Bridges that match the globs but carry no programs (reported once each).
+    bridges: std::collections::BTreeSet<u32>,
 }
 
 struct Attached {
@@ -217,7 +224,14 @@ impl Attacher {
             .map_err(|e| failed(TC_INGRESS_PROGRAM, e))?;
         let egress = SchedClassifier::from_pin(pins.program(TC_EGRESS_PROGRAM))
             .map_err(|e| failed(TC_EGRESS_PROGRAM, e))?;
-        Ok(Self { matcher, pins, ingress, egress, links: BTreeMap::new() })
+        Ok(Self {
+            matcher,
+            pins,
+            ingress,
+            egress,
+            links: BTreeMap::new(),
+            bridges: std::collections::BTreeSet::new(),
+        })
     }
 
     pub fn attached_count(&self) -> usize {
@@ -228,8 +242,13 @@ impl Attacher {
     /// interface may have vanished meanwhile.
     pub fn apply(&mut self, table: &std::sync::Mutex<InterfaceTable>, event: LinkEvent) {
         match event {
-            LinkEvent::Present { index, name } => {
-                let wanted = self.matcher.matches(&name);
+            LinkEvent::Present { index, name, bridge } => {
+                // A bridge is never a pod's interface: its pods' veth ports carry the
+                // programs (attaching to the bridge too would count their traffic twice).
+                let wanted = self.matcher.matches(&name) && !bridge;
+                if bridge && self.matcher.matches(&name) && self.bridges.insert(index) {
+                    tracing::info!(interface = %name, ifindex = index, "bridge matches `interfaces` but carries no programs: its pods' veth ports do");
+                }
                 match self.links.get(&index) {
                     Some(current) if wanted && current.name == name => {}
                     Some(_) if wanted => {
@@ -257,7 +276,10 @@ impl Attacher {
                     None => self.drop_pins(index),
                 }
             }
-            LinkEvent::Gone { index } => self.detach(table, index),
+            LinkEvent::Gone { index } => {
+                self.bridges.remove(&index);
+                self.detach(table, index);
+            }
             LinkEvent::Synced => {
                 // Pins of interfaces that went away (or stopped matching) while we were down.
                 for index in self.pins.tc_link_indexes() {

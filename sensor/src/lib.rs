@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod decode;
+pub mod discovery;
 pub mod features;
 pub mod flows;
 pub mod fuzzing;

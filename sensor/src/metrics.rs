@@ -75,6 +75,9 @@ pub struct Metrics {
     pub host_events: Family<HostEventLabels, Counter>,
     /// `sensor_host_watched_cgroups`: cgroups at least one host policy selects.
     pub host_watched_cgroups: Gauge,
+    /// `sensor_endpoints_unattached`: local endpoints whose interface was not found (or is
+    /// unusable): nothing is counted or enforced for them on this node.
+    pub endpoints_unattached: Gauge,
     /// `sensor_output_{sent,dropped,errors,retries}_total{output}`.
     pub outputs: crate::outputs::OutputMetrics,
     /// `falcosecurity_falco_rules_matches_total{rule_name,priority,source,tag_*}` (Falco's name
@@ -146,6 +149,11 @@ impl Metrics {
             "sensor_host_watched_cgroups",
             "cgroups selected by at least one host policy",
             self.host_watched_cgroups.clone(),
+        );
+        registry.register(
+            "sensor_endpoints_unattached",
+            "Local endpoints (pods of this node) without a usable interface: not counted or enforced here",
+            self.endpoints_unattached.clone(),
         );
         registry.register(
             "falcosecurity_falco_rules_matches",

@@ -6,6 +6,7 @@
 //! Test hosts only use 10.0.0.0/8 addresses on interfaces the test created.
 
 pub mod apiserver;
+pub mod bridge;
 pub mod cgroup;
 pub mod metrics;
 pub mod netns;

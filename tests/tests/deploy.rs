@@ -483,6 +483,7 @@ fn capabilities(pid: &str, field: &str) -> u64 {
 fn capability_bit(name: &str) -> u32 {
     match name {
         "NET_ADMIN" => 12,
+        "SYS_PTRACE" => 19,
         "SYS_ADMIN" => 21,
         "SYS_RESOURCE" => 24,
         "PERFMON" => 38,

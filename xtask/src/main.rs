@@ -3,7 +3,8 @@
 //! - `bootstrap`: the pinned nightly (with rust-src, clippy, rustfmt) and bpf-linker built
 //!   against that nightly's own libLLVM, under `target/tools` of this checkout.
 //! - `build`: the release `sensor` binary with its eBPF object embedded.
-//! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root).
+//! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root), then `sensor cleanup`:
+//!   a try-out leaves nothing of ours in the kernel.
 //! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests
 //!   (the Kubernetes ones against a real kube-apiserver and etcd, see `kube-apiserver`).
 //! - `kube-apiserver`: etcd (Debian's etcd-server) and kube-apiserver v1.20.2 built offline
@@ -139,7 +140,71 @@ fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             "note: the sensor needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
         );
     }
-    status(Command::new(sensor).arg("run").args(args))
+    // A try-out leaves nothing in the kernel: the agent's pins (which keep a DaemonSet's
+    // programs attached across restarts) are removed once it exits, however it exits. Ctrl-C
+    // reaches the agent and this process alike; this one ignores it and waits to clean up.
+    let ignored = IgnoreSignals::new();
+    let mut cmd = Command::new(&sensor);
+    cmd.arg("run").args(args);
+    // SAFETY: the hook only calls signal(2), which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            IgnoreSignals::restore_defaults();
+            Ok(())
+        });
+    }
+    let ran = status(&mut cmd);
+    let mut cleanup = Command::new(&sensor);
+    cleanup.arg("cleanup").args(cleanup_args(args));
+    let cleaned = status(&mut cleanup);
+    drop(ignored);
+    ran.and(cleaned)
+}
+
+/// The `--config` and `--bpf-pin-dir` of `sensor run` arguments, for `sensor cleanup`.
+fn cleanup_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        for flag in ["--config", "-c", "--bpf-pin-dir"] {
+            if arg == flag {
+                if let Some(value) = iter.next() {
+                    out.extend([flag.to_owned(), value.clone()]);
+                }
+            } else if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
+                out.push(format!("{flag}={value}"));
+            }
+        }
+    }
+    out
+}
+
+/// SIGINT and SIGTERM ignored while it lives (the child restores them before exec).
+struct IgnoreSignals;
+
+impl IgnoreSignals {
+    fn new() -> Self {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+        Self
+    }
+
+    fn restore_defaults() {
+        // SAFETY: as above, with SIG_DFL.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        }
+    }
+}
+
+impl Drop for IgnoreSignals {
+    fn drop(&mut self) {
+        Self::restore_defaults();
+    }
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! Host-side interface of a local pod: the interface of the node's host route to the pod's IP
+//! Fallback for a local pod's host-side interface (see `crate::discovery`): the interface of
+//! the node's host route to the pod's IP
 //! (`/proc/net/route`, `/proc/net/ipv6_route`). Routed CNIs (Cilium's lxc devices, Calico's
 //! cali devices, most veth-per-pod plugins) install one such /32 or /128 route per pod.
 

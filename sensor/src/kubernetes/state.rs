@@ -12,7 +12,11 @@ use super::{
     translate::{self, ParsedPolicy, PodEntry, PolicyKind},
     watch::{Health, Sink},
 };
-use crate::policy::{Endpoints, Policy, Warning, endpoints::Endpoint, selector::Labels};
+use crate::policy::{
+    Endpoints, Policy, Warning,
+    endpoints::{Endpoint, LocalHint},
+    selector::Labels,
+};
 
 type Key = (String, String);
 
@@ -165,14 +169,18 @@ impl KubeState {
             taken.extend(endpoint.ips.iter().copied());
             endpoints.push(endpoint);
         };
+        // A local pod's interface is found from its own network namespace when the policy
+        // reloads (`discovery::Resolver`); its host route, if any, is the fallback.
         for ((namespace, name), pod) in &stores.local_pods {
-            let interface = pod
+            let route_interface = pod
                 .ips
                 .iter()
                 .filter_map(|ip| stores.routes.get(ip))
                 .find(|name| is_pod_interface(name))
                 .cloned();
-            add(pod.endpoint(namespace, name, interface), &mut endpoints.endpoints);
+            let mut endpoint = pod.endpoint(namespace, name, None);
+            endpoint.local_hint = Some(LocalHint { route_interface });
+            add(endpoint, &mut endpoints.endpoints);
         }
         for (key, pod) in &stores.cluster_pods {
             if !stores.local_pods.contains_key(key) {

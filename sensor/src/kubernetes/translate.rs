@@ -187,6 +187,8 @@ impl PodEntry {
             labels: Labels::clone(&self.labels),
             ips: self.ips.to_vec(),
             interface,
+            netns: None,
+            local_hint: None,
             containers: self.containers.to_vec(),
             container_info: self.container_info.to_vec(),
             ports: self.ports.to_vec(),

@@ -14,10 +14,11 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
     for path in &args.paths {
         host_policies.extend(crate::host::policy::load(path)?);
     }
-    let endpoints = match &args.endpoints_file {
+    let mut endpoints = match &args.endpoints_file {
         Some(file) => Endpoints::load(file)?,
         None => Endpoints::default(),
     };
+    let unattached = discover(&mut endpoints);
     let mut out = String::new();
     for w in &warnings {
         let _ = writeln!(out, "{w}");
@@ -72,6 +73,13 @@ pub fn check(args: &PolicyCheckArgs) -> Result<String, PolicyError> {
             );
         }
     }
+    for u in &unattached {
+        let _ = writeln!(
+            out,
+            "\nendpoint {}: not enforced here: no interface found on this node ({})",
+            u.pod, u.reason
+        );
+    }
     for ep in &compiled.local {
         let _ = writeln!(
             out,
@@ -125,4 +133,25 @@ const fn mode(enforced: bool, audit: bool) -> &'static str {
         (false, true) => "default-deny (audit)",
         (false, false) => "allow-all",
     }
+}
+
+/// Finds the interfaces of the file's endpoints that name none (as the agent does), and
+/// returns those of them that are local but whose interface cannot be found.
+fn discover(endpoints: &mut Endpoints) -> Vec<crate::discovery::Unattached> {
+    let without: std::collections::BTreeSet<String> = endpoints
+        .endpoints
+        .iter()
+        .filter(|e| e.interface.is_none())
+        .map(|e| format!("{}/{}", e.namespace, e.name))
+        .collect();
+    if without.is_empty() {
+        return Vec::new();
+    }
+    let patterns: Vec<String> =
+        crate::config::DEFAULT_INTERFACES.iter().map(|p| (*p).to_owned()).collect();
+    let Ok(matcher) = crate::config::InterfaceMatcher::new(&patterns) else { return Vec::new() };
+    let root = crate::host::cgroups::cgroup2_root().unwrap_or_default();
+    let mut resolver = crate::discovery::Resolver::new(matcher, root);
+    resolver.resolve(endpoints);
+    resolver.unattached.into_iter().filter(|u| without.contains(&u.pod)).collect()
 }

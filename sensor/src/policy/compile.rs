@@ -643,6 +643,8 @@ spec:
                 labels: [("app".to_owned(), "api".to_owned())].into(),
                 ips: vec![format!("10.77.9.{i}").parse().expect("ip")],
                 interface: None,
+                netns: None,
+                local_hint: None,
                 containers: vec![],
                 container_info: Vec::new(),
                 ports: vec![],

@@ -34,8 +34,17 @@ pub struct Endpoint {
     pub labels: Labels,
     #[serde(default)]
     pub ips: Vec<IpAddr>,
-    /// Host-side interface of a local endpoint; absent for pods on other nodes.
+    /// Host-side interface of a local endpoint. Absent for pods on other nodes, and for local
+    /// ones whose interface the agent finds itself (see `netns` and `containers`).
     pub interface: Option<String>,
+    /// The pod's network namespace (a sandbox path such as `/run/netns/cni-…`, or
+    /// `/proc/<pid>/ns/net`): the endpoint is local, its interface is the node-side peer of
+    /// the veth inside that holds one of its IPs.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Set for pods the Kubernetes API places on this node (not read from the file).
+    #[serde(skip)]
+    pub local_hint: Option<LocalHint>,
     /// Ids of the pod's containers (as in `containerStatuses[].containerID`, with or without
     /// the `containerd://` style prefix): host events and host policies find the pod by them.
     #[serde(default)]
@@ -52,6 +61,14 @@ pub struct Endpoint {
     /// `k8s:io.cilium.k8s.policy.serviceaccount`.
     #[serde(default)]
     pub service_account: Option<String>,
+}
+
+/// What the Kubernetes API says of a pod of this node, beyond the file's fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalHint {
+    /// The interface of the node's host route (/32, /128) to the pod's IP, if there is one:
+    /// the fallback when the pod's namespace cannot be inspected.
+    pub route_interface: Option<String>,
 }
 
 /// One container port of a pod (Kubernetes' `ContainerPort`, the fields policies use).
@@ -179,6 +196,15 @@ impl Endpoints {
                     super::model::valid_port_name(n)
                         .map_err(|why| invalid(format!("port name {n:?}: {why}")))?;
                 }
+            }
+            if let Some(netns) = &ep.netns
+                && !netns.is_absolute()
+            {
+                return Err(EndpointsError::Invalid {
+                    path: path.to_owned(),
+                    name,
+                    message: format!("netns {}: must be an absolute path", netns.display()),
+                });
             }
             for ip in &ep.ips {
                 if let Some(other) = seen.insert(*ip, name.clone()) {

@@ -41,6 +41,9 @@ pub struct PolicyRuntime {
     /// The Kubernetes API sources and which interface names are pod interfaces (the agent's
     /// `interfaces` globs): their policies and endpoints join the files'.
     pub kubernetes: Option<(Arc<crate::kubernetes::KubeState>, crate::config::InterfaceMatcher)>,
+    /// Finds local endpoints' interfaces from their network namespaces (None: interfaces
+    /// come only from the endpoints file and host routes, as in `policy check`).
+    pub discovery: Option<crate::discovery::Resolver>,
     /// Each policy file's last version that parsed: a file that breaks keeps it in force.
     last_good: std::collections::BTreeMap<PathBuf, super::FileSet>,
     /// Whether the maps hold an apply of this runtime (the first reload always writes).
@@ -64,6 +67,7 @@ impl PolicyRuntime {
             metrics,
             host: None,
             kubernetes: None,
+            discovery: None,
             last_good: std::collections::BTreeMap::new(),
             applied_once: false,
         }
@@ -130,6 +134,10 @@ impl PolicyRuntime {
                 tracing::debug!("{skipped}");
             }
         }
+        if let Some(resolver) = &mut self.discovery {
+            resolver.resolve(&mut endpoints);
+            self.metrics.endpoints_unattached.set(resolver.unattached.len() as i64);
+        }
         for warning in &warnings {
             tracing::warn!("{warning}");
         }
@@ -186,6 +194,12 @@ impl PolicyRuntime {
                 .get_or_create(&crate::metrics::MapLabels { map_name })
                 .set(ratio);
         }
+    }
+
+    /// A reload is due for endpoint discovery: an interface not found yet is to be looked
+    /// for again, or a found one went away (see [`crate::discovery::Resolver::due`]).
+    pub fn discovery_due(&self) -> bool {
+        self.discovery.as_ref().is_some_and(crate::discovery::Resolver::due)
     }
 
     pub fn is_endpoint_interface(&self, name: &str) -> bool {
