@@ -342,6 +342,13 @@ pub struct KernelOffsets {
     pub sb_dev: u32,
     pub binprm_filename: u32,
     pub binprm_interp: u32,
+    /// `linux_binprm.file` (the BPF-LSM exec hook).
+    pub binprm_file: u32,
+    /// `file.f_mode` and `file.f_flags` (the BPF-LSM open hook).
+    pub file_f_mode: u32,
+    pub file_f_flags: u32,
+    /// Keeps [`HostConfig`] free of implicit padding.
+    pub _pad: u32,
 }
 
 /// Which policies audit and which block; both halves of the generation split are kept.
@@ -491,6 +498,6 @@ const _: () = assert!(
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
-const _: () = assert!(core::mem::size_of::<HostConfig>() == 48 + 34 * 4);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 48 + 38 * 4);
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PathKey>() == PATH_KEY_LEN);

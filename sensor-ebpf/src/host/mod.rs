@@ -2,6 +2,7 @@
 //! and denied syscalls, each scoped by the cgroup's policy mask before any other work.
 
 mod identity;
+mod lsm;
 mod path;
 mod process;
 mod sock;

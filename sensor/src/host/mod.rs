@@ -5,6 +5,7 @@ pub mod apply;
 pub mod cgroups;
 pub mod compile;
 pub mod identity;
+pub mod lsm;
 pub mod offsets;
 pub mod policy;
 pub mod process;

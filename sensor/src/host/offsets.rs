@@ -82,6 +82,10 @@ pub fn read(btf_path: &Path) -> Result<KernelOffsets, OffsetsError> {
         sb_dev: of("super_block", "s_dev")?,
         binprm_filename: of("linux_binprm", "filename")?,
         binprm_interp: of("linux_binprm", "interp")?,
+        binprm_file: of("linux_binprm", "file")?,
+        file_f_mode: of("file", "f_mode")?,
+        file_f_flags: of("file", "f_flags")?,
+        _pad: 0,
     })
 }
 
