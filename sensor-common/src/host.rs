@@ -396,6 +396,13 @@ pub struct KernelOffsets {
     /// From an overlay inode (`ovl_inode.vfs_inode`) to `ovl_inode.__upperdentry`;
     /// `u32::MAX` when the kernel's BTF has no `ovl_inode`.
     pub ovl_inode_upper: u32,
+    /// `linux_binprm.file` (the BPF-LSM exec hook).
+    pub binprm_file: u32,
+    /// `file.f_mode` and `file.f_flags` (the BPF-LSM open hook).
+    pub file_f_mode: u32,
+    pub file_f_flags: u32,
+    /// Keeps [`HostConfig`] free of implicit padding.
+    pub _pad: u32,
 }
 
 /// Which policies audit and which block; both halves of the generation split are kept.
@@ -587,7 +594,7 @@ const _: () = assert!(
 );
 const _: () =
     assert!(core::mem::size_of::<SockEvent>() == core::mem::size_of::<EventHeader>() + 32);
-const _: () = assert!(core::mem::size_of::<HostConfig>() == 64 + 36 * 4);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 64 + 40 * 4);
 const _: () = assert!(
     core::mem::size_of::<HoldEvent>() == core::mem::size_of::<FileEvent>() + 8 + 16 + 8 * 4
 );

@@ -207,6 +207,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     host_maps
         .init(config.mode == Mode::Enforce, std::process::id(), offsets)
         .map_err(|e| AgentError::Io("writing the host config map", std::io::Error::other(e)))?;
+    // BPF-LSM hooks deny Block matches before the call where the kernel has them.
+    let lsm = crate::host::lsm::start(&mut ebpf, &pins, adopt, &features);
+    tracing::info!(lsm_ops = lsm.ops, "host blocking: {}", lsm.summary());
     policy.host = Some(crate::host::HostRuntime::new(host_maps, cgroup_root.clone()));
     // Events from a cgroup the last scan did not know, and cgroups made inside containers,
     // wake an immediate rescan.
@@ -308,9 +311,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let mut attacher = Attacher::new(&mut ebpf, config.interfaces.clone(), pins.clone(), adopt)?;
     if adopt {
-        loader::adopt_host(&pins)?;
+        loader::adopt_host(&pins, &lsm.replaced_tracepoints())?;
     } else {
-        loader::attach_host(&mut ebpf, &cgroup_root, &pins)?;
+        loader::attach_host(&mut ebpf, &cgroup_root, &pins, &lsm.replaced_tracepoints())?;
         pins.commit(&stamp).map_err(|e| AgentError::Io("stamping the pin directory", e))?;
     }
     tracing::info!(

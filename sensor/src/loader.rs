@@ -217,9 +217,10 @@ fn pin_link(pins: &Pins, name: &str, link: FdLink) -> Result<(), LoadError> {
     })
 }
 
-/// Keeps the pinned host links (an adopting start): checks each one is still there.
-pub fn adopt_host(pins: &Pins) -> Result<(), LoadError> {
-    for name in HOST_LINKS {
+/// Keeps the pinned host links (an adopting start): checks each one is still there, but for
+/// the tracepoints of `skip` (operations a BPF-LSM hook decides, see [`crate::host::lsm`]).
+pub fn adopt_host(pins: &Pins, skip: &[&str]) -> Result<(), LoadError> {
+    for name in HOST_LINKS.into_iter().filter(|n| !skip.contains(n)) {
         PinnedLink::from_pin(pins.link(name)).map_err(|e| LoadError::Program {
             what: format!("adopting the pinned {name} link"),
             source: aya::programs::ProgramError::IOError(std::io::Error::other(e)),
@@ -231,10 +232,13 @@ pub fn adopt_host(pins: &Pins) -> Result<(), LoadError> {
 /// Loads and attaches the host programs: exec/exit tracepoints, raw `sys_enter`/`sys_exit`
 /// for file rules and denied syscalls, and the socket hooks on the cgroup v2 root. Each link
 /// is pinned under `pins`: it stays attached when the agent exits, until `sensor cleanup`.
+/// The tracepoints named in `skip` are left out: a BPF-LSM hook decides their operations
+/// before they happen (and records them), see [`crate::host::lsm`].
 pub fn attach_host(
     ebpf: &mut Ebpf,
     cgroup_root: &std::path::Path,
     pins: &Pins,
+    skip: &[&str],
 ) -> Result<(), LoadError> {
     // Every program is loaded before failing, so one start names every program the verifier
     // rejects (with the first one's verifier log).
@@ -254,6 +258,9 @@ pub fn attach_host(
         ("syscalls", "sys_enter_symlinkat"),
         ("syscalls", "sys_enter_truncate"),
     ] {
+        if skip.contains(&name) {
+            continue;
+        }
         let program: &mut TracePoint = host_program(ebpf, name)?;
         if let Err(err) = program.load() {
             failed.push((name, err));

@@ -6,7 +6,8 @@
 //! - `run [ARGS...]`: build, then `sensor run ARGS...` (as root), then `sensor cleanup`:
 //!   a try-out leaves nothing of ours in the kernel.
 //! - `test`: fmt check, clippy (warnings are errors), unit tests, privileged end-to-end tests
-//!   (the Kubernetes ones against a real kube-apiserver and etcd, see `kube-apiserver`).
+//!   (the Kubernetes ones against a real kube-apiserver and etcd, see `kube-apiserver`), then
+//!   `vm-test`.
 //! - `kube-apiserver`: etcd (Debian's etcd-server) and kube-apiserver v1.20.2 built offline
 //!   from Debian's kubernetes source into `target/tools/kube-apiserver-1.20.2/` (once).
 //! - `bench [--quick]`: datapath, agent and policy-update figures as ratios to baselines
@@ -14,6 +15,8 @@
 //! - `conformance [--cases N] [--seed S]`: N seeded NetworkPolicy/CiliumNetworkPolicy cases
 //!   (default 200, seed 1), each a truth table of real probes compared with the reference
 //!   evaluator (root).
+//! - `vm-test [SERIES...]`: the sensor and `tests/vm/` inside Debian's 6.1 and 6.12 kernels
+//!   under qemu (software emulation), from an initramfs built here (see `vm`).
 //! - `fuzz [--seconds N] [TARGET...]`: cargo-fuzz (installed on first use) on each target in
 //!   turn for N seconds (default 300), then minimizes its corpus under `fuzz/corpus/`.
 
@@ -22,6 +25,7 @@ mod bootstrap;
 mod conformance;
 mod fuzz;
 mod kube_apiserver;
+mod vm;
 
 use std::{
     env,
@@ -50,6 +54,10 @@ fn main() -> anyhow::Result<()> {
             bench::bench(&root, &sensor, &rest)
         }
         "fuzz" => fuzz::fuzz(&root, &rest),
+        "vm-test" => {
+            let (_, sensor) = build(&root)?;
+            vm::vm_test(&root, &sensor, &rest)
+        }
         "conformance" => conformance::conformance(&root, &rest),
         "kube-apiserver" => kube_apiserver::ensure(&root).map(|tools| {
             println!("{}", tools.kube_apiserver.display());
@@ -58,13 +66,14 @@ fn main() -> anyhow::Result<()> {
         "__bench-helper" => bench::helper_main(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|bench [--quick]|\
+                "usage: cargo xtask <bootstrap|build|run [SENSOR RUN ARGS...]|test|vm-test|bench [--quick]|\
                  fuzz [--seconds N] [TARGET...]|conformance [--cases N] [--seed S]|kube-apiserver>\n\n\
                  bootstrap  install the pinned nightly ({TOOLCHAIN}) and bpf-linker (target/tools)\n\
                  build      build target/release/sensor with its eBPF programs\n\
                  run        build, then run `sensor run ARGS...` (root)\n\
                  test       fmt, clippy, unit tests and privileged end-to-end tests (root)\n\
                  bench      benchmarks against same-run baselines (root); writes target/bench/\n\
+                 vm-test [6.1|6.12]  tests/vm/ inside Debian's packaged kernels under qemu (root)\n\
                  fuzz       cargo-fuzz each target N seconds (default 300), minimize fuzz/corpus/\n\
                  conformance [--cases N] [--seed S]  policy conformance cases against the \
                  reference evaluator (root)\n\
@@ -210,6 +219,7 @@ impl Drop for IgnoreSignals {
 fn test(root: &Path) -> anyhow::Result<()> {
     let tools = bootstrap::ensure(root)?;
     bootstrap::ensure_test_packages()?;
+    vm::ensure_packages()?;
     // The Kubernetes e2e tests run a real API server: built once (about 13 minutes), first,
     // so a failing build stops the run before the long compile steps.
     let api = kube_apiserver::ensure(root)?;
@@ -268,5 +278,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
             .env("SENSOR_BIN", root.join("target/release/sensor"))
             .env("KUBE_APISERVER_BIN", &api.kube_apiserver)
             .env("ETCD_BIN", &api.etcd),
-    )
+    )?;
+    // The same binary on Debian's 6.1 and 6.12 kernels (BPF-LSM, tc without tcx) under qemu.
+    vm::vm_test(root, &root.join("target/release/sensor"), &[])
 }

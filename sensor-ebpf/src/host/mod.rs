@@ -3,6 +3,7 @@
 
 mod hold;
 mod identity;
+mod lsm;
 mod path;
 mod process;
 mod sock;

@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod compile;
 pub mod hold;
 pub mod identity;
+pub mod lsm;
 pub mod offsets;
 pub mod policy;
 pub mod process;

@@ -87,6 +87,10 @@ pub fn read(btf_path: &Path) -> Result<KernelOffsets, OffsetsError> {
             (Ok(upper), Ok(inode)) if upper > inode => upper - inode,
             _ => u32::MAX,
         },
+        binprm_file: of("linux_binprm", "file")?,
+        file_f_mode: of("file", "f_mode")?,
+        file_f_flags: of("file", "f_flags")?,
+        _pad: 0,
     })
 }
 
