@@ -286,7 +286,8 @@ fn update_trie<K: aya::Pod, V: aya::Pod>(
         Ok(()) => Ok(()),
         Err(err) if batch::is_unsupported(&err) => {
             for (key, value) in keys.iter().zip(values) {
-                map.insert(key, value, 0).map_err(|source| ApplyError::Map { map: name, source })?;
+                map.insert(key, value, 0)
+                    .map_err(|source| ApplyError::Map { map: name, source })?;
             }
             Ok(())
         }

@@ -165,11 +165,19 @@ mod tests {
 
     #[test]
     fn contained_range_holds_every_contained_prefix() {
-        let set: std::collections::BTreeSet<Cidr> =
-            ["10.0.0.0/8", "10.0.0.0/24", "10.255.255.255/32", "11.0.0.0/8", "9.255.0.0/16", "fd00::/8", "::/0", "0.0.0.0/0"]
-                .iter()
-                .map(|c| Cidr::parse(c).expect("cidr"))
-                .collect();
+        let set: std::collections::BTreeSet<Cidr> = [
+            "10.0.0.0/8",
+            "10.0.0.0/24",
+            "10.255.255.255/32",
+            "11.0.0.0/8",
+            "9.255.0.0/16",
+            "fd00::/8",
+            "::/0",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|c| Cidr::parse(c).expect("cidr"))
+        .collect();
         for net in &set {
             let scanned: Vec<Cidr> = set.iter().filter(|c| net.contains(c)).copied().collect();
             let ranged: Vec<Cidr> =

@@ -427,10 +427,7 @@ impl Resolver<'_> {
                 let block = self.ip_blocks.iter().position(|(n, e)| n == net && e == except);
                 if *pod_ips && let Some(b) = block {
                     found.extend(
-                        self.non_cidr()
-                            .iter()
-                            .filter(|s| s.ip_blocks.contains(&b))
-                            .map(|s| s.id),
+                        self.non_cidr().iter().filter(|s| s.ip_blocks.contains(&b)).map(|s| s.id),
                     );
                 }
                 // The whole family also covers the addresses no prefix names.

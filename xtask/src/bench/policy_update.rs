@@ -119,12 +119,7 @@ fn run_with(
 }
 
 /// The agent's (settle, reload) timings of one apply.
-fn add_agent(
-    figs: &mut Vec<Figure>,
-    config: &str,
-    baseline: &str,
-    (settle, reload): (f64, f64),
-) {
+fn add_agent(figs: &mut Vec<Figure>, config: &str, baseline: &str, (settle, reload): (f64, f64)) {
     add(figs, Figure::new(FAMILY, "settle", config, "ms").baseline(baseline), settle);
     add(figs, Figure::new(FAMILY, "reload", config, "ms").baseline(baseline), reload);
 }
