@@ -241,6 +241,13 @@ pub struct CtKey {
     pub daddr: [u8; 16],
 }
 
+// The datapath compares conntrack addresses as aligned 32-bit words.
+const _: () = assert!(
+    core::mem::align_of::<CtKey>() == 4
+        && core::mem::offset_of!(CtKey, saddr) % 4 == 0
+        && core::mem::offset_of!(CtKey, daddr) % 4 == 0
+);
+
 /// [`CtEntry::tcp_fin`]: a FIN was seen in the direction of the connection's first packet.
 pub const CT_FIN_FORWARD: u8 = 1;
 /// [`CtEntry::tcp_fin`]: a FIN was seen in the reply direction.

@@ -359,42 +359,53 @@ unsafe fn maybe_report(entry: *mut CtEntry, ifindex: u32, tuple: &Tuple, now: u6
 /// under both (see `CtEntry`).
 #[inline(always)]
 fn ct_key(ifindex: u32, t: &Tuple) -> (CtKey, bool) {
-    let swap = source_orders_after(t);
-    let (saddr, daddr, sport, dport, icmp_types) = if swap {
-        (t.daddr, t.saddr, t.dport, t.sport, [t.icmp_types[1], t.icmp_types[0]])
-    } else {
-        (t.saddr, t.daddr, t.sport, t.dport, t.icmp_types)
-    };
-    let key = CtKey {
+    let mut key = CtKey {
         ifindex,
         protocol: t.protocol,
         family: t.family,
-        icmp_types,
-        sport,
-        dport,
-        saddr,
-        daddr,
+        icmp_types: t.icmp_types,
+        sport: t.sport,
+        dport: t.dport,
+        saddr: t.saddr,
+        daddr: t.daddr,
     };
+    let swap = source_orders_after(&key);
+    if swap {
+        key.saddr = t.daddr;
+        key.daddr = t.saddr;
+        key.sport = t.dport;
+        key.dport = t.sport;
+        key.icmp_types = [t.icmp_types[1], t.icmp_types[0]];
+    }
     (key, swap)
 }
 
-/// Whether the packet's source side (address, port, conntrack ICMP type) orders after its
+/// An address of a conntrack key as four native-endian words (for ordering only).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: `CtKey` is `repr(C)` with 4-byte alignment and its addresses at offsets 12 and
+    // 28, so both are 4-byte aligned (asserted in sensor-common).
+    unsafe { addr.as_ptr().cast::<[u32; 4]>().read() }
+}
+
+/// Whether the key's source side (address, port, conntrack ICMP type) orders after its
 /// destination side; any total order does, as long as it is the same for both directions. A
 /// tie (the same side twice) keeps the packet's orientation, so such a flow is never a reply
 /// of itself.
 #[inline(always)]
-fn source_orders_after(t: &Tuple) -> bool {
-    let (s, d) = (t.saddr_words(), t.daddr_words());
-    if s[0] != d[0] {
-        return s[0] > d[0];
+fn source_orders_after(k: &CtKey) -> bool {
+    let (s, d) = (words(&k.saddr), words(&k.daddr));
+    let mut i = 0;
+    while i < 4 {
+        if s[i] != d[i] {
+            return s[i] > d[i];
+        }
+        i += 1;
     }
-    if s[1] != d[1] {
-        return s[1] > d[1];
+    if k.sport != k.dport {
+        return k.sport > k.dport;
     }
-    if t.sport != t.dport {
-        return t.sport > t.dport;
-    }
-    t.icmp_types[0] > t.icmp_types[1]
+    k.icmp_types[0] > k.icmp_types[1]
 }
 
 #[inline(always)]

@@ -17,10 +17,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv6 extension headers followed; a longer chain is counted as `Ipv6ExtLimit`.
 const MAX_IPV6_EXT: usize = 6;
 
-/// The flow a packet belongs to, in the packet's own direction. `repr(C)` and 8-byte aligned
-/// so the addresses can be compared as two 64-bit words each.
+/// The flow a packet belongs to, in the packet's own direction.
 #[derive(Clone, Copy)]
-#[repr(C, align(8))]
 pub struct Tuple {
     pub family: u8,
     pub protocol: u8,
@@ -42,25 +40,7 @@ pub struct Tuple {
     pub daddr: [u8; 16],
 }
 
-const _: () = assert!(
-    core::mem::offset_of!(Tuple, saddr) % 8 == 0 && core::mem::offset_of!(Tuple, daddr) % 8 == 0
-);
-
 impl Tuple {
-    /// The source address as two native-endian words (for ordering, not for arithmetic).
-    #[inline(always)]
-    pub fn saddr_words(&self) -> [u64; 2] {
-        // SAFETY: `saddr` is 16 bytes at an 8-byte aligned offset of an 8-aligned struct.
-        unsafe { self.saddr.as_ptr().cast::<[u64; 2]>().read() }
-    }
-
-    /// The destination address as two native-endian words.
-    #[inline(always)]
-    pub fn daddr_words(&self) -> [u64; 2] {
-        // SAFETY: as for `saddr_words`.
-        unsafe { self.daddr.as_ptr().cast::<[u64; 2]>().read() }
-    }
-
     pub const fn new() -> Self {
         Self {
             family: 0,
