@@ -241,14 +241,27 @@ pub struct CtKey {
     pub daddr: [u8; 16],
 }
 
+// The datapath compares conntrack addresses as aligned 32-bit words.
+const _: () = assert!(
+    core::mem::align_of::<CtKey>() == 4
+        && core::mem::offset_of!(CtKey, saddr) % 4 == 0
+        && core::mem::offset_of!(CtKey, daddr) % 4 == 0
+);
+
 /// [`CtEntry::tcp_fin`]: a FIN was seen in the direction of the connection's first packet.
 pub const CT_FIN_FORWARD: u8 = 1;
 /// [`CtEntry::tcp_fin`]: a FIN was seen in the reply direction.
 pub const CT_FIN_REPLY: u8 = 2;
 
-/// A tracked connection, keyed by its first packet's [`CtKey`]. Packets of either direction
-/// pass only while `verdict` (re-decided on the first packet after each policy change) is not
-/// `VERDICT_DROPPED`.
+/// A tracked connection, keyed by its [`CtKey`] in canonical orientation: of the key and its
+/// reverse (addresses, ports and ICMP types swapped), the one whose source side
+/// (address, port, ICMP type) orders first, so both directions of a connection find it with
+/// one lookup; `key_reversed` says whether the first packet's key was swapped to get there.
+/// Packets of either direction pass only while `verdict` (re-decided on the first packet after
+/// each policy change) is not `VERDICT_DROPPED`.
+///
+/// Times are CLOCK_MONOTONIC_COARSE nanoseconds (`bpf_ktime_get_coarse_ns`, a few ms of
+/// resolution): the datapath stamps every packet and the precise clock costs a TSC read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -276,7 +289,10 @@ pub struct CtEntry {
     /// `CT_FIN_FORWARD` | `CT_FIN_REPLY`: a TCP connection is closing only once both sides
     /// sent FIN (a half-closed connection keeps its entry).
     pub tcp_fin: u8,
-    pub _pad: [u8; 6],
+    /// 1 when the connection's first packet had to be reversed into the canonical key: a
+    /// packet whose own key needed the same swap goes the connection's way, else it is a reply.
+    pub key_reversed: u8,
+    pub _pad: [u8; 5],
 }
 
 /// One flow observation: a new flow's verdict, or a dropped packet.
@@ -316,8 +332,25 @@ pub struct FlowEvent {
     pub policy: u32,
 }
 
-/// Per-CPU hash of [`VerdictKey`] → [`IfaceCounters`]: every packet by final verdict.
+/// Per-CPU array of [`IfaceCounters`] indexed by [`verdict_slot`]: every packet by final
+/// verdict (an array lookup the verifier inlines, not a hash lookup per packet).
 pub const VERDICT_COUNTERS_MAP: &str = "VERDICT_COUNTERS";
+/// Entries of `VERDICT_COUNTERS`: every drop reason (a byte) in both directions.
+pub const VERDICT_SLOTS: u32 = 512;
+
+/// The `VERDICT_COUNTERS` index of a final verdict: `reason` 0 = forwarded, else the drop
+/// reason; `direction` is `POLICY_INGRESS`/`EGRESS` (audit layer bit ignored).
+#[inline(always)]
+pub const fn verdict_slot(reason: u8, direction: u8) -> u32 {
+    ((reason as u32) << 1) | (direction & 1) as u32
+}
+
+impl VerdictKey {
+    /// The key a `VERDICT_COUNTERS` index stands for.
+    pub const fn from_slot(slot: u32) -> Self {
+        Self { reason: (slot >> 1) as u8, direction: (slot & 1) as u8, _pad: 0 }
+    }
+}
 
 /// `reason` 0 = forwarded, else the drop reason; `direction` is `POLICY_INGRESS`/`EGRESS`.
 #[repr(C)]

@@ -139,7 +139,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     );
 
     let metrics = Metrics::default();
-    let verdicts: PerCpuHashMap<MapData, net::VerdictKey, net::IfaceCounters> =
+    let verdicts: PerCpuArray<MapData, net::IfaceCounters> =
         take_map(&mut ebpf, net::VERDICT_COUNTERS_MAP)?;
     let hubble = Arc::new(
         HubbleMetrics::new(
@@ -166,7 +166,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         loop {
             tokio::time::sleep(conntrack.interval()).await;
             conntrack = tokio::task::spawn_blocking(move || {
-                conntrack.sweep(conntrack::boot_ns());
+                conntrack.sweep(conntrack::clock_ns());
                 conntrack
             })
             .await

@@ -102,7 +102,7 @@ impl Conntrack {
         Duration::from_secs(self.config.gc_interval_seconds)
     }
 
-    /// One pass over the map; `now_ns` is CLOCK_BOOTTIME, the clock the datapath stamps with.
+    /// One pass over the map; `now_ns` is [`clock_ns`], the clock the datapath stamps with.
     pub fn sweep(&mut self, now_ns: u64) {
         let mut alive = 0_i64;
         let expired: Vec<CtKey> = self
@@ -132,9 +132,10 @@ impl Conntrack {
     }
 }
 
-/// CLOCK_BOOTTIME in nanoseconds (`bpf_ktime_get_boot_ns` in the kernel).
-pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
+/// CLOCK_MONOTONIC in nanoseconds: conntrack's clock (the datapath stamps entries with
+/// `bpf_ktime_get_coarse_ns`, the same clock at tick resolution).
+pub fn clock_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
         u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(ts.tv_nsec()).unwrap_or(0)
     })

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
@@ -12,7 +12,7 @@ use prometheus_client::{
 };
 use sensor_common::{
     host::LossCounter,
-    net::{IfaceCounters, POLICY_INGRESS, VerdictKey},
+    net::{IfaceCounters, POLICY_INGRESS, VERDICT_SLOTS, VerdictKey},
 };
 
 use crate::{features::KernelFeatures, interfaces::InterfaceTable};
@@ -105,7 +105,7 @@ impl Metrics {
         interfaces: Arc<Mutex<InterfaceTable>>,
         loss: PerCpuArray<MapData, u64>,
         net_counters: PerCpuArray<MapData, u64>,
-        verdicts: PerCpuHashMap<MapData, VerdictKey, IfaceCounters>,
+        verdicts: PerCpuArray<MapData, IfaceCounters>,
         hubble: &crate::hubble_metrics::HubbleMetrics,
     ) -> Registry {
         let mut registry = Registry::default();
@@ -384,7 +384,7 @@ impl Collector for NetCollector {
 /// Cilium's per-packet counters: `cilium_forward_{count,bytes}_total{direction}` and
 /// `cilium_drop_{count,bytes}_total{reason,direction}`, from the tc programs' per-CPU map.
 struct VerdictCollector {
-    map: Mutex<PerCpuHashMap<MapData, VerdictKey, IfaceCounters>>,
+    map: Mutex<PerCpuArray<MapData, IfaceCounters>>,
 }
 
 impl std::fmt::Debug for VerdictCollector {
@@ -407,15 +407,15 @@ struct CiliumDropLabels {
 impl Collector for VerdictCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let totals: Vec<(VerdictKey, IfaceCounters)> = map
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| {
+        // Slots never hit stay zero and are left out, as absent hash keys were.
+        let totals: Vec<(VerdictKey, IfaceCounters)> = (0..VERDICT_SLOTS)
+            .filter_map(|slot| {
+                let per_cpu = map.get(&slot, 0).ok()?;
                 let sum = per_cpu.iter().fold(IfaceCounters::default(), |a, c| IfaceCounters {
                     packets: a.packets + c.packets,
                     bytes: a.bytes + c.bytes,
                 });
-                (key, sum)
+                (sum.packets > 0).then_some((VerdictKey::from_slot(slot), sum))
             })
             .collect();
         drop(map);

@@ -49,7 +49,11 @@ fn main() -> anyhow::Result<()> {
         "run" => run(&root, &rest),
         "test" => test(&root),
         "bench" => {
-            let (_, sensor) = build(&root)?;
+            // SENSOR_BIN (as for the e2e tests): bench that binary instead of building one.
+            let sensor = match std::env::var_os("SENSOR_BIN") {
+                Some(bin) => std::path::PathBuf::from(bin),
+                None => build(&root)?.1,
+            };
             bootstrap::ensure_bench_packages()?;
             bench::bench(&root, &sensor, &rest)
         }

@@ -1,7 +1,9 @@
 //! tc programs on pod interfaces: per-interface counters, flow tracking, policy verdicts.
 //!
-//! Per packet: parse, one conntrack lookup (two for replies), and the policy lookups only for
-//! a new flow or after a policy change. Observe-only results return `TC_ACT_UNSPEC` so later
+//! Per packet: parse, one conntrack lookup (the key is direction-normalised, so a reply finds
+//! its connection with the same lookup), two per-CPU counter updates (the verdict counters an
+//! inlined array access), the coarse clock, and the policy lookups only for a new flow or after
+//! a policy change. The precise clock is read only for a flow record. Observe-only results return `TC_ACT_UNSPEC` so later
 //! programs still run; only an enforce-mode deny returns `TC_ACT_SHOT`.
 //!
 //! Fail closed: a packet whose L4 identity cannot be known (a header cut short or malformed,
@@ -17,7 +19,7 @@ mod policy;
 use aya_ebpf::{
     EbpfContext,
     bindings::__sk_buff,
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns},
     macros::{classifier, map},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
@@ -28,7 +30,7 @@ use sensor_common::{
         CONNTRACK_MAX_ENTRIES, CT_FIN_FORWARD, CT_FIN_REPLY, CtEntry, CtKey, Direction,
         FLOW_REPORT_INTERVAL_NS, FlowEvent, IFACE_STATS_MAX_ENTRIES, IfaceCounters, IfaceKey,
         NET_COUNTER_SLOTS, NET_EVENTS_BYTES, NetConfig, NetCounter, POLICY_EGRESS, POLICY_INGRESS,
-        VERDICT_DROPPED, VERDICT_FORWARDED, VerdictKey,
+        VERDICT_DROPPED, VERDICT_FORWARDED, VERDICT_SLOTS, verdict_slot,
     },
 };
 
@@ -59,8 +61,8 @@ static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 static NET_EVENTS: RingBuf = RingBuf::with_byte_size(NET_EVENTS_BYTES, 0);
 
 #[map]
-static VERDICT_COUNTERS: PerCpuHashMap<VerdictKey, IfaceCounters> =
-    PerCpuHashMap::with_max_entries(64, 0);
+static VERDICT_COUNTERS: PerCpuArray<IfaceCounters> =
+    PerCpuArray::with_max_entries(VERDICT_SLOTS, 0);
 
 #[map]
 static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_COUNTER_SLOTS, 0);
@@ -138,9 +140,7 @@ fn unclassified(ifindex: u32, direction: u8, tuple: &Tuple, reason: NetCounter) 
     if decision.verdict == VERDICT_FORWARDED {
         return (TC_ACT_UNSPEC, 0);
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    emit(ifindex, direction, tuple, &decision, now, false, Record::Drop);
+    emit(ifindex, direction, tuple, &decision, false, Record::Drop);
     if decision.verdict == VERDICT_DROPPED {
         return (TC_ACT_SHOT, decision.drop_reason);
     }
@@ -165,47 +165,51 @@ enum Record {
     Trace,
 }
 
+/// CLOCK_MONOTONIC_COARSE: conntrack's clock (idle timeouts and the report interval need
+/// milliseconds, not a TSC read per packet).
+#[inline(always)]
+fn coarse_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Conntrack and policy for one parsed packet: returns the tc action and, for a drop, its
 /// reason.
 #[inline(always)]
 fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
     let config = NET_CONFIG.get(0).copied().unwrap_or(NetConfig::default());
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let key = ct_key(ifindex, tuple, false);
+    let (key, swapped) = ct_key(ifindex, tuple);
     let fin = tuple.tcp_flags & TCP_FIN != 0;
 
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+        let now = coarse_ns();
         // SAFETY: a live map value. Updates are plain read-modify-writes: two CPUs updating
         // one flow at the same instant can lose a count (BPF has no 64-bit fetch-add here).
         unsafe {
-            add(&raw mut (*entry).packets_fwd, 1);
-            add(&raw mut (*entry).bytes_fwd, bytes);
-            (*entry).last_ns = now;
-            if fin {
-                (*entry).tcp_fin |= CT_FIN_FORWARD;
+            // The packet's key needed the same swap as the first packet's: the connection's
+            // own direction; else a packet against it, a reply while the connection is allowed
+            // (or audited).
+            let is_reply = swapped != ((*entry).key_reversed != 0);
+            if is_reply {
+                add(&raw mut (*entry).packets_rev, 1);
+                add(&raw mut (*entry).bytes_rev, bytes);
+                if fin {
+                    (*entry).tcp_fin |= CT_FIN_REPLY;
+                }
+            } else {
+                add(&raw mut (*entry).packets_fwd, 1);
+                add(&raw mut (*entry).bytes_fwd, bytes);
+                if fin {
+                    (*entry).tcp_fin |= CT_FIN_FORWARD;
+                }
             }
-            return established(&config, entry, ifindex, tuple, now, false);
-        }
-    }
-
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key(ifindex, tuple, true)) {
-        // A packet against the connection's first packet: a reply while the connection is
-        // allowed (or audited).
-        // SAFETY: as above.
-        unsafe {
-            add(&raw mut (*entry).packets_rev, 1);
-            add(&raw mut (*entry).bytes_rev, bytes);
             (*entry).last_ns = now;
-            if fin {
-                (*entry).tcp_fin |= CT_FIN_REPLY;
-            }
-            return established(&config, entry, ifindex, tuple, now, true);
+            return established(&config, entry, ifindex, tuple, now, is_reply);
         }
     }
 
     let decision = policy::decide(ifindex, direction, tuple);
-    emit(ifindex, direction, tuple, &decision, now, false, Record::Verdict);
+    emit(ifindex, direction, tuple, &decision, false, Record::Verdict);
     if decision.verdict == VERDICT_DROPPED {
         // No conntrack entry for a dropped flow: every retry is decided (and reported) again.
         return (TC_ACT_SHOT, decision.drop_reason);
@@ -214,6 +218,7 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
         // An echo reply without a request: decided per packet, never tracked.
         return (TC_ACT_UNSPEC, 0);
     }
+    let now = coarse_ns();
     let entry = CtEntry {
         first_ns: now,
         last_ns: now,
@@ -233,7 +238,8 @@ fn track(ifindex: u32, direction: u8, tuple: &Tuple, bytes: u64) -> (i32, u8) {
         match_type: decision.match_type,
         drop_reason: decision.drop_reason,
         tcp_fin: if fin { CT_FIN_FORWARD } else { 0 },
-        _pad: [0; 6],
+        key_reversed: u8::from(swapped),
+        _pad: [0; 5],
     };
     if CONNTRACK.insert(&key, &entry, BPF_NOEXIST).is_err() {
         count(NetCounter::CtInsertFailed);
@@ -269,12 +275,12 @@ unsafe fn established(
             if changed {
                 (*entry).last_report_ns = now;
                 (*entry).tcp_flags |= tuple.tcp_flags;
-                emit(ifindex, direction, tuple, &decision, now, is_reply, Record::Verdict);
+                emit(ifindex, direction, tuple, &decision, is_reply, Record::Verdict);
                 return action(&decision);
             }
         }
         if (*entry).verdict == VERDICT_DROPPED {
-            emit(ifindex, direction, tuple, &stored(entry), now, is_reply, Record::Drop);
+            emit(ifindex, direction, tuple, &stored(entry), is_reply, Record::Drop);
             return (TC_ACT_SHOT, (*entry).drop_reason);
         }
         maybe_report(entry, ifindex, tuple, now, is_reply);
@@ -343,43 +349,73 @@ unsafe fn maybe_report(entry: *mut CtEntry, ifindex: u32, tuple: &Tuple, now: u6
         }
         (*entry).last_report_ns = now;
         let decision = stored(entry);
-        emit(ifindex, (*entry).direction, tuple, &decision, now, is_reply, Record::Trace);
+        emit(ifindex, (*entry).direction, tuple, &decision, is_reply, Record::Trace);
     }
 }
 
+/// The conntrack key of a packet in canonical orientation, and whether the packet's own key
+/// was reversed to get it: a connection and its replies share one key and one lookup.
+/// Equivalent to looking the packet's key up and then its reverse, as one entry never exists
+/// under both (see `CtEntry`).
 #[inline(always)]
-fn ct_key(ifindex: u32, t: &Tuple, reversed: bool) -> CtKey {
-    let (saddr, daddr, sport, dport, icmp_types) = if reversed {
-        (t.daddr, t.saddr, t.dport, t.sport, [t.icmp_types[1], t.icmp_types[0]])
-    } else {
-        (t.saddr, t.daddr, t.sport, t.dport, t.icmp_types)
-    };
-    CtKey {
+fn ct_key(ifindex: u32, t: &Tuple) -> (CtKey, bool) {
+    let mut key = CtKey {
         ifindex,
         protocol: t.protocol,
         family: t.family,
-        icmp_types,
-        sport,
-        dport,
-        saddr,
-        daddr,
+        icmp_types: t.icmp_types,
+        sport: t.sport,
+        dport: t.dport,
+        saddr: t.saddr,
+        daddr: t.daddr,
+    };
+    let swap = source_orders_after(&key);
+    if swap {
+        key.saddr = t.daddr;
+        key.daddr = t.saddr;
+        key.sport = t.dport;
+        key.dport = t.sport;
+        key.icmp_types = [t.icmp_types[1], t.icmp_types[0]];
     }
+    (key, swap)
+}
+
+/// An address of a conntrack key as four native-endian words (for ordering only).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: `CtKey` is `repr(C)` with 4-byte alignment and its addresses at offsets 12 and
+    // 28, so both are 4-byte aligned (asserted in sensor-common).
+    unsafe { addr.as_ptr().cast::<[u32; 4]>().read() }
+}
+
+/// Whether the key's source side (address, port, conntrack ICMP type) orders after its
+/// destination side; any total order does, as long as it is the same for both directions. A
+/// tie (the same side twice) keeps the packet's orientation, so such a flow is never a reply
+/// of itself.
+#[inline(always)]
+fn source_orders_after(k: &CtKey) -> bool {
+    let (s, d) = (words(&k.saddr), words(&k.daddr));
+    let mut i = 0;
+    while i < 4 {
+        if s[i] != d[i] {
+            return s[i] > d[i];
+        }
+        i += 1;
+    }
+    if k.sport != k.dport {
+        return k.sport > k.dport;
+    }
+    k.icmp_types[0] > k.icmp_types[1]
 }
 
 #[inline(always)]
-fn emit(
-    ifindex: u32,
-    direction: u8,
-    t: &Tuple,
-    d: &Decision,
-    now: u64,
-    is_reply: bool,
-    record: Record,
-) {
+fn emit(ifindex: u32, direction: u8, t: &Tuple, d: &Decision, is_reply: bool, record: Record) {
     let Some(mut slot) = NET_EVENTS.reserve::<FlowEvent>(0) else {
         count(NetCounter::RingbufFull);
         return;
     };
+    // SAFETY: a helper without arguments. Records carry CLOCK_BOOTTIME, like host events.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let e = slot.as_mut_ptr();
     // SAFETY: `e` points at reserved ring buffer memory of `size_of::<FlowEvent>()` bytes;
     // every field is written before submit (built in place: the stack is too small for a copy).
@@ -448,14 +484,11 @@ fn count_interface(ifindex: u32, direction: Direction, bytes: u64) {
 /// Every packet by final verdict: forwarded (reason 0) or dropped (reason), per direction.
 #[inline(always)]
 fn count_verdict(reason: u8, direction: u8, bytes: u64) {
-    let key = VerdictKey { reason, direction, _pad: 0 };
-    if let Some(counters) = VERDICT_COUNTERS.get_ptr_mut(&key) {
+    if let Some(counters) = VERDICT_COUNTERS.get_ptr_mut(verdict_slot(reason, direction)) {
         // SAFETY: a per-CPU value, only this CPU writes it while we run.
         unsafe {
             (*counters).packets += 1;
             (*counters).bytes += bytes;
         }
-        return;
     }
-    let _ = VERDICT_COUNTERS.insert(&key, &IfaceCounters { packets: 1, bytes }, BPF_NOEXIST);
 }

@@ -1,9 +1,17 @@
 //! Writes a [`Compiled`] policy into the kernel maps so that no packet sees a mix of two
 //! policy sets: entries go in under the idle generation, then one write to `NET_CONFIG`
 //! switches packets over, then the old generation is removed.
+//!
+//! The LPM tries are written and cleared in batches (`BPF_MAP_UPDATE_BATCH`,
+//! `BPF_MAP_DELETE_BATCH`): the keys each generation got are remembered, so removing a
+//! generation is one delete call per map instead of a walk of every key with `get_next_key`
+//! and one delete each. A generation whose content is not known (maps adopted from pins at
+//! start, or an apply that failed half-way) is cleared by the walk.
+
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::maps::{
-    Array, HashMap, MapData,
+    Array, HashMap, IterableMap, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use sensor_common::net::{
@@ -13,7 +21,10 @@ use sensor_common::net::{
     POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue,
 };
 
-use super::compile::{Compiled, EntryMeta, PolicyEntry};
+use super::{
+    batch,
+    compile::{Compiled, EntryMeta, PolicyEntry},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -24,6 +35,17 @@ pub enum ApplyError {
     TooLarge { map: &'static str, needed: usize, capacity: u32 },
     #[error("writing map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
+    #[error("writing map {map} (batch): {source}")]
+    Batch { map: &'static str, source: std::io::Error },
+}
+
+/// The keys one generation holds in each map, as this process wrote them.
+#[derive(Default)]
+struct Written {
+    endpoints: Vec<EndpointKey>,
+    ipcache: Vec<Key<IpCacheKey>>,
+    allow: Vec<Key<PolicyKey>>,
+    deny: Vec<Key<PolicyKey>>,
 }
 
 pub struct PolicyMaps {
@@ -36,6 +58,8 @@ pub struct PolicyMaps {
     state: NetConfig,
     /// Entries one generation of POLICY_ALLOW / POLICY_DENY may hold.
     policy_capacity: u32,
+    /// Per generation: the keys it holds, or `None` when unknown (cleared by a walk).
+    written: [Option<Written>; 2],
 }
 
 /// What an apply wrote.
@@ -58,7 +82,16 @@ impl PolicyMaps {
         policy_capacity: u32,
     ) -> Self {
         let state = config.get(&0, 0).unwrap_or_default();
-        Self { config, endpoints, ipcache, allow, deny, state, policy_capacity }
+        Self {
+            config,
+            endpoints,
+            ipcache,
+            allow,
+            deny,
+            state,
+            policy_capacity,
+            written: [None, None],
+        }
     }
 
     /// Fill ratio of each map for what `applied` wrote, as `cilium_bpf_map_pressure` reports.
@@ -92,8 +125,13 @@ impl PolicyMaps {
         self.clear(next)?;
         let written = self.write(compiled, next, &ifindex_of);
         let endpoints = match written {
-            Ok(n) => n,
+            Ok(written) => {
+                let n = written.endpoints.len();
+                self.written[gen_index(next)] = Some(written);
+                n
+            }
             Err(err) => {
+                self.written[gen_index(next)] = None;
                 let _ = self.clear(next);
                 return Err(err);
             }
@@ -124,8 +162,8 @@ impl PolicyMaps {
         compiled: &Compiled,
         generation: u32,
         ifindex_of: &impl Fn(&str) -> Option<u32>,
-    ) -> Result<usize, ApplyError> {
-        let mut endpoints = 0;
+    ) -> Result<Written, ApplyError> {
+        let mut written = Written::default();
         for ep in &compiled.local {
             let Some(ifindex) = ifindex_of(&ep.interface) else { continue };
             let flags = [
@@ -142,33 +180,61 @@ impl PolicyMaps {
             .filter(|(on, _)| *on)
             .fold(0, |acc, (_, bit)| acc | bit);
             let info = EndpointInfo { endpoint_id: ep.id, identity: ep.identity, flags, _pad: 0 };
+            let key = EndpointKey { generation, ifindex };
+            // Recorded before the write: a failed apply clears what it may have written.
+            written.endpoints.push(key);
             self.endpoints
-                .insert(&EndpointKey { generation, ifindex }, &info, 0)
+                .insert(&key, &info, 0)
                 .map_err(|source| ApplyError::Map { map: "ENDPOINTS", source })?;
-            endpoints += 1;
         }
-        for (cidr, identity) in &compiled.ipcache {
-            let key =
-                Key::new(32 + u32::from(cidr.len), IpCacheKey { generation, addr: cidr.octets() });
-            self.ipcache
-                .insert(&key, identity, 0)
-                .map_err(|source| ApplyError::Map { map: "IPCACHE", source })?;
-        }
-        for (entries, map, name) in [
-            (&compiled.allow, &mut self.allow, "POLICY_ALLOW"),
-            (&compiled.deny, &mut self.deny, "POLICY_DENY"),
+        let (keys, values): (Vec<_>, Vec<_>) = compiled
+            .ipcache
+            .iter()
+            .map(|(cidr, identity)| {
+                let data = IpCacheKey { generation, addr: cidr.octets() };
+                (Key::new(32 + u32::from(cidr.len), data), *identity)
+            })
+            .unzip();
+        update_trie(&mut self.ipcache, "IPCACHE", &keys, &values)?;
+        written.ipcache = keys;
+        for (entries, map, name, out) in [
+            (&compiled.allow, &mut self.allow, "POLICY_ALLOW", &mut written.allow),
+            (&compiled.deny, &mut self.deny, "POLICY_DENY", &mut written.deny),
         ] {
-            for (entry, meta) in entries {
-                let (key, value) = policy_key(entry, meta, generation);
-                map.insert(&key, &value, 0)
-                    .map_err(|source| ApplyError::Map { map: name, source })?;
-            }
+            let (keys, values): (Vec<_>, Vec<_>) =
+                entries.iter().map(|(entry, meta)| policy_key(entry, meta, generation)).unzip();
+            update_trie(map, name, &keys, &values)?;
+            *out = keys;
         }
-        Ok(endpoints)
+        Ok(written)
     }
 
-    /// Removes every entry of `generation` from the four maps.
+    /// Removes every entry of `generation` from the four maps: the keys it was given, in
+    /// batches, or by walking every key when they are not known.
     fn clear(&mut self, generation: u32) -> Result<(), ApplyError> {
+        if let Some(written) = self.written[gen_index(generation)].take() {
+            let deleted = self.delete_written(&written);
+            if deleted.is_ok() {
+                self.written[gen_index(generation)] = Some(Written::default());
+                return Ok(());
+            }
+            // A key that was not there (or any other failure): fall back to the walk.
+        }
+        self.walk_clear(generation);
+        self.written[gen_index(generation)] = Some(Written::default());
+        Ok(())
+    }
+
+    fn delete_written(&mut self, w: &Written) -> std::io::Result<()> {
+        for key in &w.endpoints {
+            let _ = self.endpoints.remove(key);
+        }
+        delete_trie(&mut self.ipcache, &w.ipcache)?;
+        delete_trie(&mut self.allow, &w.allow)?;
+        delete_trie(&mut self.deny, &w.deny)
+    }
+
+    fn walk_clear(&mut self, generation: u32) {
         let stale: Vec<_> = self
             .endpoints
             .keys()
@@ -197,7 +263,52 @@ impl PolicyMaps {
                 let _ = map.remove(&key);
             }
         }
-        Ok(())
+    }
+}
+
+const fn gen_index(generation: u32) -> usize {
+    (generation & 1) as usize
+}
+
+fn raw_fd<K: aya::Pod, V: aya::Pod>(map: &LpmTrie<MapData, K, V>) -> RawFd {
+    IterableMap::map(map).fd().as_fd().as_raw_fd()
+}
+
+/// Writes `keys → values` into an LPM trie in one batch, or one by one where the kernel has
+/// no batch ops for it.
+fn update_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    keys: &[Key<K>],
+    values: &[V],
+) -> Result<(), ApplyError> {
+    match batch::update(raw_fd(map), keys, values) {
+        Ok(()) => Ok(()),
+        Err(err) if batch::is_unsupported(&err) => {
+            for (key, value) in keys.iter().zip(values) {
+                map.insert(key, value, 0)
+                    .map_err(|source| ApplyError::Map { map: name, source })?;
+            }
+            Ok(())
+        }
+        Err(source) => Err(ApplyError::Batch { map: name, source }),
+    }
+}
+
+/// Deletes `keys` from an LPM trie in one batch, or one by one without batch ops (then a
+/// missing key is not an error).
+fn delete_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    keys: &[Key<K>],
+) -> std::io::Result<()> {
+    match batch::delete(raw_fd(map), keys) {
+        Err(err) if batch::is_unsupported(&err) => {
+            for key in keys {
+                let _ = map.remove(key);
+            }
+            Ok(())
+        }
+        other => other,
     }
 }
 

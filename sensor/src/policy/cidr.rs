@@ -80,6 +80,16 @@ impl Cidr {
             && other.addr & mask(self.len) == self.addr
     }
 
+    /// The prefixes this one may contain, as bounds in `Cidr`'s order (address, then length):
+    /// every contained prefix's network address lies in this prefix's address range, so a
+    /// sorted set is searched with one range instead of a scan. The range is a superset:
+    /// filter it with [`Cidr::contains`] (the families share the 128-bit space).
+    pub const fn contained_range(&self) -> std::ops::RangeInclusive<Self> {
+        let first = Self { addr: self.addr, len: 0 };
+        let last = Self { addr: self.addr | !mask(self.len), len: u8::MAX };
+        first..=last
+    }
+
     pub fn contains_ip(&self, ip: IpAddr) -> bool {
         self.contains(&Self::host(ip))
     }
@@ -151,5 +161,29 @@ mod tests {
         // A shorter IPv6 prefix that spans the mapped range in bits is still IPv6 only.
         assert!(Cidr::parse("::/80").expect("v6").contains_ip("::1".parse().expect("ip")));
         assert!(!Cidr::parse("::/80").expect("v6").contains_ip("1.2.3.4".parse().expect("ip")));
+    }
+
+    #[test]
+    fn contained_range_holds_every_contained_prefix() {
+        let set: std::collections::BTreeSet<Cidr> = [
+            "10.0.0.0/8",
+            "10.0.0.0/24",
+            "10.255.255.255/32",
+            "11.0.0.0/8",
+            "9.255.0.0/16",
+            "fd00::/8",
+            "::/0",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|c| Cidr::parse(c).expect("cidr"))
+        .collect();
+        for net in &set {
+            let scanned: Vec<Cidr> = set.iter().filter(|c| net.contains(c)).copied().collect();
+            let ranged: Vec<Cidr> =
+                set.range(net.contained_range()).filter(|c| net.contains(c)).copied().collect();
+            assert_eq!(scanned, ranged, "{net}");
+            assert!(!ranged.is_empty(), "{net} contains itself");
+        }
     }
 }

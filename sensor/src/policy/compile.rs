@@ -294,7 +294,15 @@ pub fn compile(policies: &[Policy], endpoints: &Endpoints) -> Compiled {
         out.identity_labels.insert(s.id, display(&s.labels));
     }
 
-    let resolver = Resolver { endpoints, selectable: &selectable, ip_blocks: &ip_blocks };
+    let cidr_selectable: BTreeMap<Cidr, usize> =
+        selectable.iter().enumerate().filter_map(|(i, s)| Some((s.cidr?, i))).collect();
+    let resolver = Resolver {
+        endpoints,
+        selectable: &selectable,
+        cidr_selectable: &cidr_selectable,
+        first_cidr: cidr_selectable.values().min().copied().unwrap_or(selectable.len()),
+        ip_blocks: &ip_blocks,
+    };
     out.selected_count = vec![0; policies.len()];
     for (id, ep) in (1..).zip(endpoints.endpoints.iter().filter(|e| e.interface.is_some())) {
         let labels = pod_labels(ep, endpoints);
@@ -373,10 +381,21 @@ fn qualified(p: &Policy) -> String {
 struct Resolver<'a> {
     endpoints: &'a Endpoints,
     selectable: &'a [Selectable],
+    /// CIDR identities (prefix → index into `selectable`), sorted: a CIDR peer finds the
+    /// prefixes it contains with one range query, not a scan of every identity (which made
+    /// compiling N CIDR rules quadratic).
+    cidr_selectable: &'a BTreeMap<Cidr, usize>,
+    /// Index of the first CIDR identity in `selectable` (pods and reserved ones come first).
+    first_cidr: usize,
     ip_blocks: &'a [(Cidr, Vec<Cidr>)],
 }
 
 impl Resolver<'_> {
+    /// Pod and reserved identities: `selectable` lists them before every CIDR identity.
+    fn non_cidr(&self) -> &[Selectable] {
+        &self.selectable[..self.first_cidr]
+    }
+
     /// Identities a peer stands for; `IDENTITY_ANY` for "any peer".
     fn identities(&self, peer: &Peer) -> BTreeSet<u32> {
         let ids = |pred: &dyn Fn(&Selectable) -> bool| -> BTreeSet<u32> {
@@ -398,12 +417,19 @@ impl Resolver<'_> {
                     })
             }),
             Peer::Cidr { net, except, pod_ips } => {
+                let mut found: BTreeSet<u32> = self
+                    .cidr_selectable
+                    .range(net.contained_range())
+                    .filter(|(c, _)| net.contains(c) && !except.iter().any(|e| e.contains(c)))
+                    .map(|(_, i)| self.selectable[*i].id)
+                    .collect();
+                // A NetworkPolicy ipBlock also selects pod addresses (pod identities only).
                 let block = self.ip_blocks.iter().position(|(n, e)| n == net && e == except);
-                let mut found = ids(&|s| {
-                    s.cidr
-                        .is_some_and(|c| net.contains(&c) && !except.iter().any(|e| e.contains(&c)))
-                        || (*pod_ips && block.is_some_and(|b| s.ip_blocks.contains(&b)))
-                });
+                if *pod_ips && let Some(b) = block {
+                    found.extend(
+                        self.non_cidr().iter().filter(|s| s.ip_blocks.contains(&b)).map(|s| s.id),
+                    );
+                }
                 // The whole family also covers the addresses no prefix names.
                 if *net == Cidr::ALL_IPV4 {
                     found.insert(IDENTITY_WORLD_IPV4);
@@ -443,7 +469,9 @@ impl Resolver<'_> {
         if direction == POLICY_INGRESS {
             return matching(local_ports, identity);
         }
-        self.selectable
+        // Only pod identities carry container ports: CIDR identities are skipped without a
+        // scan (a named port toward N CIDR peers would otherwise be quadratic).
+        self.non_cidr()
             .iter()
             .filter(|s| identity == IDENTITY_ANY || s.id == identity)
             .flat_map(|s| matching(&s.ports, s.id))

@@ -2,6 +2,7 @@
 //! maps atomically (apply).
 
 pub mod apply;
+mod batch;
 pub mod check;
 pub mod cidr;
 pub mod compile;

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fs, time::Instant};
 use anyhow::{Context as _, bail};
 
 use super::{
-    Ctx, add,
+    COMPARE_SUFFIX, Ctx, add,
     bpf::{self, EmptyProg},
     env::{self, IPERF_PORT, Proc, RR_PORT, Sensor, SysctlGuard, check_interrupted},
     load,
@@ -26,6 +26,17 @@ const ENFORCE: &str = "enforce";
 const ENFORCE_10K: &str = "enforce-10k-cidr";
 const NFT_10K: &str = "nftables-10k";
 const CONFIGS: [&str; 5] = [BASELINE, DETECT, ENFORCE, ENFORCE_10K, NFT_10K];
+/// Configurations repeated with `--compare-bin`'s sensor (name + `COMPARE_SUFFIX`).
+const COMPARED: [&str; 2] = [DETECT, ENFORCE_10K];
+
+/// This run's configurations: the five, and the compared ones again with the other sensor.
+fn configs(ctx: &Ctx) -> Vec<String> {
+    let mut v: Vec<String> = CONFIGS.iter().map(|c| (*c).to_owned()).collect();
+    if ctx.compare_bin.is_some() {
+        v.extend(COMPARED.iter().map(|c| format!("{c}{COMPARE_SUFFIX}")));
+    }
+    v
+}
 const RULES: usize = 10_000;
 
 /// The nftables table of the nftables configuration, deleted on drop.
@@ -45,6 +56,10 @@ fn setup<'a>(
 ) -> anyhow::Result<(Option<Sensor>, Option<NftTable<'a>>)> {
     let t = ctx.topo;
     let dir = ctx.dir.join(config);
+    let (config, bin) = match (config.strip_suffix(COMPARE_SUFFIX), ctx.compare_bin) {
+        (Some(base), Some(other)) => (base, other),
+        _ => (config, ctx.sensor_bin),
+    };
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
     let sensor = |mode: &str, endpoints: String, policy: String| -> anyhow::Result<Sensor> {
@@ -55,7 +70,7 @@ fn setup<'a>(
             policies.display(),
             dir.join("endpoints.yaml").display()
         );
-        Sensor::start(ctx.sensor_bin, &t.node, &dir, config, &yaml)
+        Sensor::start(bin, &t.node, &dir, config, &yaml)
     };
     Ok(match config {
         DETECT => {
@@ -138,7 +153,9 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>, floor: &EmptyProg) -> anyhow::Resu
     let rounds = ctx.opts.rounds;
     for round in 0..rounds {
         let n = ctx.opts.in_round(round);
-        for config in super::round_order(&CONFIGS, round) {
+        let all = configs(ctx);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        for config in super::round_order(&all, round) {
             check_interrupted()?;
             env::progress(format_args!("datapath round {}/{rounds}, {config}", round + 1));
             let (mut sensor, nft) = setup(ctx, config)?;

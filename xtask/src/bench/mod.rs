@@ -22,7 +22,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 pub use load::helper_main;
 use report::{Figure, Report};
@@ -104,6 +104,9 @@ pub fn round_order<T: Copy>(items: &[T], round: usize) -> Vec<T> {
 pub struct Ctx<'a> {
     pub topo: &'a env::Topology,
     pub sensor_bin: &'a Path,
+    /// `--compare-bin`: another build of the sensor (e.g. landed main), run side by side in
+    /// the same rounds under configurations suffixed [`COMPARE_SUFFIX`].
+    pub compare_bin: Option<&'a Path>,
     /// The workspace (shipped rule files).
     pub root: &'a Path,
     /// Scratch directory for config, policy and log files (removed at the end).
@@ -124,12 +127,53 @@ pub fn add(figs: &mut Vec<Figure>, f: Figure, v: f64) {
     }
 }
 
+/// Suffix of the configurations run with `--compare-bin`'s sensor.
+pub const COMPARE_SUFFIX: &str = "@compare";
+
+/// Families in the order they run.
+const FAMILIES: [&str; 5] = ["datapath", "policy_update", "host", "pipeline", "rules"];
+
+/// Command-line options: `[--quick] [--compare-bin PATH] [--only FAMILY,...]`.
+struct Args {
+    quick: bool,
+    compare_bin: Option<PathBuf>,
+    only: Option<Vec<String>>,
+}
+
+fn parse_args(args: &[String]) -> anyhow::Result<Args> {
+    const USAGE: &str = "usage: cargo xtask bench [--quick] [--compare-bin PATH] [--only FAMILY,...] \
+                         (families: datapath, policy_update, host, pipeline, rules)";
+    let mut out = Args { quick: false, compare_bin: None, only: None };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => out.quick = true,
+            "--compare-bin" => {
+                let path = PathBuf::from(it.next().context(USAGE)?);
+                if !path.is_file() {
+                    bail!("--compare-bin {}: no such file", path.display());
+                }
+                out.compare_bin = Some(path);
+            }
+            "--only" => {
+                let list: Vec<String> =
+                    it.next().context(USAGE)?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = list.iter().find(|f| !FAMILIES.contains(&f.as_str())) {
+                    bail!("--only: unknown family {bad:?}; {USAGE}");
+                }
+                out.only = Some(list);
+            }
+            _ => bail!("{USAGE}"),
+        }
+    }
+    Ok(out)
+}
+
 pub fn bench(root: &Path, sensor_bin: &Path, args: &[String]) -> anyhow::Result<()> {
-    let quick = match args {
-        [] => false,
-        [q] if q == "--quick" => true,
-        _ => bail!("usage: cargo xtask bench [--quick]"),
-    };
+    let args = parse_args(args)?;
+    let quick = args.quick;
+    let wanted =
+        |family: &str| args.only.as_ref().is_none_or(|only| only.iter().any(|f| f == family));
     if !super::bootstrap::is_root() {
         bail!(
             "cargo xtask bench needs root: it creates network namespaces and loads eBPF programs"
@@ -143,7 +187,14 @@ pub fn bench(root: &Path, sensor_bin: &Path, args: &[String]) -> anyhow::Result<
     let mut machine = env::machine();
     let dir = env::TempDir::new("work")?;
     let topo = env::Topology::new()?;
-    let ctx = Ctx { topo: &topo, sensor_bin, root, dir: &dir.0, opts: &opts };
+    let ctx = Ctx {
+        topo: &topo,
+        sensor_bin,
+        compare_bin: args.compare_bin.as_deref(),
+        root,
+        dir: &dir.0,
+        opts: &opts,
+    };
     let floor = bpf::EmptyProg::load()?;
     let mut figs = Vec::new();
     let mut timings = Vec::new();
@@ -154,12 +205,25 @@ pub fn bench(root: &Path, sensor_bin: &Path, args: &[String]) -> anyhow::Result<
         r
     };
     let result = (|| {
-        timed("datapath", &mut || datapath::run(&ctx, &mut figs, &floor))?;
-        timed("policy_update", &mut || policy_update::run(&ctx, &mut figs))?;
-        let scene = host::Scene::new(&ctx)?;
-        timed("host", &mut || host::run(&ctx, &mut figs, &scene))?;
-        timed("pipeline", &mut || pipeline::run(&ctx, &mut figs, &scene))?;
-        timed("rules", &mut || rules::run(&ctx, &mut figs))
+        if wanted("datapath") {
+            timed("datapath", &mut || datapath::run(&ctx, &mut figs, &floor))?;
+        }
+        if wanted("policy_update") {
+            timed("policy_update", &mut || policy_update::run(&ctx, &mut figs))?;
+        }
+        if wanted("host") || wanted("pipeline") {
+            let scene = host::Scene::new(&ctx)?;
+            if wanted("host") {
+                timed("host", &mut || host::run(&ctx, &mut figs, &scene))?;
+            }
+            if wanted("pipeline") {
+                timed("pipeline", &mut || pipeline::run(&ctx, &mut figs, &scene))?;
+            }
+        }
+        if wanted("rules") {
+            timed("rules", &mut || rules::run(&ctx, &mut figs))?;
+        }
+        Ok(())
     })();
     timings.push(format!("total {:.0} s", start.elapsed().as_secs_f64()));
     machine.push(("duration", timings.join(", ")));

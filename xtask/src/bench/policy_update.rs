@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Ctx, add,
+    COMPARE_SUFFIX, Ctx, add,
     env::{self, RR_PORT, Sensor, check_interrupted},
     load,
     report::{Figure, Target},
@@ -24,10 +24,25 @@ const FAMILY: &str = "policy_update";
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
 const BASELINE: &str = "100-rules";
 
+/// The sensor under test, then (with `--compare-bin`) the other one, its configurations
+/// suffixed `COMPARE_SUFFIX`.
 pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
-    env::progress(format_args!("policy update latency"));
+    run_with(ctx, figs, ctx.sensor_bin, "")?;
+    if let Some(other) = ctx.compare_bin {
+        run_with(ctx, figs, other, COMPARE_SUFFIX)?;
+    }
+    Ok(())
+}
+
+fn run_with(
+    ctx: &Ctx,
+    figs: &mut Vec<Figure>,
+    bin: &std::path::Path,
+    suffix: &str,
+) -> anyhow::Result<()> {
+    env::progress(format_args!("policy update latency{suffix}"));
     let t = ctx.topo;
-    let dir = ctx.dir.join("policy-update");
+    let dir = ctx.dir.join(format!("policy-update{suffix}"));
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
     fs::write(dir.join("endpoints.yaml"), scenario::endpoints_100(t))?;
@@ -38,7 +53,7 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
         dir.join("endpoints.yaml").display()
     );
     let _server = load::start_server(&t.server, t.server_ip, RR_PORT)?;
-    let mut sensor = Sensor::start(ctx.sensor_bin, &t.node, &dir, "policy-update", &yaml)?;
+    let mut sensor = Sensor::start(bin, &t.node, &dir, "policy-update", &yaml)?;
     let addr = format!("{}:{}", t.server_ip, RR_PORT + 1);
     let dest = policies.join("bench.yaml");
     // Written where the sensor watches nothing (it watches the policy directory and the
@@ -71,7 +86,9 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
         }
     };
     for n in SIZES {
-        let config = format!("{n}-rules");
+        let config = format!("{n}-rules{suffix}");
+        // The compared sensor's figures are ratios to this sensor's at the same size.
+        let baseline = if suffix.is_empty() { BASELINE.to_owned() } else { format!("{n}-rules") };
         let allow = scenario::policy_cidr(n, true);
         let deny = scenario::policy_cidr(n, false);
         apply(&sensor, &allow, "allow")
@@ -79,22 +96,22 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
         for _ in 0..ctx.opts.runs {
             let (ms, agent) =
                 apply(&sensor, &deny, "drop").with_context(|| format!("{n} rules, drop"))?;
-            let mut f = Figure::new(FAMILY, "to_drop", &config, "ms").baseline(BASELINE);
-            if n == 1_000 {
+            let mut f = Figure::new(FAMILY, "to_drop", &config, "ms").baseline(&baseline);
+            if n == 1_000 && suffix.is_empty() {
                 f = f.target(Target::AtMost(100.0));
             }
             add(figs, f, ms);
-            add_agent(figs, &config, agent);
+            add_agent(figs, &config, &baseline, agent);
             let (ms, agent) =
                 apply(&sensor, &allow, "allow").with_context(|| format!("{n} rules, allow"))?;
             add(
                 figs,
                 Figure::new(FAMILY, "to_allow", &config, "ms")
-                    .baseline(BASELINE)
+                    .baseline(&baseline)
                     .note("20 ms probe resolution"),
                 ms,
             );
-            add_agent(figs, &config, agent);
+            add_agent(figs, &config, &baseline, agent);
         }
         sensor.check_alive()?;
     }
@@ -102,9 +119,9 @@ pub fn run(ctx: &Ctx, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
 }
 
 /// The agent's (settle, reload) timings of one apply.
-fn add_agent(figs: &mut Vec<Figure>, config: &str, (settle, reload): (f64, f64)) {
-    add(figs, Figure::new(FAMILY, "settle", config, "ms").baseline(BASELINE), settle);
-    add(figs, Figure::new(FAMILY, "reload", config, "ms").baseline(BASELINE), reload);
+fn add_agent(figs: &mut Vec<Figure>, config: &str, baseline: &str, (settle, reload): (f64, f64)) {
+    add(figs, Figure::new(FAMILY, "settle", config, "ms").baseline(baseline), settle);
+    add(figs, Figure::new(FAMILY, "reload", config, "ms").baseline(baseline), reload);
 }
 
 /// (settle_ms, reload_ms) of every `policy reloaded` line of the agent's log.
