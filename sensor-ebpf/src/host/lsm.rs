@@ -106,7 +106,7 @@ fn decide_op(op: u32, owned: bool, one: KPath, kinds: u32, two: Option<(KPath, u
         return 0;
     };
     // SAFETY: per-CPU scratch, this program's until it returns.
-    let event = unsafe { &mut *event };
+    let event = unsafe { &mut (*event).file };
     let (mut audit, mut block, len, cut) =
         match_object(config, scope, one, kinds, &mut event.path);
     let (mut len2, mut cut2) = (0, false);

@@ -291,7 +291,7 @@ fn failed_open(open: &OpenArgs, ret: i64) {
         return;
     };
     // SAFETY: per-CPU scratch, used by this program only until it returns.
-    let event = unsafe { &mut *event };
+    let event = unsafe { &mut (*event).file };
     fill_header(&mut event.header, EventKind::File as u32, Action::Observed, 0);
     event.op = FILE_OP_OPEN;
     event.access = open.access;

@@ -646,7 +646,7 @@ impl HoldReader {
             if !signal(exit.pid, sig) && sig == libc::SIGKILL {
                 tracing::debug!(pid = exit.pid, "held process gone before its decision");
             }
-            let waited = crate::conntrack::boot_ns().saturating_sub(exit.boot_ns);
+            let waited = boot_ns().saturating_sub(exit.boot_ns);
             self.metrics.latency.observe(waited as f64 / 1e9);
         }
         self.metrics.count(outcome, reason);
@@ -755,4 +755,12 @@ mod tests {
         assert_eq!(tree_masks(&view, dir(&d)).block[3], 0);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of [`HoldExit::boot_ns`] (`bpf_ktime_get_boot_ns`).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
+        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+    })
 }
