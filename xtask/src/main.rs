@@ -270,3 +270,28 @@ fn test(root: &Path) -> anyhow::Result<()> {
             .env("ETCD_BIN", &api.etcd),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::cleanup_args;
+
+    #[test]
+    fn cleanup_gets_the_runs_config_and_pin_dir() {
+        let args: Vec<String> = [
+            "--config",
+            "a.yaml",
+            "--mode",
+            "enforce",
+            "--bpf-pin-dir=/sys/fs/bpf/x",
+            "-c",
+            "b.yaml",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            cleanup_args(&args),
+            ["--config", "a.yaml", "--bpf-pin-dir=/sys/fs/bpf/x", "-c", "b.yaml"]
+        );
+    }
+}
