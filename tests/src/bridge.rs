@@ -34,7 +34,10 @@ impl Bridge {
     pub fn new(node: &Netns, name_prefix: &str, subnet: u8) -> Self {
         let name = unique(name_prefix);
         let n = node.name.as_str();
-        run("ip", &["-n", n, "link", "add", &name, "type", "bridge"]);
+        // A fixed address: a bridge without one takes its lowest port's, and changes it when
+        // that port goes, leaving the pods' ARP entries for the gateway stale for seconds.
+        let mac = format!("02:78:{subnet:02x}:00:00:01");
+        run("ip", &["-n", n, "link", "add", &name, "address", &mac, "type", "bridge"]);
         run("ip", &["-n", n, "addr", "add", &format!("10.78.{subnet}.1/24"), "dev", &name]);
         run("ip", &["-n", n, "link", "set", &name, "up"]);
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);

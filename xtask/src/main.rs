@@ -286,3 +286,28 @@ fn test(root: &Path) -> anyhow::Result<()> {
     // The same binary on Debian's 6.1 and 6.12 kernels (BPF-LSM, tc without tcx) under qemu.
     vm::vm_test(root, &root.join("target/release/sensor"), &[])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::cleanup_args;
+
+    #[test]
+    fn cleanup_gets_the_runs_config_and_pin_dir() {
+        let args: Vec<String> = [
+            "--config",
+            "a.yaml",
+            "--mode",
+            "enforce",
+            "--bpf-pin-dir=/sys/fs/bpf/x",
+            "-c",
+            "b.yaml",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            cleanup_args(&args),
+            ["--config", "a.yaml", "--bpf-pin-dir=/sys/fs/bpf/x", "-c", "b.yaml"]
+        );
+    }
+}
