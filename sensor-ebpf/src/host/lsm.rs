@@ -107,8 +107,7 @@ fn decide_op(op: u32, owned: bool, one: KPath, kinds: u32, two: Option<(KPath, u
     };
     // SAFETY: per-CPU scratch, this program's until it returns.
     let event = unsafe { &mut *event };
-    let (mut audit, mut block, len, cut) =
-        match_object(config, scope, one, kinds, &mut event.path);
+    let (mut audit, mut block, len, cut) = match_object(config, scope, one, kinds, &mut event.path);
     let (mut len2, mut cut2) = (0, false);
     let mut access = kinds;
     event.path2[0] = 0;
