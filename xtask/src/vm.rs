@@ -45,7 +45,8 @@ const SERIES: [Series; 2] = [
 ];
 
 /// Modules the in-VM tests load when the kernel builds them as modules.
-const MODULES: [&str; 3] = ["drivers/net/veth.ko", "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko"];
+const MODULES: [&str; 3] =
+    ["drivers/net/veth.ko", "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko"];
 
 /// Upper bound of one VM run (boot, load, tests, power off) under TCG on two shared cores:
 /// the verifier's passes over the host programs (up to a million instructions each) take
@@ -254,8 +255,7 @@ fn build_initramfs(
     for entry in fs::read_dir(&scripts).with_context(|| format!("reading {}", scripts.display()))? {
         let path = entry?.path();
         let name = path.file_name().context("file name")?;
-        let dest =
-            if name == "init" { tree.join("init") } else { tree.join("vm").join(name) };
+        let dest = if name == "init" { tree.join("init") } else { tree.join("vm").join(name) };
         fs::copy(&path, &dest)?;
         set_executable(&dest)?;
     }
@@ -352,8 +352,8 @@ fn boot(work: &Path, series: &str, kernel: &Kernel, initrd: &Path) -> anyhow::Re
         } else if let Some(why) = line.strip_prefix("VMTEST FAIL ") {
             eprintln!("  {series} FAIL {why}");
             failed.push(why.to_owned());
-        } else if line.starts_with("VMTEST ") {
-            eprintln!("  {series} {}", &line[7..]);
+        } else if let Some(rest) = line.strip_prefix("VMTEST ") {
+            eprintln!("  {series} {rest}");
         }
     }
     if exit.is_none() {

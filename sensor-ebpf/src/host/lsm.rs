@@ -76,11 +76,11 @@ fn match_object(
     let (root, _) = task_root_and_pwd(o);
     let (len, truncated) = write_path(o, target, root, out);
     if let Some(key) = lookup_key(out.as_ptr(), len) {
-        if kinds & EXEC != 0 {
-            if let Some(m) = EXEC_RULES.get(key) {
-                acc.0 |= m.audit;
-                acc.1 |= m.block;
-            }
+        if kinds & EXEC != 0
+            && let Some(m) = EXEC_RULES.get(key)
+        {
+            acc.0 |= m.audit;
+            acc.1 |= m.block;
         }
         if let Some(m) = FILE_RULES.get(key) {
             let mut kind = 0;
@@ -107,8 +107,7 @@ fn decide_op(op: u32, owned: bool, one: KPath, kinds: u32, two: Option<(KPath, u
     };
     // SAFETY: per-CPU scratch, this program's until it returns.
     let event = unsafe { &mut (*event).file };
-    let (mut audit, mut block, len, cut) =
-        match_object(config, scope, one, kinds, &mut event.path);
+    let (mut audit, mut block, len, cut) = match_object(config, scope, one, kinds, &mut event.path);
     let (mut len2, mut cut2) = (0, false);
     let mut access = kinds;
     event.path2[0] = 0;
