@@ -142,7 +142,7 @@ fn unknown_fields_and_event_types_skip_only_that_rule() {
         "{}{}{}{}",
         rule("good", "proc.name = sh"),
         rule("tty", "evt.buffer contains x"),
-        rule("ptrace", "evt.type = accept"),
+        rule("ptrace", "evt.type = sendto"),
         "- rule: quiet\n  desc: d\n  condition: evt.is_open_exec = true\n  output: x\n  priority: debug\n  skip-if-unknown-filter: true\n",
     ));
     assert_eq!(s.rules.len(), 1);
@@ -152,7 +152,7 @@ fn unknown_fields_and_event_types_skip_only_that_rule() {
         reasons,
         [
             ("tty", "unknown field `evt.buffer`", 6),
-            ("ptrace", "no event type we observe: evt.type only names accept", 11),
+            ("ptrace", "no event type we observe: evt.type only names sendto", 11),
             ("quiet", "unknown field `evt.is_open_exec`", 16),
         ]
     );
