@@ -680,6 +680,14 @@ pub fn kinds_named(kinds: u32) -> Vec<usize> {
     (0..ACCESS_KINDS).filter(|k| kinds & (1 << k) != 0).collect()
 }
 
+/// CLOCK_BOOTTIME in nanoseconds: the clock of [`HoldExit::boot_ns`] (`bpf_ktime_get_boot_ns`).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
+        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,12 +763,4 @@ mod tests {
         assert_eq!(tree_masks(&view, dir(&d)).block[3], 0);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: the clock of [`HoldExit::boot_ns`] (`bpf_ktime_get_boot_ns`).
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
-        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
-    })
 }
