@@ -732,7 +732,7 @@ mod tests {
         }
         // Inside a root of `d`, an absolute link and `..` above the root stay inside it.
         let root = dir(&d);
-        for path in ["inroot/token", "../../../../secret/token", "/pub/inroot/x/../token"] {
+        for path in ["inroot/token", "../../../../secret/token", "/pub/inroot/sub/../token"] {
             let (parent, _) =
                 resolve_parent(&root, pubdir(), path.as_bytes(), false, ME).expect(path);
             assert!(is_secret(&parent), "{path}");
