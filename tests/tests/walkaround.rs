@@ -571,4 +571,15 @@ fn detect_mode_reports_held_changes_as_would_block() {
         });
         assert_eq!(event["process_file"]["matched_by"], "hold", "{event}");
     }
+    // A short-lived process changing an unprotected path of several components: resolved
+    // (through its parent's view once it is gone) as not protected, so no record at all.
+    let (status, _) = pod.sh(&format!("mkdir -p {data}/pub/d && rm {data}/pub/d/../evil2"));
+    assert!(status.success(), "{status:?}");
+    sensor.wait_metric("sensor_host_holds_total", &[("outcome", "continued")], |v| v >= Some(1.0));
+    let held: Vec<_> = sensor
+        .events()
+        .into_iter()
+        .filter(|v| v["process_file"]["matched_by"].as_str().is_some_and(|m| m.starts_with("hold")))
+        .collect();
+    assert_eq!(held.len(), 2, "only the two protected changes are reported: {held:?}");
 }

@@ -3,7 +3,7 @@
 //! kernel does not expose here, with no BPF-LSM, kprobes or fentry) is sent to the agent at
 //! entry ([`send`], from the `syscalls/sys_enter_*` programs in unlink.rs). When the call
 //! returns successfully ([`exit`], from the raw `sys_exit` program) the task is stopped with
-//! `SIGSTOP` before it reaches user space again (enforce mode), and the agent, having resolved
+//! `SIGSTOP` before it reaches user space again (both modes), and the agent, having resolved
 //! the path in the task's own view, kills it or continues it.
 //!
 //! Fail closed: a record that cannot be sent (hold ring full) kills the task at the call's
@@ -68,7 +68,7 @@ pub fn send(event: &mut HoldEvent, flags: u32) {
     let _ = HOLD_PENDING.insert(&tid, &flags, 0);
 }
 
-/// At the return of a call [`is_held_syscall`] names: stops the task (enforce, success) and
+/// At the return of a call [`is_held_syscall`] names: stops the task (success) and
 /// tells the agent; kills it when the agent cannot be told.
 #[inline(always)]
 pub fn exit(ret: i64) {
@@ -82,7 +82,10 @@ pub fn exit(ret: i64) {
     let Some(config) = config() else {
         return;
     };
-    let stop = ret >= 0 && config.enforce == 1 && config.holds == 1;
+    // Detect mode holds too: a short-lived task (`rm`, `mv`) is gone before the agent could
+    // resolve its path in the task's own view, and the decision must be the same in both
+    // modes; the agent always continues it there.
+    let stop = ret >= 0 && config.holds == 1;
     if flags & HOLD_PENDING_LOST != 0 {
         if ret >= 0 && config.enforce == 1 {
             kill_current();

@@ -582,8 +582,18 @@ impl HoldReader {
             let view = Arc::clone(&self.view);
             let ev = entry.clone();
             let (pid, tid) = (exit.pid, exit.tid);
+            let stand_in = if stopped { 0 } else { entry.file.header.ppid };
             let spawned = std::thread::Builder::new().name("hold-decide".into()).spawn(move || {
-                let _ = tx.send(reached(&view, &ev, pid, tid));
+                let mut result = reached(&view, &ev, pid, tid);
+                // A task that was not stopped (detect mode) is often gone by now (`rm`, `mv`
+                // exit at once). Its parent stands in for its view: same root and mount
+                // namespace in the usual case, and a relative path is still checked against
+                // the directory identity the kernel recorded (a parent elsewhere gives
+                // `BaseChanged`, not a wrong answer). Never used for a stopped task.
+                if stand_in != 0 && matches!(result, Err(Unresolved::ProcessGone)) {
+                    result = reached(&view, &ev, stand_in, stand_in);
+                }
+                let _ = tx.send(result);
             });
             match spawned {
                 Err(_) => Err(Unresolved::Timeout),
