@@ -157,6 +157,12 @@ fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // programs attached across restarts) are removed once it exits, however it exits. Ctrl-C
     // reaches the agent and this process alike; this one ignores it and waits to clean up.
     let ignored = IgnoreSignals::new();
+    // `cargo xtask run -- --flag` (as the README writes it): the separator is ours, not the
+    // agent's.
+    let args = match args.first() {
+        Some(first) if first == "--" => &args[1..],
+        _ => args,
+    };
     let mut cmd = Command::new(&sensor);
     cmd.arg("run").args(args);
     // SAFETY: the hook only calls signal(2), which is async-signal-safe.
